@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""The numbered text menu: prompts and rendering only.
+
+Usage: ``python3 cli.py [--config CLUSTER.yaml] [--db DATABASE.yaml]``
+(or the environment variables ``CLOUD_CONFIG`` and ``CLOUD_DB``).
+
+Every use case is a call to ``OrchestratorAPI``, which returns
+``(ok, payload_or_message)``; this module only asks and shows.  Bad input
+gets a message and changes nothing; Ctrl-C or Ctrl-D at a prompt cancels that
+option; Ctrl-D or ``0`` at the main menu leaves.  No traceback reaches the
+screen: unexpected errors are logged and summarised.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+log = logging.getLogger("cloudrepo.cli")
+
+LINE = "=" * 50
+WIDE = "=" * 70
+OK, ERR, WARN = "\u2705", "\u274c", "\u26a0\ufe0f"
+CANCELLED = "Cancelled: nothing changed."
+
+
+class Cancel(Exception):
+    """The user cancelled the current option (empty answer, Ctrl-C or Ctrl-D)."""
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def ask(prompt: str) -> str:
+    """One answer; Ctrl-C / Ctrl-D / an empty answer cancel the option."""
+    try:
+        answer = input(prompt)
+    except (EOFError, KeyboardInterrupt):
+        say()
+        raise Cancel() from None
+    answer = answer.strip()
+    if not answer:
+        raise Cancel()
+    return answer
+
+
+def ask_valid(prompt: str, parse: Callable[[str], Optional[object]], error: str, tries: int = 3):
+    """Ask until ``parse`` accepts the answer (returns non-None); give up after ``tries``."""
+    for _ in range(tries):
+        value = parse(ask(prompt))
+        if value is not None:
+            return value
+        say(f"{ERR} {error}")
+    raise Cancel()
+
+
+def ask_secret(prompt: str) -> str:
+    """A password: hidden on a terminal, read as a line when stdin is piped."""
+    try:
+        if sys.stdin.isatty():
+            return getpass.getpass(prompt)
+        print(prompt, end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+    except KeyboardInterrupt:
+        say()
+        raise Cancel() from None
+
+
+def parse_int(lo: int, hi: int) -> Callable[[str], Optional[int]]:
+    def parse(text: str) -> Optional[int]:
+        return int(text) if text.isdigit() and lo <= int(text) <= hi else None
+    return parse
+
+
+def parse_number(text: str) -> Optional[int]:
+    return int(text) if text.isdigit() else None
+
+
+def parse_yes_no(text: str) -> Optional[bool]:
+    return {"y": True, "yes": True, "n": False, "no": False}.get(text.lower())
+
+
+def result(ok: bool, message: str) -> None:
+    say(f"\n{OK} {message}" if ok else f"\n{ERR} Error: {message}")
+
+
+# --- rendering ------------------------------------------------------------------
+
+def render_slices(slices: list, show_owner: bool) -> list:
+    """Lines of option 5: the whole topology of each slice."""
+    if not slices:
+        return ["\nNo Slices found."]
+    lines = ["\n" + WIDE]
+    for s in slices:
+        name = f" ({s['name']})" if s.get("name") else ""
+        owner = f", owner: {s['owner']}" if show_owner else ""
+        lines.append(f"Slice {s['slice_id']}{name} [{s.get('status')}]: {len(s.get('vms', []))} VMs, "
+                     f"{len(s.get('links', []))} Links, VLAN pool: {s['vlan_pool_start']}-{s['vlan_pool_end']}"
+                     f"{owner}")
+        for vm in s.get("vms", []):
+            flavor = vm.get("flavor") or {}
+            state = "" if vm.get("status") == s.get("status") else f", {vm.get('status')}"
+            lines.append(f"  \u2514\u2500 VM {vm['vm_id']}: {vm['name']} (VNC: {vm.get('vnc_port')}, "
+                         f"Worker: {vm.get('worker_ip')}, Disk: {flavor.get('disk_gb')}GB{state})")
+            for i in vm.get("interfaces", []):
+                text = f"      {i['name']}: MAC {i.get('mac')}"
+                if i.get("vlan_id") is not None:
+                    text += f", VLAN: {i['vlan_id']}"
+                if i.get("ip_config"):
+                    text += f", IP: {i['ip_config']['ip']}"
+                if i.get("link_id") is not None:
+                    text += f", Link: {i['link_id']}"
+                elif i["name"] != "eth0":
+                    text += ", unconnected"
+                lines.append(text)
+        for link in s.get("links", []):
+            lines.append(f"  Link {link['link_id']}: VM{link['vm1_id']}.{link['vm1_interface']} <-> "
+                         f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})")
+    lines.append(WIDE)
+    return lines
+
+
+def render_interfaces(s: dict) -> list:
+    """The "Available VMs and interfaces" listing of option 4."""
+    lines = ["\nAvailable VMs and interfaces:"]
+    for vm in s.get("vms", []):
+        lines.append(f"  VM {vm['vm_id']}: {vm['name']}")
+        for i in vm.get("interfaces", []):
+            if i["name"] == "eth0":
+                continue
+            state = f"connected to Link {i['link_id']}" if i.get("link_id") is not None else "unconnected"
+            lines.append(f"    - {i['name']} ({state})")
+    return lines
+
+
+def render_progress(event: dict) -> str:
+    mark = OK if event["ok"] else ERR
+    text = f"  [{event['elapsed']:6.2f}s] {mark} {event['phase']:<8} {event['host']:<15} {event['step']}"
+    if event.get("duration"):
+        text += f" ({event['duration']:.2f} s)"
+    if not event["ok"]:
+        text += f": {event['message']}"
+    return text
+
+
+# --- the menu ---------------------------------------------------------------------
+
+class CLI:
+    """Login screen and main menu over an ``OrchestratorAPI``."""
+
+    def __init__(self, orchestrator):
+        self.api = orchestrator
+        self.user: Optional[dict] = None
+
+    @property
+    def username(self) -> str:
+        return self.user["username"] if self.user else ""
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.user and self.user.get("role") == "admin")
+
+    def run(self) -> int:
+        """Loop: login, menu, until Exit or end of input."""
+        while True:
+            if self.user is None and not self.login():
+                say("\nGoodbye!")
+                return 0
+            if not self.main_menu():
+                say("\nGoodbye!")
+                return 0
+
+    def login(self) -> bool:
+        """Ask for credentials until they are right; False when input ends."""
+        while True:
+            say("\n" + LINE)
+            say("  SLICE MANAGER - LOGIN")
+            say(LINE)
+            try:
+                username = input("Username: ").strip()
+                password = ask_secret("Password: ")
+            except (EOFError, KeyboardInterrupt, Cancel):
+                return False
+            ok, info = self.api.authenticate(username, password)
+            if not ok:
+                say(f"\n{info}")
+                continue
+            self.user = info
+            say(f"\nWelcome, {username}!")
+            if info.get("default_password"):
+                say(f"{WARN}  You are using the default password: change it now (option 10).")
+            return True
+
+    def menu_items(self) -> list:
+        items = [("1", "View quota and resources", self.view_quota),
+                 ("2", "Create Slice", self.create_slice),
+                 ("3", "Add VM to Slice", self.add_vm),
+                 ("4", "Create Link between VMs", self.create_link),
+                 ("5", "View my Slices", self.view_slices),
+                 ("6", "Deploy Slice", self.deploy_slice),
+                 ("7", "Delete Slice", self.delete_slice),
+                 ("8", "Cleanup orphaned VMs", self.cleanup),
+                 ("9", "Logout", None),
+                 ("10", "Change password", self.change_password)]
+        if self.is_admin:
+            items.append(("11", "Manage users", self.manage_users))
+        items.append(("0", "Exit", None))
+        return items
+
+    def main_menu(self) -> bool:
+        """One menu round; False means leave the program."""
+        items = self.menu_items()
+        say("\n" + LINE)
+        say("  MAIN MENU")
+        say(LINE)
+        for key, label, _ in items:
+            say(f"{key}. {label}")
+        try:
+            choice = input("\nChoice: ").strip()
+        except EOFError:
+            return False
+        except KeyboardInterrupt:
+            say("\n(Ctrl-C: nothing was changed. Use 0 to exit.)")
+            return True
+        if choice == "0":
+            return False
+        if choice == "9":
+            say(f"\nGoodbye, {self.username}.")
+            self.user = None
+            return True
+        action = next((fn for key, _, fn in items if key == choice and fn), None)
+        if action is None:
+            say(f"\n{ERR} Invalid choice: enter one of the numbers of the menu.")
+            return True
+        try:
+            action()
+        except Cancel:
+            say(CANCELLED)
+        except KeyboardInterrupt:
+            say("\n" + CANCELLED)
+        except Exception as e:  # noqa: BLE001 - the user sees a summary, the log has the traceback
+            log.exception("menu option %s failed", choice)
+            say(f"\n{ERR} Unexpected error: {e} (details in the log)")
+        return True
+
+    # --- options ----------------------------------------------------------------
+
+    def view_quota(self) -> None:
+        ok, q = self.api.get_quota(self.username)
+        if not ok:
+            return result(False, q)
+        say(f"\nQuota: {q['used_vms']}/{q['quota_vms']} VMs used")
+        say(f"Slices: {q['slices']}")
+
+    def create_slice(self) -> None:
+        name = ask("\nSlice name: ")
+        ok, payload = self.api.create_slice(self.username, name)
+        if ok:
+            say(f"\n{OK} Slice created! ID: {payload['slice_id']}")
+            say(f"   VLAN pool: {payload['vlan_pool_start']}-{payload['vlan_pool_end']}")
+        else:
+            result(False, payload)
+
+    def add_vm(self) -> None:
+        slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
+        ok, s = self.api.get_slice(self.username, slice_id)
+        if not ok:
+            return result(False, s)
+        vm_name = ask("VM name: ")
+        say("\nAvailable flavors:")
+        say("1. cirros (1 core, 0.5GB RAM, 1GB disk)")
+        say("2. ubuntu (1 core, 0.5GB RAM, 2.2GB disk)")
+        flavor = ask_valid("Choose flavor (1-2): ", lambda t: {"1": "cirros", "2": "ubuntu"}.get(t),
+                           "Choose 1 or 2")
+        count = ask_valid("Number of data interfaces (eth1, eth2, ...): ", parse_int(0, 8),
+                          "Enter a number from 0 to 8")
+        internet = ask_valid("Enable internet access (eth0 in VLAN 400)? (y/n): ", parse_yes_no,
+                             "Answer y or n")
+        say("Creating the VM disk on its worker...")
+        ok, vm = self.api.add_vm_to_slice(self.username, slice_id, vm_name, flavor, count, internet)
+        if ok:
+            say(f"\n{OK} VM added! ID: {vm['vm_id']}, VNC: {vm['vnc_port']}, Flavor: {flavor}")
+            say(f"   Worker: {vm['worker_ip']}, disk: {vm['qcow_image']}")
+        else:
+            result(False, vm)
+
+    def create_link(self) -> None:
+        slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
+        ok, s = self.api.get_slice(self.username, slice_id)
+        if not ok:
+            say(f"\n{ERR} Slice not found")
+            return
+        for line in render_interfaces(s):
+            say(line)
+        vm1 = ask("\nFirst VM ID: ")
+        if1 = ask("First VM interface (e.g., eth1): ")
+        vm2 = ask("Second VM ID: ")
+        if2 = ask("Second VM interface (e.g., eth1): ")
+        ok, link = self.api.create_link(self.username, slice_id, vm1, if1, vm2, if2)
+        if ok:
+            say(f"\n{OK} Link created! VLAN: {link['vlan_id']}")
+        else:
+            result(False, link)
+
+    def view_slices(self) -> None:
+        ok, slices = self.api.list_slices(self.username)
+        if not ok:
+            return result(False, slices)
+        for line in render_slices(slices, show_owner=self.is_admin):
+            say(line)
+
+    def deploy_slice(self) -> None:
+        slice_id = ask_valid("\nSlice ID to deploy: ", parse_number, "Slice ID must be a number")
+        say("Deploying (Ctrl-C undoes everything this deploy made)...")
+        ok, msg = self.api.deploy_slice(self.username, slice_id, progress=lambda e: say(render_progress(e)))
+        say(f"\n{OK} {msg}" if ok else f"\n{ERR} {msg}")
+        if ok:
+            ok, s = self.api.get_slice(self.username, slice_id)
+            if ok:
+                for vm in s["vms"]:
+                    say(f"   VM {vm['vm_id']} {vm['name']}: VNC {vm['worker_ip']}:{vm['vnc_port']} "
+                        f"(display :{vm['vnc_port'] - 5900})")
+
+    def delete_slice(self) -> None:
+        slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
+        ok, s = self.api.get_slice(self.username, slice_id)
+        if not ok:
+            return result(False, s)
+        sure = ask_valid(f"Delete slice {s['slice_id']} ({s.get('name') or '-'}, {s.get('status')}, "
+                         f"{len(s.get('vms', []))} VMs)? (y/n): ", parse_yes_no, "Answer y or n")
+        if not sure:
+            raise Cancel()
+        ok, msg = self.api.delete_slice(self.username, slice_id, progress=lambda e: say(render_progress(e)))
+        say(f"\n{OK} {msg}" if ok else f"\n{ERR} {msg}")
+
+    def cleanup(self) -> None:
+        if not self.is_admin:
+            say(f"\n{ERR} Only an admin can clean up orphaned VMs.")
+            return
+        say("\nScanning the hosts...")
+        ok, orphans = self.api.find_orphans(self.username)
+        if not ok:
+            return result(False, orphans)
+        if not orphans:
+            say(f"\n{OK} Nothing to clean: every resource on the hosts belongs to a slice in the database.")
+            return
+        say(f"\nFound {len(orphans)} resource(s) created by Cloud Repositorio that no slice owns:")
+        for o in orphans:
+            say(f"  - {o.host:<15} {o.kind:<16} {o.name}")
+        say(f"\n{WARN}  This will remove exactly the resources listed above.")
+        try:
+            answer = input("Are you sure? (yes/no): ").strip()
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+        if answer != "yes":
+            say(f"\n{ERR} Cleanup cancelled")
+            return
+        ok, msg = self.api.cleanup_orphans(self.username, orphans)
+        result(ok, msg)
+
+    def change_password(self) -> None:
+        old = ask_secret("\nCurrent password: ")
+        new = ask_secret("New password (6+ characters): ")
+        again = ask_secret("New password again: ")
+        if new != again:
+            return result(False, "The two new passwords differ")
+        ok, msg = self.api.change_password(self.username, old, new)
+        result(ok, msg)
+
+    def manage_users(self) -> None:
+        ok, users = self.api.list_users(self.username)
+        if not ok:
+            return result(False, users)
+        say("\nUsers:")
+        for u in users:
+            say(f"  {u['username']:<16} {u.get('role', 'student'):<8} quota {u.get('used_vms', 0)}/"
+                f"{u.get('quota_vms', 0)}  slices: {len(u.get('slices', []))}")
+        say("\n1. Create user\n2. Set quota\n3. Reset password")
+        choice = ask_valid("Choice (1-3): ", parse_int(1, 3), "Choose 1, 2 or 3")
+        username = ask("Username: ")
+        if choice == 1:
+            password = ask_secret("Password (6+ characters): ")
+            quota = ask_valid("VM quota: ", parse_int(0, 1000), "Enter a number from 0 to 1000")
+            admin = ask_valid("Admin role? (y/n): ", parse_yes_no, "Answer y or n")
+            ok, msg = self.api.create_user(self.username, username, password, quota,
+                                           "admin" if admin else "student")
+        elif choice == 2:
+            quota = ask_valid("New VM quota: ", parse_int(0, 1000), "Enter a number from 0 to 1000")
+            ok, msg = self.api.set_quota(self.username, username, quota)
+        else:
+            password = ask_secret("New password (6+ characters): ")
+            ok, msg = self.api.reset_password(self.username, username, password)
+        result(ok, msg)
+
+
+# --- wiring --------------------------------------------------------------------------
+
+def default_config_path() -> str:
+    return os.environ.get("CLOUD_CONFIG") or os.path.join(HERE, "cluster.yaml")
+
+
+def default_db_path() -> str:
+    return os.environ.get("CLOUD_DB") or os.path.join(HERE, "database.yaml")
+
+
+def build(config_path: str, db_path: str, dry_run: bool = False):
+    """Config, logging, executor, database and orchestrator, wired together."""
+    from config import ClusterConfig
+    from database import Database
+    from deployment_api import DeploymentAPI
+    from orchestrator_api import OrchestratorAPI
+    from remote_executor import RemoteExecutor, configure_logging
+
+    config = ClusterConfig.load(config_path)
+    configure_logging(config.log_file)
+    executor = RemoteExecutor(config, dry_run=dry_run)
+    db = Database(db_path)
+    return OrchestratorAPI(db, DeploymentAPI(executor), config), executor
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description="Cloud Repositorio slice manager (text menu)")
+    parser.add_argument("--config", default=default_config_path(), help="cluster config YAML")
+    parser.add_argument("--db", default=default_db_path(), help="database YAML")
+    args = parser.parse_args(argv)
+    from config import ConfigError
+    from database import DatabaseError
+
+    try:
+        api, executor = build(args.config, args.db)
+    except (ConfigError, DatabaseError, OSError) as e:
+        print(f"{ERR} Cannot start: {e}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        return CLI(api).run()
+    except KeyboardInterrupt:
+        say("\nGoodbye!")
+        return 0
+    except Exception as e:  # noqa: BLE001 - last resort: never a traceback on screen
+        log.exception("fatal error")
+        print(f"\n{ERR} Fatal error: {e} (details in the log)", file=sys.stderr)
+        return 1
+    finally:
+        executor.close()
+        log.info("menu session ended after %.1f s", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Domain objects: plain data with ``to_dict()`` / ``from_dict()``.  No I/O.
+
+The shapes are the ones documented for the original system (seed 001): a
+slice serialized with ``to_dict()`` round-trips through ``from_dict()``.
+Keys this project adds (a slice's ``name``, a user's ``role``) are written
+only when set, and unknown keys read from a file are kept and written back,
+so an instructor's ``database.yaml`` never loses information.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import naming
+
+
+def _extra(d: dict, known: tuple) -> dict:
+    return {k: copy.deepcopy(v) for k, v in d.items() if k not in known}
+
+
+class User:
+    """A person who logs in; owns slices and has a VM quota."""
+
+    _KEYS = ("username", "password_hash", "quota_vms", "used_vms", "slices", "role")
+
+    def __init__(self, username: str, password_hash: str, quota_vms: int = 10,
+                 role: str = "student"):
+        self.username = username
+        self.password_hash = password_hash
+        self.quota_vms = quota_vms
+        self.used_vms = 0
+        self.slices: list[int] = []
+        self.role = role
+        self.extra: dict = {}
+
+    def can_create_vms(self, count: int) -> bool:
+        """True when ``count`` more VMs fit in the quota."""
+        return self.used_vms + count <= self.quota_vms
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def to_dict(self) -> dict:
+        d = {"username": self.username, "password_hash": self.password_hash,
+             "quota_vms": self.quota_vms, "used_vms": self.used_vms,
+             "slices": list(self.slices), "role": self.role}
+        d.update(copy.deepcopy(self.extra))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> User:
+        u = cls(d["username"], d.get("password_hash", ""), int(d.get("quota_vms", 10)),
+                d.get("role", "student"))
+        u.used_vms = int(d.get("used_vms", 0))
+        u.slices = [int(s) for s in d.get("slices", [])]
+        u.extra = _extra(d, cls._KEYS)
+        return u
+
+
+class Flavor:
+    """The static registry of VM sizes (exactly as documented)."""
+
+    FLAVORS = {
+        "cirros": {"cores": 1, "ram_gb": 0.5, "disk_gb": 1,
+                   "image": "/tmp/vm_images/cirros-0.6.2-x86_64-disk.img"},
+        "ubuntu": {"cores": 1, "ram_gb": 0.5, "disk_gb": 2.2,
+                   "image": "/tmp/vm_images/focal-server-cloudimg-amd64.img"},
+    }
+
+    @classmethod
+    def get(cls, flavor_name: str) -> Optional[dict]:
+        """The flavor's spec dict (a copy), or None for an unknown name."""
+        spec = cls.FLAVORS.get(flavor_name)
+        return dict(spec) if spec is not None else None
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return list(cls.FLAVORS)
+
+
+class Interface:
+    """One NIC of a VM: ``eth0`` (management/internet) or a data NIC."""
+
+    _KEYS = ("name", "vlan_id", "mac", "ip_config", "link_id")
+
+    def __init__(self, name: str, vlan_id: Optional[int] = None, mac: Optional[str] = None,
+                 ip_config: Optional[dict] = None, link_id: Optional[int] = None):
+        self.name = name
+        self.vlan_id = vlan_id
+        self.mac = mac
+        self.ip_config = ip_config
+        self.link_id = link_id
+
+    @property
+    def index(self) -> int:
+        return int(self.name[3:])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "vlan_id": self.vlan_id, "mac": self.mac,
+                "ip_config": copy.deepcopy(self.ip_config), "link_id": self.link_id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Interface:
+        return cls(d["name"], d.get("vlan_id"), d.get("mac"), copy.deepcopy(d.get("ip_config")),
+                   d.get("link_id"))
+
+
+class Link:
+    """An L2 connection between two data interfaces, on one VLAN."""
+
+    def __init__(self, link_id: int, vlan_id: int, vm1_id: int, vm1_interface: str,
+                 vm2_id: int, vm2_interface: str):
+        self.link_id = link_id
+        self.vlan_id = vlan_id
+        self.vm1_id = vm1_id
+        self.vm1_interface = vm1_interface
+        self.vm2_id = vm2_id
+        self.vm2_interface = vm2_interface
+
+    def to_dict(self) -> dict:
+        return {"link_id": self.link_id, "vlan_id": self.vlan_id,
+                "vm1_id": self.vm1_id, "vm1_interface": self.vm1_interface,
+                "vm2_id": self.vm2_id, "vm2_interface": self.vm2_interface}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Link:
+        return cls(d["link_id"], d["vlan_id"], d["vm1_id"], d["vm1_interface"],
+                   d["vm2_id"], d["vm2_interface"])
+
+
+class VM:
+    """A virtual machine of a slice, placed on one worker."""
+
+    _KEYS = ("vm_id", "name", "owner", "worker_ip", "vnc_port", "status", "pid",
+             "qcow_image", "flavor", "interfaces")
+
+    def __init__(self, vm_id: int, name: str, owner: str, worker_ip: str, vnc_port: int,
+                 interfaces: list, flavor: Optional[dict] = None, qcow_image: Optional[str] = None):
+        self.vm_id = vm_id
+        self.name = name
+        self.owner = owner
+        self.worker_ip = worker_ip
+        self.vnc_port = vnc_port
+        self.interfaces: list[Interface] = list(interfaces)
+        self.flavor = flavor
+        self.qcow_image = qcow_image
+        self.status = "pending"
+        self.pid: Optional[str] = None
+        self.extra: dict = {}
+
+    def interface(self, name: str) -> Optional[Interface]:
+        return next((i for i in self.interfaces if i.name == name), None)
+
+    def to_dict(self) -> dict:
+        d = {"vm_id": self.vm_id, "name": self.name, "owner": self.owner,
+             "worker_ip": self.worker_ip, "vnc_port": self.vnc_port, "status": self.status,
+             "pid": self.pid, "qcow_image": self.qcow_image,
+             "flavor": copy.deepcopy(self.flavor),
+             "interfaces": [i.to_dict() for i in self.interfaces]}
+        d.update(copy.deepcopy(self.extra))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VM:
+        vm = cls(d["vm_id"], d["name"], d.get("owner"), d.get("worker_ip"), d.get("vnc_port"),
+                 [Interface.from_dict(i) for i in d.get("interfaces", [])],
+                 copy.deepcopy(d.get("flavor")), d.get("qcow_image"))
+        vm.status = d.get("status", "pending")
+        vm.pid = d.get("pid")
+        vm.extra = _extra(d, cls._KEYS)
+        return vm
+
+
+class Network:
+    """The addressing of one link VLAN (gateway and DHCP on the network node)."""
+
+    def __init__(self, vlan_id: int, cidr: str, gateway_ip: str, dhcp_enabled: bool = False,
+                 dhcp_range: Optional[str] = None):
+        self.vlan_id = vlan_id
+        self.cidr = cidr
+        self.gateway_ip = gateway_ip
+        self.dhcp_enabled = dhcp_enabled
+        self.dhcp_range = dhcp_range
+        self.status = "pending"
+
+    @classmethod
+    def for_link_vlan(cls, vlan_id: int) -> Network:
+        n = naming.link_network(vlan_id)
+        return cls(vlan_id, n["cidr"], n["gateway_ip"], True, f"{n['dhcp_start']},{n['dhcp_end']}")
+
+    def to_dict(self) -> dict:
+        return {"vlan_id": self.vlan_id, "cidr": self.cidr, "gateway_ip": self.gateway_ip,
+                "dhcp_enabled": self.dhcp_enabled, "dhcp_range": self.dhcp_range,
+                "status": self.status}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Network:
+        n = cls(d["vlan_id"], d["cidr"], d["gateway_ip"], d.get("dhcp_enabled", False),
+                d.get("dhcp_range"))
+        n.status = d.get("status", "pending")
+        return n
+
+
+class Slice:
+    """A tenant's topology: VMs, links and their VLAN pool.
+
+    Statuses: ``design`` (editable), ``deploying`` (a deploy is under way),
+    ``running`` (deployed), ``deleting``.
+    """
+
+    _KEYS = ("slice_id", "owner", "topology_type", "vlan_pool_start", "vlan_pool_end",
+             "vlan_pool_used", "status", "vms", "links", "networks", "name")
+
+    def __init__(self, slice_id: int, owner: str, topology_type: str = "custom",
+                 name: Optional[str] = None, vlan_pool_start: Optional[int] = None):
+        self.slice_id = slice_id
+        self.owner = owner
+        self.topology_type = topology_type
+        self.name = name
+        self.vlan_pool_start = (naming.documented_pool_start(slice_id)
+                                if vlan_pool_start is None else vlan_pool_start)
+        self.vlan_pool_end = self.vlan_pool_start + naming.POOL_SIZE - 1
+        self.vlan_pool_used: list[int] = []
+        self.vms: list[VM] = []
+        self.links: list[Link] = []
+        self.networks: list[Network] = []
+        self.status = "design"
+        self.extra: dict = {}
+
+    def get_next_vlan(self) -> Optional[int]:
+        """Take the first unused VLAN of the pool, or None when it is exhausted."""
+        for vlan in range(self.vlan_pool_start, self.vlan_pool_end + 1):
+            if vlan not in self.vlan_pool_used:
+                self.vlan_pool_used.append(vlan)
+                return vlan
+        return None
+
+    def vm(self, vm_id: int) -> Optional[VM]:
+        return next((v for v in self.vms if v.vm_id == vm_id), None)
+
+    def link_vlans(self) -> list[int]:
+        return sorted({link.vlan_id for link in self.links})
+
+    def uses_internet(self, internet_vlan: int = naming.INTERNET_VLAN) -> bool:
+        return any(i.vlan_id == internet_vlan for v in self.vms for i in v.interfaces)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "slice_id": self.slice_id, "owner": self.owner, "topology_type": self.topology_type,
+            "vlan_pool_start": self.vlan_pool_start, "vlan_pool_end": self.vlan_pool_end,
+            "vlan_pool_used": list(self.vlan_pool_used), "status": self.status,
+            "vms": [v.to_dict() for v in self.vms],
+            "links": [link.to_dict() for link in self.links],
+            "networks": [n.to_dict() for n in self.networks],
+        }
+        if self.name is not None:
+            d["name"] = self.name
+        d.update(copy.deepcopy(self.extra))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Slice:
+        s = cls(int(d["slice_id"]), d.get("owner"), d.get("topology_type", "custom"),
+                d.get("name"), d.get("vlan_pool_start"))
+        if d.get("vlan_pool_end") is not None:
+            s.vlan_pool_end = d["vlan_pool_end"]
+        s.vlan_pool_used = list(d.get("vlan_pool_used", []))
+        s.status = d.get("status", "design")
+        s.vms = [VM.from_dict(v) for v in d.get("vms", [])]
+        s.links = [Link.from_dict(x) for x in d.get("links", [])]
+        s.networks = [Network.from_dict(n) for n in d.get("networks", [])]
+        s.extra = _extra(d, cls._KEYS)
+        return s

@@ -1,0 +1,218 @@
+"""Names and addresses: every convention of Cloud Repositorio, stated once.
+
+Read this first.  Every other module takes the names of things on the hosts
+from the functions below, and the orphan cleanup recognises what this system
+created by the same patterns, so nothing else on a host is ever touched.
+
+IDs
+    One counter in ``database.yaml`` (``next_vm_id``), starting at 1000, gives
+    both slice IDs and VM IDs: the first slice is 1000, its first VM 1001.
+
+VLAN pools (SPEC §3, §4.1)
+    A slice prefers the documented block ``100 + (slice_id % 100) * 20`` ..
+    ``+19`` (20 VLANs).  When that block overlaps the pool of a slice still in
+    the database, or contains a reserved VLAN (the internet VLAN 400 and
+    ``reserved_vlans`` of the cluster config), the slice gets the first free
+    aligned block ``100 + k*20`` (k = 0, 1, ... up to VLAN 4079) instead.  Links
+    take the pool's VLANs in order (``Slice.get_next_vlan``).
+
+Subnets (SPEC §4.2)
+    Link VLAN V <= 255: ``192.168.V.0/24``.  V > 255: ``172.(16 + V // 256).(V % 256).0/24``,
+    which maps 256..4095 one-to-one into 172.16.0.0/12.  Gateway ``.1`` (port
+    ``gw_vlan{V}`` on the network node), DHCP server ``.254`` (inside
+    ``ns-dhcp-vlan{V}``), DHCP range ``.10`` - ``.250``.
+    Internet VLAN 400: ``10.60.7.0/24``, gateway ``10.60.7.1`` with NAT out of
+    the uplink; each internet VM gets ``10.60.7.{100 + vm_id % 100}`` (the
+    documented formula) or, when a live VM already holds it, the next free
+    address from .100-.199 then .2-.99 and .200-.253, reserved by MAC in DHCP.
+
+On a worker, per VM ``vm_id``
+    overlay     ``~/vm_images/{vm_name}_img.qcow2`` (the documented path), or
+                ``~/vm_images/{vm_name}_{vm_id}_img.qcow2`` when another VM on
+                that worker already uses the documented one
+    base image  ``~/vm_images/<basename of the flavor image>``
+    QEMU        ``-name cr-vm{vm_id},process=cr-vm{vm_id}``
+    pid file    ``/run/cloud-repositorio/vm{vm_id}.pid``
+    serial log  ``/run/cloud-repositorio/vm{vm_id}.serial`` (socket ``.sock``)
+    TAPs        ``tap{vm_id}_{i}`` for interface ``eth{i}`` (15 chars at most)
+    VNC         TCP ``vnc_port`` = display ``vnc_port - 5900``; ports come from
+                5901 up, unique among the VMs in the database
+
+On the network node, per link VLAN V
+    gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V
+    DHCP        namespace ``ns-dhcp-vlan{V}``, veth ``dhcp{V}-o`` (on br-int,
+                tag V) / ``dhcp{V}-i`` (inside), dnsmasq with
+                ``/run/cloud-repositorio/dnsmasq-vlan{V}.{pid,leases,log}`` and
+                reservations in ``dnsmasq-vlan{V}.hosts.d/``
+    isolation   iptables chain ``CR-FORWARD`` (forwarding only VLAN 400 <->
+                uplink, nothing between gateways)
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Iterable, Optional
+
+FIRST_ID = 1000
+FIRST_VNC_PORT = 5901
+VNC_BASE = 5900
+POOL_SIZE = 20
+POOL_BASE = 100
+MAX_VLAN = 4094
+INTERNET_VLAN = 400
+STATE_DIR = "/run/cloud-repositorio"
+IMAGE_DIR = "~/vm_images"
+IFNAMSIZ = 15
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+NAME_RULE = "1-32 characters: a letter first, then letters, digits, '-' or '_'"
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
+USERNAME_RULE = "2-32 characters: a lowercase letter first, then lowercase letters, digits, '-' or '_'"
+
+
+def valid_name(name: str) -> bool:
+    """True when a slice or VM name is in the safe character set."""
+    return isinstance(name, str) and bool(NAME_RE.match(name))
+
+
+# --- VLANs and subnets ------------------------------------------------------
+
+def documented_pool_start(slice_id: int) -> int:
+    """The original formula: ``100 + (slice_id % 100) * 20``."""
+    return POOL_BASE + (slice_id % 100) * POOL_SIZE
+
+
+def allocate_vlan_pool(slice_id: int, taken_pools: Iterable[tuple[int, int]],
+                       reserved: Iterable[int] = (INTERNET_VLAN,)) -> Optional[int]:
+    """First VLAN of a free 20-VLAN block for a new slice, or None when all are taken.
+
+    The documented block is used when it is free; otherwise the first free
+    aligned block.  ``taken_pools`` are (start, end) of live slices.
+    """
+    taken = list(taken_pools)
+    reserved = set(reserved)
+
+    def free(start: int) -> bool:
+        end = start + POOL_SIZE - 1
+        if end > MAX_VLAN or any(start <= v <= end for v in reserved):
+            return False
+        return all(end < s or start > e for s, e in taken)
+
+    preferred = documented_pool_start(slice_id)
+    if free(preferred):
+        return preferred
+    for start in range(POOL_BASE, MAX_VLAN + 1, POOL_SIZE):
+        if free(start):
+            return start
+    return None
+
+
+def link_subnet(vlan: int) -> ipaddress.IPv4Network:
+    """The /24 of link VLAN ``vlan`` (unique for every VLAN 1..4094)."""
+    if not 1 <= vlan <= MAX_VLAN:
+        raise ValueError(f"VLAN {vlan} out of range")
+    if vlan <= 255:
+        return ipaddress.IPv4Network(f"192.168.{vlan}.0/24")
+    return ipaddress.IPv4Network(f"172.{16 + vlan // 256}.{vlan % 256}.0/24")
+
+
+def link_network(vlan: int) -> dict:
+    """Gateway, DHCP server and range of a link VLAN, as plain strings."""
+    net = link_subnet(vlan)
+    base = net.network_address
+    return {
+        "vlan_id": vlan,
+        "cidr": str(net),
+        "gateway_ip": str(base + 1),
+        "dhcp_server_ip": str(base + 254),
+        "dhcp_start": str(base + 10),
+        "dhcp_end": str(base + 250),
+        "prefixlen": net.prefixlen,
+    }
+
+
+def internet_ip_candidates(vm_id: int, cidr: str, gateway: str) -> list[str]:
+    """Addresses an internet VM may get, the documented one first."""
+    net = ipaddress.IPv4Network(cidr)
+    base = net.network_address
+    documented = 100 + vm_id % 100
+    order = [documented] + list(range(100, 200)) + list(range(2, 100)) + list(range(200, 254))
+    seen, out = set(), []
+    for host in order:
+        if host in seen:
+            continue
+        seen.add(host)
+        addr = base + host
+        if addr in net and str(addr) != gateway and addr != net.broadcast_address:
+            out.append(str(addr))
+    return out
+
+
+# --- Per-VM names on a worker -----------------------------------------------
+
+def qemu_name(vm_id: int) -> str:
+    return f"cr-vm{vm_id}"
+
+
+def vm_pidfile(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.pid"
+
+
+def vm_serial_log(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.serial"
+
+
+def vm_serial_socket(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.sock"
+
+
+def tap_name(vm_id: int, index: int) -> str:
+    """TAP device of interface ``eth{index}`` of VM ``vm_id``."""
+    name = f"tap{vm_id}_{index}"
+    if len(name) > IFNAMSIZ:
+        raise ValueError(f"interface name {name} is longer than {IFNAMSIZ} characters")
+    return name
+
+
+def overlay_path(vm_name: str, vm_id: Optional[int] = None) -> str:
+    """The overlay of a VM: the documented path, or the ID-qualified one."""
+    if vm_id is None:
+        return f"{IMAGE_DIR}/{vm_name}_img.qcow2"
+    return f"{IMAGE_DIR}/{vm_name}_{vm_id}_img.qcow2"
+
+
+def vnc_display(vnc_port: int) -> int:
+    return vnc_port - VNC_BASE
+
+
+# --- Per-VLAN names on the network node -------------------------------------
+
+def gateway_port(vlan: int) -> str:
+    return f"gw_vlan{vlan}"
+
+
+def dhcp_namespace(vlan: int) -> str:
+    return f"ns-dhcp-vlan{vlan}"
+
+
+def dhcp_veth(vlan: int) -> tuple[str, str]:
+    """(outside end on br-int, inside end in the namespace)."""
+    return f"dhcp{vlan}-o", f"dhcp{vlan}-i"
+
+
+def dnsmasq_files(vlan: int) -> dict:
+    stem = f"{STATE_DIR}/dnsmasq-vlan{vlan}"
+    return {"pid": f"{stem}.pid", "leases": f"{stem}.leases", "log": f"{stem}.log",
+            "hostsdir": f"{stem}.hosts.d"}
+
+
+FORWARD_CHAIN = "CR-FORWARD"
+
+# Patterns that recognise what this system created (used by orphan cleanup).
+TAP_RE = re.compile(r"^tap(\d+)_(\d+)$")
+QEMU_NAME_RE = re.compile(r"-name\s+cr-vm(\d+)")
+PIDFILE_RE = re.compile(r"^vm(\d+)\.pid$")
+GW_RE = re.compile(r"^gw_vlan(\d+)$")
+DHCP_NS_RE = re.compile(r"^ns-dhcp-vlan(\d+)$")
+DHCP_VETH_RE = re.compile(r"^dhcp(\d+)-[oi]$")
+OVERLAY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}_img\.qcow2$")

@@ -1,0 +1,109 @@
+"""QCOW2 overlays on workers: the base image check, its copy, the overlay.
+
+As documented for the original: ``test -f`` the base in ``~/vm_images`` on
+the worker, copy it from the manager when missing (SFTP, to a temporary name
+then renamed, so a partial copy never counts as present), then
+``qemu-img create -f qcow2 -b <base> -F qcow2 <vm_name>_img.qcow2`` inside
+``~/vm_images``.  Unlike the original, an existing file is never overwritten:
+the create fails instead (exit status ``OVERLAY_EXISTS``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import naming
+from remote_executor import HostCommand, RemoteExecutor, chain, join, q
+
+log = logging.getLogger("cloudrepo.qcow")
+
+OVERLAY_EXISTS = 17
+TILDE = '"$HOME"'
+
+
+def shell_path(path: str) -> str:
+    """Quote a path for a non-root command, keeping a leading ``~/`` live."""
+    if path.startswith("~/"):
+        return f"{TILDE}/{q(path[2:])}"
+    return q(path)
+
+
+def base_image_check(worker: str, base_dir: str, base_name: str) -> HostCommand:
+    """Is the base image already on the worker?  Prints exists/missing."""
+    target = shell_path(f"{base_dir}/{base_name}")
+    return HostCommand(worker, f"test -f {target} && echo exists || echo missing",
+                       sudo=False, step="check base image")
+
+
+def overlay_create(worker: str, base_dir: str, base_name: str, overlay_file: str) -> HostCommand:
+    """Create the overlay next to its base; refuse to overwrite an existing file."""
+    script = chain(
+        f"mkdir -p {shell_path(base_dir)}",
+        f"cd {shell_path(base_dir)}",
+        f"if [ -e {q(overlay_file)} ]; then echo {q(overlay_file + ' already exists')} >&2; "
+        f"exit {OVERLAY_EXISTS}; fi",
+        join(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base_name, "-F", "qcow2", overlay_file]),
+    )
+    return HostCommand(worker, script, sudo=False, step="create overlay")
+
+
+def overlay_delete(worker: str, image_path: str) -> HostCommand:
+    """Remove an overlay (no error when it is already gone)."""
+    return HostCommand(worker, f"rm -f {shell_path(image_path)}", sudo=False, step="delete overlay")
+
+
+class QCOWManager:
+    """Creates and deletes per-VM overlays on workers."""
+
+    def __init__(self, remote_executor: RemoteExecutor, base_dir: str = naming.IMAGE_DIR):
+        self.executor = remote_executor
+        self.base_dir = base_dir.rstrip("/")
+        self.last_error = ""
+        self.last_exit = 0
+
+    def ensure_base_image(self, worker_ip: str, base_image_path: str) -> bool:
+        """Check the base image on the worker; copy it from the manager if missing."""
+        base_name = os.path.basename(base_image_path)
+        res = self.executor.run(base_image_check(worker_ip, self.base_dir, base_name))
+        if not res.ok:
+            self.last_error = f"checking the base image on {worker_ip}: {res.message()}"
+            return False
+        if res.stdout.strip() == "exists":
+            return True
+        if not os.path.isfile(base_image_path):
+            self.last_error = f"base image {base_image_path} is missing on the manager"
+            return False
+        copied = self.executor.put_file(worker_ip, base_image_path, f"{self.base_dir}/{base_name}")
+        if not copied.ok:
+            self.last_error = f"copying the base image to {worker_ip}: {copied.message()}"
+        return copied.ok
+
+    def create_backing_image(self, worker_ip: str, vm_name: str, base_image_path: str,
+                             vlan_ids: Optional[list] = None,
+                             overlay_file: Optional[str] = None) -> tuple:
+        """Make ``<vm_name>_img.qcow2`` (or ``overlay_file``) backed by the base image.
+
+        Returns ``(True, "~/vm_images/<file>")`` or ``(False, None)``; the
+        reason of a failure is in ``last_error``.  ``vlan_ids`` is unused, as
+        in the original.
+        """
+        self.last_error = ""
+        self.last_exit = 0
+        if not self.ensure_base_image(worker_ip, base_image_path):
+            return False, None
+        overlay_file = overlay_file or f"{vm_name}_img.qcow2"
+        res = self.executor.run(overlay_create(worker_ip, self.base_dir,
+                                               os.path.basename(base_image_path), overlay_file))
+        if not res.ok:
+            self.last_error = f"creating {overlay_file} on {worker_ip}: {res.message()}"
+            self.last_exit = res.exit_status
+            return False, None
+        return True, f"{self.base_dir}/{overlay_file}"
+
+    def delete_image(self, worker_ip: str, image_path: str) -> bool:
+        """``rm -f`` the overlay on the worker."""
+        res = self.executor.run(overlay_delete(worker_ip, image_path))
+        if not res.ok:
+            self.last_error = f"deleting {image_path} on {worker_ip}: {res.message()}"
+        return res.ok
