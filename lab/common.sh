@@ -130,6 +130,15 @@ lab_teardown() {
         [[ -e /run/netns/$ns ]] && ip netns delete "$ns" 2>/dev/null || true
     done
     ip link del "$MGMT_IF" 2>/dev/null || true
+    # Undo the /run/netns mount (and dir) that the lab's first "ip netns add"
+    # created, if nothing else uses it meanwhile.
+    if [[ -f $STATE_DIR/run-netns-by-lab && -z "$(ip netns list 2>/dev/null)" ]]; then
+        umount /run/netns 2>/dev/null || true
+        if [[ "$(cat "$STATE_DIR/run-netns-by-lab")" == dir ]]; then
+            rmdir /run/netns 2>/dev/null || true
+        fi
+        rm -f "$STATE_DIR/run-netns-by-lab"
+    fi
     # 5. Runtime state. Keep the client key and the hosts' SSH host keys so the
     #    known_hosts entries stay valid across runs; keep the logs of the last run.
     for h in "${HOSTS[@]}"; do

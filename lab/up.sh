@@ -188,6 +188,12 @@ T_STATE=$(($(now_ms) - T0))
 
 # --- network ---------------------------------------------------------------------------
 T0=$(now_ms)
+# On a machine where nobody used "ip netns" yet, the first "ip netns add"
+# creates /run/netns and makes it a mount point; remember that, so that
+# lab/down.sh can undo it and leave no mount behind.
+if ! mountpoint -q /run/netns 2>/dev/null; then
+    [[ -d /run/netns ]] && echo mount >"$STATE_DIR/run-netns-by-lab" || echo dir >"$STATE_DIR/run-netns-by-lab"
+fi
 for ns in "${ALL_NS[@]}"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
