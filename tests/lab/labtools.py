@@ -1,0 +1,117 @@
+"""Helpers for lab tests: the product wired to the lab, and looks at hosts from outside."""
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from config import ClusterConfig
+from database import Database
+from deployment_api import DeploymentAPI
+from orchestrator_api import OrchestratorAPI
+from remote_executor import RemoteExecutor
+
+LAB_DIR = Path(__file__).resolve().parents[2] / "lab"
+STATE = "/run/cloud-repositorio"
+
+
+def make_api(lab, db_path) -> OrchestratorAPI:
+    """The real product against the lab: real SSH, real hosts."""
+    config = ClusterConfig.load(str(LAB_DIR / "cluster.yaml"))
+    executor = RemoteExecutor(config)
+    return OrchestratorAPI(Database(str(db_path)), DeploymentAPI(executor), config)
+
+
+def host_of(lab, ip: str) -> str:
+    """Lab host name (worker1...) of a management IP."""
+    return next(name for name, addr in lab.hosts.items() if addr == ip)
+
+
+def sh(lab, host: str, cmd: str, timeout: float = 60) -> str:
+    """Run a shell command as root inside a lab host; return stdout."""
+    return lab.exec(host, cmd, timeout=timeout).stdout
+
+
+def console(lab, vm: dict, command: str, timeout: float = 30) -> tuple:
+    """Run a command inside a VM through its serial console on its worker."""
+    host = host_of(lab, vm["worker_ip"])
+    proc = lab.exec(host, ["python3", str(LAB_DIR / "vm_console.py"), f"{STATE}/vm{vm['vm_id']}.sock",
+                           command, "--timeout", str(timeout)], timeout=timeout + 15)
+    return proc.returncode, proc.stdout
+
+
+def leases(lab, vlan: int) -> dict:
+    """MAC -> IP from VLAN ``vlan``'s dnsmasq lease file on the network node."""
+    text = sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan{vlan}.leases 2>/dev/null || true")
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out[parts[1].lower()] = parts[2]
+    return out
+
+
+def wait_for_leases(lab, wanted: dict, timeout: float = 120) -> dict:
+    """Wait until every (vlan, mac) in ``wanted`` holds a lease; return (vlan, mac) -> IP."""
+    deadline = time.monotonic() + timeout
+    got: dict = {}
+    while time.monotonic() < deadline:
+        for vlan in {v for v, _ in wanted}:
+            table = leases(lab, vlan)
+            for v, mac in wanted:
+                if v == vlan and mac in table:
+                    got[(v, mac)] = table[mac]
+        if len(got) == len(wanted):
+            return got
+        time.sleep(1)
+    missing = [k for k in wanted if k not in got]
+    raise AssertionError(f"no DHCP lease within {timeout} s for {missing}; got {got}")
+
+
+def serial_log(lab, vm: dict) -> str:
+    return sh(lab, host_of(lab, vm["worker_ip"]), f"cat {STATE}/vm{vm['vm_id']}.serial 2>/dev/null || true")
+
+
+def rfb_banner(ip: str, port: int, timeout: float = 10) -> bytes:
+    with socket.create_connection((ip, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        return s.recv(12)
+
+
+def host_footprint(lab) -> dict:
+    """What this system's naming finds on every lab host (for "nothing left" checks)."""
+    out = {}
+    for host in ("worker1", "worker2", "worker3"):
+        out[host] = {
+            "qemu": sh(lab, host, "pgrep -a qemu-system || true").strip(),
+            "taps": re.findall(r"tap\d+_\d+", sh(lab, host, "ip -o link show")),
+            "ports": [p for p in sh(lab, host, "ovs-vsctl list-ports br-int").split() if p.startswith("tap")],
+            "pidfiles": sh(lab, host, f"ls {STATE} 2>/dev/null || true").split(),
+            "overlays": [f for f in sh(lab, host, "ls /home/ubuntu/vm_images 2>/dev/null || true").split()
+                         if f.endswith("_img.qcow2")],
+        }
+    out["netnode"] = {
+        "ports": [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
+                  if p.startswith(("gw_vlan", "dhcp"))],
+        "netns": sh(lab, "netnode", "ip netns list").split(),
+        "dnsmasq": sh(lab, "netnode", "pgrep -a dnsmasq || true").strip(),
+    }
+    return out
+
+
+def assert_clean(lab, keep_overlays: set = frozenset()) -> None:
+    """Nothing of any slice on any host (overlays in ``keep_overlays`` excepted)."""
+    fp = host_footprint(lab)
+    for host in ("worker1", "worker2", "worker3"):
+        f = fp[host]
+        assert not f["qemu"], f"{host}: QEMU still running: {f['qemu']}"
+        assert not f["taps"], f"{host}: TAPs left: {f['taps']}"
+        assert not f["ports"], f"{host}: OVS ports left: {f['ports']}"
+        assert not [p for p in f["pidfiles"] if p.startswith("vm")], f"{host}: files left: {f['pidfiles']}"
+        left = set(f["overlays"]) - set(keep_overlays)
+        assert not left, f"{host}: overlays left: {left}"
+    n = fp["netnode"]
+    assert not n["ports"], f"netnode: ports left: {n['ports']}"
+    assert not [x for x in n["netns"] if x.startswith("ns-dhcp")], f"netnode: namespaces left: {n['netns']}"
+    assert not n["dnsmasq"], f"netnode: dnsmasq left: {n['dnsmasq']}"

@@ -1,0 +1,283 @@
+"""Design, deploy and delete for real in the local lab, checked from outside the VMs.
+
+Real SSH (paramiko, host keys checked), real OVS, QEMU, dnsmasq, iptables.
+Each test uses its own database and leaves the hosts clean.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from labtools import (
+    STATE,
+    assert_clean,
+    console,
+    host_of,
+    leases,
+    make_api,
+    rfb_banner,
+    serial_log,
+    sh,
+    wait_for_leases,
+)
+
+import naming
+
+
+@pytest.fixture
+def api(lab, tmp_path):
+    api = make_api(lab, tmp_path / "database.yaml")
+    yield api
+    # never leave a slice behind, whatever the test did
+    for s in api.db.all_slices().values():
+        api.delete_slice(s["owner"], s["slice_id"])
+    api.executor.close()
+
+
+def mac(vm: dict, index: int) -> str:
+    return vm["interfaces"][index]["mac"].lower()
+
+
+def build_slice(api, user: str, name: str, n_vms: int, links: list, internet: tuple = ()) -> tuple:
+    ok, s = api.create_slice(user, name)
+    assert ok, s
+    vms = []
+    for i in range(n_vms):
+        ok, vm = api.add_vm_to_slice(user, s["slice_id"], f"{name}v{i + 1}", "cirros", 2, i in internet)
+        assert ok, vm
+        vms.append(vm)
+    out_links = []
+    for a, ia, b, ib in links:
+        ok, link = api.create_link(user, s["slice_id"], vms[a]["vm_id"], ia, vms[b]["vm_id"], ib)
+        assert ok, link
+        out_links.append(link)
+    return s["slice_id"], vms, out_links
+
+
+# --- design mode on real hosts -------------------------------------------------
+
+def test_overlay_made_on_the_chosen_worker_base_copied_and_removed_on_delete(lab, api):
+    # the base image is missing on worker1: it must be copied from the manager
+    sh(lab, "worker1", "rm -f /home/ubuntu/vm_images/labvm.qcow2")
+    ok, s = api.create_slice("admin", "design1")
+    assert ok
+    vms = [api.add_vm_to_slice("admin", s["slice_id"], f"d{i}", "cirros", 1)[1] for i in range(3)]
+    assert [v["vm_id"] for v in vms] == [1001, 1002, 1003]
+    assert [v["vnc_port"] for v in vms] == [5901, 5902, 5903]
+    assert sorted(v["worker_ip"] for v in vms) == sorted(lab["workers"])
+    base = os.path.getsize(str(lab["flavor_images"]["cirros"]))
+    for vm in vms:
+        host = host_of(lab, vm["worker_ip"])
+        listing = sh(lab, host, "ls -l /home/ubuntu/vm_images")
+        assert f"{vm['name']}_img.qcow2" in listing
+        info = sh(lab, host, f"qemu-img info /home/ubuntu/vm_images/{vm['name']}_img.qcow2")
+        assert "backing file: labvm.qcow2" in info
+        others = [h for h in ("worker1", "worker2", "worker3") if h != host]
+        for other in others:
+            assert f"{vm['name']}_img.qcow2" not in sh(lab, other, "ls /home/ubuntu/vm_images")
+    copied = sh(lab, "worker1", "stat -c %s /home/ubuntu/vm_images/labvm.qcow2").strip()
+    assert int(copied) == base
+    assert not sh(lab, "worker1", "ls /home/ubuntu/vm_images | grep part || true").strip()
+    ok, msg = api.delete_slice("admin", s["slice_id"])
+    assert ok, msg
+    assert_clean(lab)
+
+
+# --- deploy (a), (d) -------------------------------------------------------------
+
+def test_deploy_three_workers_links_internet_vnc_then_delete_leaves_nothing(lab, api):
+    sid, vms, links = build_slice(api, "admin", "web", 3,
+                                  [(0, "eth1", 1, "eth1"), (1, "eth2", 2, "eth1")], internet=(0,))
+    assert len({v["worker_ip"] for v in vms}) == 3
+    events = []
+    t0 = time.monotonic()
+    ok, msg = api.deploy_slice("admin", sid, progress=events.append)
+    took = time.monotonic() - t0
+    assert ok, msg
+    print(f"deploy_slice returned in {took:.2f} s")
+    assert [e for e in events if e["phase"] == "network"] and all(e["ok"] for e in events)
+    s = api.db.get_slice(sid)
+    assert s["status"] == "running" and all(v["status"] == "running" and v["pid"] for v in s["vms"])
+
+    v1, v2 = links[0]["vlan_id"], links[1]["vlan_id"]
+    got = wait_for_leases(lab, {(v1, mac(vms[0], 1)), (v1, mac(vms[1], 1)),
+                                (v2, mac(vms[1], 2)), (v2, mac(vms[2], 1)),
+                                (400, mac(vms[0], 0))}, timeout=150)
+    print(f"every NIC leased {time.monotonic() - t0:.1f} s after deploy started")
+    for (vlan, _m), ip in got.items():
+        if vlan != 400:
+            assert ipaddress.ip_address(ip) in naming.link_subnet(vlan)
+    # the internet VM holds exactly the address the database shows
+    assert got[(400, mac(vms[0], 0))] == vms[0]["interfaces"][0]["ip_config"]["ip"]
+    # across workers on link 1 and link 2
+    rc, out = console(lab, vms[0], f"ping -c 2 -W 3 {got[(v1, mac(vms[1], 1))]}")
+    assert rc == 0, out
+    rc, out = console(lab, vms[2], f"ping -c 2 -W 3 {got[(v2, mac(vms[1], 2))]}")
+    assert rc == 0, out
+    # internet through NAT: the internet host sees the network node's uplink address
+    rc, out = console(lab, vms[0], f"wget -q -O - {lab['lab']['internet_http']}")
+    assert rc == 0 and "you are 10.255.0.1" in out, out
+    # a VM without internet cannot get out
+    rc, out = console(lab, vms[1], f"ping -c 1 -W 2 {lab['lab']['internet_host']}")
+    assert rc != 0, out
+    for vm in vms:
+        assert rfb_banner(vm["worker_ip"], vm["vnc_port"]).startswith(b"RFB ")
+        assert f"LAB-NIC eth2 mac={mac(vm, 2)}" in serial_log(lab, vm)  # every NIC, in order
+
+    ok, msg = api.deploy_slice("admin", sid)
+    assert not ok and msg == "Slice already running"
+
+    t0 = time.monotonic()
+    ok, msg = api.delete_slice("admin", sid)
+    print(f"delete_slice took {time.monotonic() - t0:.2f} s")
+    assert ok, msg
+    assert_clean(lab)
+    assert api.db.get_user("admin")["used_vms"] == 0
+
+
+# --- isolation (b) ---------------------------------------------------------------
+
+def test_two_tenants_isolated_and_deleting_one_keeps_the_other_dhcp(lab, api):
+    sid_a, a_vms, a_links = build_slice(api, "admin", "tenanta", 2, [(0, "eth1", 1, "eth1")])
+    sid_b, b_vms, b_links = build_slice(api, "student", "tenantb", 2, [(0, "eth1", 1, "eth1")])
+    va, vb = a_links[0]["vlan_id"], b_links[0]["vlan_id"]
+    assert va != vb
+    for user, sid in (("admin", sid_a), ("student", sid_b)):
+        ok, msg = api.deploy_slice(user, sid)
+        assert ok, msg
+    got = wait_for_leases(lab, {(va, mac(a_vms[0], 1)), (va, mac(a_vms[1], 1)),
+                                (vb, mac(b_vms[0], 1)), (vb, mac(b_vms[1], 1))}, timeout=150)
+    a_ip = got[(va, mac(a_vms[1], 1))]
+    # control: inside tenant B the link works
+    rc, out = console(lab, b_vms[0], f"ping -c 2 -W 3 {got[(vb, mac(b_vms[1], 1))]}")
+    assert rc == 0, out
+    # L3: B cannot reach A's subnet through the network node's gateways
+    rc, out = console(lab, b_vms[0], f"ping -c 2 -W 2 {a_ip}")
+    assert rc != 0, out
+    # L2: even with an address inside A's subnet, B's NIC does not reach A
+    rc, out = console(lab, b_vms[0], f"ip addr add {naming.link_subnet(va).network_address + 77}/24 dev eth1 "
+                                     f"&& ping -c 2 -W 2 {a_ip}")
+    assert rc != 0, out
+    pid_a = sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan{va}.pid").strip()
+    ok, msg = api.delete_slice("student", sid_b)
+    assert ok, msg
+    assert sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan{va}.pid").strip() == pid_a
+    assert sh(lab, "netnode", f"test -d /proc/{pid_a} && echo alive").strip() == "alive"
+    assert mac(a_vms[0], 1) in leases(lab, va)
+    ok, msg = api.delete_slice("admin", sid_a)
+    assert ok, msg
+    assert_clean(lab)
+
+
+# --- rollback (c) ------------------------------------------------------------------
+
+def test_qemu_failure_mid_deploy_rolls_back_everything_then_deploy_succeeds(lab, api):
+    sid, vms, _links = build_slice(api, "admin", "rb", 3, [(0, "eth1", 1, "eth1"), (1, "eth2", 2, "eth1")],
+                                   internet=(2,))
+    victim = vms[2]
+    host = host_of(lab, victim["worker_ip"])
+    # occupy the victim's VNC port on its worker: its QEMU cannot start
+    blocker = subprocess.Popen(
+        [str(lab.root / "exec.sh"), host, "python3", "-c",
+         f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+         f"s.bind(('0.0.0.0', {victim['vnc_port']})); s.listen(); time.sleep(120)"])
+    try:
+        deadline = time.monotonic() + 10
+        while f":{victim['vnc_port']}" not in sh(lab, host, "ss -ltn") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ok, msg = api.deploy_slice("admin", sid)
+        assert not ok
+        assert f"start VM {victim['vm_id']}" in msg and victim["worker_ip"] in msg, msg
+        assert "still in design" in msg
+    finally:
+        blocker.kill()
+        blocker.wait()
+    s = api.db.get_slice(sid)
+    assert s["status"] == "design" and "busy" not in s
+    overlays = {f"{v['name']}_img.qcow2" for v in vms}
+    assert_clean(lab, keep_overlays=overlays)
+    ok, msg = api.deploy_slice("admin", sid)
+    assert ok, msg
+    ok, msg = api.delete_slice("admin", sid)
+    assert ok, msg
+    assert_clean(lab)
+
+
+def test_unreachable_worker_fails_before_anything_is_made(lab, api):
+    sid, vms, _ = build_slice(api, "admin", "down", 3, [(0, "eth1", 2, "eth1")])
+    target = host_of(lab, vms[2]["worker_ip"])
+    api.executor.close()  # a fresh connection is needed: as after a restart of the menu
+    sh(lab, target, "ip link set eth0 down")
+    try:
+        ok, msg = api.deploy_slice("admin", sid)
+    finally:
+        sh(lab, target, "ip link set eth0 up")
+    assert not ok
+    assert vms[2]["worker_ip"] in msg and "connect" in msg, msg
+    assert api.db.get_slice(sid)["status"] == "design"
+    assert_clean(lab, keep_overlays={f"{v['name']}_img.qcow2" for v in vms})
+
+
+# --- orphans (e) -------------------------------------------------------------------
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests/lab")
+    from labtools import make_api
+    api = make_api(None, sys.argv[2])
+    def progress(event):
+        if event["phase"] == "vms":
+            os.kill(os.getpid(), signal.SIGKILL)   # the manager dies in the middle of the deploy
+    api.deploy_slice("admin", int(sys.argv[3]), progress=progress)
+""")
+
+
+def test_orphans_of_a_killed_manager_are_found_and_only_they_are_removed(lab, api, tmp_path):
+    sid, vms, links = build_slice(api, "admin", "orph", 2, [(0, "eth1", 1, "eth1")])
+    keep_sid, keep_vms, _ = build_slice(api, "admin", "keep", 1, [])
+    ok, msg = api.deploy_slice("admin", keep_sid)
+    assert ok, msg
+    # something that is not ours: it must survive the cleanup
+    sh(lab, "worker1", "ip tuntap add mode tap name tapother && touch /home/ubuntu/vm_images/notes.txt")
+    api.executor.close()
+    root = str(lab.root.parent)
+    proc = subprocess.run([sys.executable, "-c", KILLER, root, str(api.db.path), str(sid)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert api.db.get_slice(sid)["status"] == "deploying"  # the dead session's mark
+
+    ok, orphans = api.find_orphans("admin")
+    assert ok, orphans
+    kinds = {(o.kind, o.key[0]) for o in orphans}
+    assert ("VLAN", "vlan") in kinds and ("VM", "vm") in kinds, orphans
+    assert all(o.key[2] != keep_vms[0]["vm_id"] for o in orphans if o.key[0] == "vm")
+    assert not [o for o in orphans if "tapother" in o.name or "notes" in o.name]
+    ok, msg = api.find_orphans("student")
+    assert not ok and "admin" in msg
+
+    ok, msg = api.cleanup_orphans("admin", orphans)
+    assert ok, msg
+    fp_vlan = links[0]["vlan_id"]
+    assert f"ns-dhcp-vlan{fp_vlan}" not in sh(lab, "netnode", "ip netns list")
+    for vm in vms:
+        h = host_of(lab, vm["worker_ip"])
+        assert f"cr-vm{vm['vm_id']}," not in sh(lab, h, "pgrep -a qemu-system || true")
+    keep_host = host_of(lab, keep_vms[0]["worker_ip"])
+    assert f"cr-vm{keep_vms[0]['vm_id']}," in sh(lab, keep_host, "pgrep -a qemu-system || true")
+    assert "tapother" in sh(lab, "worker1", "ip -o link show")
+    assert "notes.txt" in sh(lab, "worker1", "ls /home/ubuntu/vm_images")
+    sh(lab, "worker1", "ip link del tapother; rm -f /home/ubuntu/vm_images/notes.txt")
+    ok, orphans = api.find_orphans("admin")
+    assert ok and orphans == [], orphans
+    # the interrupted slice deploys fine afterwards
+    ok, msg = api.deploy_slice("admin", sid)
+    assert ok, msg
+    for s in (sid, keep_sid):
+        ok, msg = api.delete_slice("admin", s)
+        assert ok, msg
+    assert_clean(lab)
