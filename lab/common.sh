@@ -44,6 +44,10 @@ die() { printf '[lab] ERROR: %s\n' "$*" >&2; exit 1; }
 # Milliseconds since the epoch, for the timing summary.
 now_ms() { date +%s%3N; }
 
+# Inside each host, lab/state is bind-mounted here (see host_init.sh), so
+# the host's own configs (sshd_config) use this path, not the repo's.
+HOST_STATE_MNT=/run/crlab
+
 host_dir() { printf '%s/hosts/%s' "$STATE_DIR" "$1"; }
 
 # PID (as seen from the root namespace) of a host's PID-1 init, or nothing.

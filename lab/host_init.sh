@@ -26,6 +26,13 @@ log "$H: init starting ($(date -Is))"
 mount -n -t sysfs sysfs /sys
 bind() { mount -n --bind "$1" "$2"; }
 bind "$D/run" /run
+# The repo may live under a directory that is about to be shadowed (CI clones
+# into /tmp, users clone into /home): from here on, reach the lab state
+# through a fixed path inside the host's own /run.
+mkdir -p "$HOST_STATE_MNT"
+bind "$STATE_DIR" "$HOST_STATE_MNT"
+STATE_DIR=$HOST_STATE_MNT
+D=$STATE_DIR/hosts/$H
 bind "$D/tmp" /tmp
 bind "$D/home" /home
 bind "$D/etc-openvswitch" /etc/openvswitch

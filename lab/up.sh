@@ -164,9 +164,9 @@ for h in "${HOSTS[@]}"; do
     [[ -f $d/ssh_host_ed25519_key ]] ||
         ssh-keygen -q -t ed25519 -N '' -C "crlab-$h" -f "$d/ssh_host_ed25519_key"
     cat >"$d/sshd_config" <<EOF
-# Written by lab/up.sh for lab host $h.
+# Written by lab/up.sh for lab host $h (paths as seen inside the host).
 ListenAddress ${HOST_IP[$h]}
-HostKey $d/ssh_host_ed25519_key
+HostKey $HOST_STATE_MNT/hosts/$h/ssh_host_ed25519_key
 PidFile /run/sshd.pid
 UsePAM no
 PasswordAuthentication no
