@@ -72,8 +72,8 @@ def _remove_taps(vm_id: int, count: int, bridge: str) -> str:
     ovs = ["ovs-vsctl"]
     for tap in taps:
         ovs += ["--", "--if-exists", "del-port", bridge, tap]
-    dels = "; ".join(f"ip link del {q(t)} 2>/dev/null" for t in taps)
-    return f"{join(ovs)}; {dels}; true"
+    dels = "; ".join(f"{{ ip link del {q(t)} 2>/dev/null || true; }}" for t in taps)
+    return f"{{ {join(ovs)} || true; }}; {dels}"
 
 
 def launch_vm_command(vm: dict, home: str, bridge: str, accel: str) -> HostCommand:

@@ -69,6 +69,17 @@ def wait_for_leases(lab, wanted: dict, timeout: float = 120) -> dict:
     raise AssertionError(f"no DHCP lease within {timeout} s for {missing}; got {got}")
 
 
+def wait_guest_configured(lab, vms_ifaces: list, timeout: float = 60) -> None:
+    """Wait until each (vm, iface) printed its ``LAB-DHCP <iface> ip=`` line (address applied)."""
+    deadline = time.monotonic() + timeout
+    pending = list(vms_ifaces)
+    while pending and time.monotonic() < deadline:
+        pending = [(vm, i) for vm, i in pending if f"LAB-DHCP {i} ip=" not in serial_log(lab, vm)]
+        if pending:
+            time.sleep(0.5)
+    assert not pending, f"guests never applied their lease: {[(v['name'], i) for v, i in pending]}"
+
+
 def serial_log(lab, vm: dict) -> str:
     return sh(lab, host_of(lab, vm["worker_ip"]), f"cat {STATE}/vm{vm['vm_id']}.serial 2>/dev/null || true")
 
@@ -84,7 +95,7 @@ def host_footprint(lab) -> dict:
     out = {}
     for host in ("worker1", "worker2", "worker3"):
         out[host] = {
-            "qemu": sh(lab, host, "pgrep -a qemu-system || true").strip(),
+            "qemu": sh(lab, host, "pgrep -af '^qemu-system' || true").strip(),
             "taps": re.findall(r"tap\d+_\d+", sh(lab, host, "ip -o link show")),
             "ports": [p for p in sh(lab, host, "ovs-vsctl list-ports br-int").split() if p.startswith("tap")],
             "pidfiles": sh(lab, host, f"ls {STATE} 2>/dev/null || true").split(),

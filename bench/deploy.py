@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Deploy benchmark in the local lab (SPEC §8): the reference slice, end to end.
+
+Reference slice: 6 cirros VMs over 3 workers, 5 links in a chain
+(vm1-vm2-...-vm6), internet on 2 VMs (vm1, vm6): 12 NICs that should get a
+DHCP lease.  For each run it measures, with the real product over real SSH:
+
+* design: create_slice + 6 add_vm_to_slice (overlays made on the workers)
+* deploy: deploy_slice until it returns, and per phase (connect, network, vms)
+* leases: until every one of the 12 NICs holds its lease (checked on the
+  network node's lease files, from outside the VMs; guest boot under TCG)
+* delete: delete_slice of the running slice
+* SSH connections opened and commands run in each phase
+
+Usage (as root, the lab is brought up if needed):
+    .venv/bin/python bench/deploy.py [--runs 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from config import ClusterConfig  # noqa: E402
+from database import Database  # noqa: E402
+from deployment_api import DeploymentAPI  # noqa: E402
+from orchestrator_api import OrchestratorAPI  # noqa: E402
+from remote_executor import RemoteExecutor  # noqa: E402
+
+LAB = os.path.join(ROOT, "lab")
+# SPEC §8: the original, measured in a lab like this one (median of 3 runs)
+ORIGINAL = {"design_s": 4.9, "deploy_s": 42.9, "delete_s": 9.1, "leases": 2}
+
+
+def lab_exec(host: str, cmd: str) -> str:
+    return subprocess.run([os.path.join(LAB, "exec.sh"), host, "sh", "-c", cmd],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def lease_table(vlans: list) -> dict:
+    out = lab_exec("netnode", " ; ".join(
+        f"cat /run/cloud-repositorio/dnsmasq-vlan{v}.leases 2>/dev/null" for v in vlans) + "; true")
+    return {line.split()[1].lower() for line in out.splitlines() if len(line.split()) >= 3}
+
+
+def snapshot(executor: RemoteExecutor) -> tuple:
+    return executor.stats.connections, executor.stats.commands + executor.stats.files_copied
+
+
+def one_run(config_path: str) -> dict:
+    config = ClusterConfig.load(config_path)
+    executor = RemoteExecutor(config)
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    api = OrchestratorAPI(Database(os.path.join(tmp, "database.yaml")), DeploymentAPI(executor), config)
+    r: dict = {}
+    c0 = snapshot(executor)
+    t = time.monotonic()
+    ok, s = api.create_slice("admin", "bench")
+    assert ok, s
+    sid = s["slice_id"]
+    vms = []
+    for i in range(6):
+        ok, vm = api.add_vm_to_slice("admin", sid, f"b{i + 1}", "cirros", 2, i in (0, 5))
+        assert ok, vm
+        vms.append(vm)
+    for i in range(5):
+        ok, link = api.create_link("admin", sid, vms[i]["vm_id"], "eth2", vms[i + 1]["vm_id"], "eth1")
+        assert ok, link
+    r["design_s"] = time.monotonic() - t
+    c1 = snapshot(executor)
+    r["design_conn"], r["design_cmds"] = c1[0] - c0[0], c1[1] - c0[1]
+
+    phases: dict = {}
+
+    def progress(e: dict) -> None:
+        phases[e["phase"]] = max(phases.get(e["phase"], 0.0), e["elapsed"])
+
+    executor.close()  # deploy starts like a fresh menu session: no open connection
+    t = time.monotonic()
+    ok, msg = api.deploy_slice("admin", sid, progress=progress)
+    r["deploy_s"] = time.monotonic() - t
+    assert ok, msg
+    c2 = snapshot(executor)
+    r["deploy_conn"], r["deploy_cmds"] = c2[0] - c1[0], c2[1] - c1[1]
+    r["phases"] = {k: round(v, 3) for k, v in phases.items()}
+
+    s = api.db.get_slice(sid)
+    vlans = sorted({link["vlan_id"] for link in s["links"]}) + [config.internet_vlan]
+    wanted = {i["mac"].lower() for vm in s["vms"] for i in vm["interfaces"] if i["vlan_id"] is not None}
+    deadline = t + 300
+    got = set()
+    while time.monotonic() < deadline:
+        got = lease_table(vlans) & wanted
+        if got == wanted:
+            break
+        time.sleep(0.5)
+    r["leases_s"] = time.monotonic() - t
+    r["leases"], r["nics"] = len(got), len(wanted)
+
+    executor.close()
+    c3 = snapshot(executor)
+    t = time.monotonic()
+    ok, msg = api.delete_slice("admin", sid)
+    r["delete_s"] = time.monotonic() - t
+    assert ok, msg
+    c4 = snapshot(executor)
+    r["delete_conn"], r["delete_cmds"] = c4[0] - c3[0], c4[1] - c3[1]
+    r["failed_cmds"] = executor.stats.failures
+    executor.close()
+    return r
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--config", default=os.path.join(LAB, "cluster.yaml"))
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/deploy.py drives the local lab: run it as root", file=sys.stderr)
+        return 2
+    subprocess.run([os.path.join(LAB, "up.sh")], check=True, stdout=subprocess.DEVNULL)
+    runs = []
+    for n in range(args.runs):
+        r = one_run(args.config)
+        runs.append(r)
+        print(f"run {n + 1}: design {r['design_s']:.2f} s, deploy {r['deploy_s']:.2f} s "
+              f"(phases {r['phases']}), leases {r['leases']}/{r['nics']} after {r['leases_s']:.1f} s, "
+              f"delete {r['delete_s']:.2f} s", flush=True)
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    rows = [
+        ("design (create + 6 adds, overlays)", f"{ORIGINAL['design_s']} s, 18 ssh processes",
+         f"{med('design_s'):.2f} s, {med('design_conn'):.0f} connections, {med('design_cmds'):.0f} commands",
+         ORIGINAL["design_s"] / med("design_s")),
+        ("deploy_slice returns", f"{ORIGINAL['deploy_s']} s, 78 ssh processes",
+         f"{med('deploy_s'):.2f} s, {med('deploy_conn'):.0f} connections, {med('deploy_cmds'):.0f} commands",
+         ORIGINAL["deploy_s"] / med("deploy_s")),
+        ("delete_slice", f"{ORIGINAL['delete_s']} s, 33 ssh processes",
+         f"{med('delete_s'):.2f} s, {med('delete_conn'):.0f} connections, {med('delete_cmds'):.0f} commands",
+         ORIGINAL["delete_s"] / med("delete_s")),
+        ("NICs that got a DHCP lease", "2 of 12", f"{med('leases'):.0f} of {runs[0]['nics']}", None),
+        ("every NIC leased (guest boot, TCG)", "-", f"{med('leases_s'):.1f} s after deploy started", None),
+    ]
+    print(f"\nMedian of {len(runs)} run(s), reference slice: 6 VMs / 3 workers / 5 links / 2 internet")
+    print(f"{'phase':<38} {'original (SPEC §8)':<28} {'this project':<50} speed-up")
+    for name, orig, ours, ratio in rows:
+        print(f"{name:<38} {orig:<28} {ours:<50} {'' if ratio is None else f'{ratio:.1f}x'}")
+    print(f"failed commands: {sum(r['failed_cmds'] for r in runs)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
