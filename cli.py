@@ -427,19 +427,40 @@ def build(config_path: str, db_path: str, dry_run: bool = False):
     return OrchestratorAPI(db, DeploymentAPI(executor), config), executor
 
 
+def print_plan(api, executor, slice_id: int) -> int:
+    """Dry run: show, per host, the commands a deploy would run."""
+    s = api.db.get_slice(slice_id)
+    if s is None:
+        print(f"{ERR} Slice {slice_id} not found", file=sys.stderr)
+        return 1
+    ok, cmds = api.plan_deploy(s["owner"], slice_id)
+    if not ok:
+        print(f"{ERR} {cmds}", file=sys.stderr)
+        return 1
+    for cmd in cmds:
+        say(f"# {cmd.host}: {cmd.step}")
+        say(executor.render(cmd))
+        say()
+    return 0
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="Cloud Repositorio slice manager (text menu)")
     parser.add_argument("--config", default=default_config_path(), help="cluster config YAML")
     parser.add_argument("--db", default=default_db_path(), help="database YAML")
+    parser.add_argument("--plan", metavar="SLICE_ID", type=int,
+                        help="print the host commands a deploy of this slice would run, run nothing")
     args = parser.parse_args(argv)
     from config import ConfigError
     from database import DatabaseError
 
     try:
-        api, executor = build(args.config, args.db)
+        api, executor = build(args.config, args.db, dry_run=args.plan is not None)
     except (ConfigError, DatabaseError, OSError) as e:
         print(f"{ERR} Cannot start: {e}", file=sys.stderr)
         return 2
+    if args.plan is not None:
+        return print_plan(api, executor, args.plan)
     started = time.monotonic()
     try:
         return CLI(api).run()

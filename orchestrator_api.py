@@ -689,18 +689,20 @@ class OrchestratorAPI:
             snapshot = dict(s)
         sid = int(snapshot["slice_id"])
         failures = []
+        disks = [self.deployment.delete_vm_command(vm) for vm in snapshot["vms"] if vm.get("qcow_image")]
         try:
             if was_live:
+                # VMs first; then their disks together with the network node's teardown
                 with self.db.transaction() as data:
                     last = not self._internet_users(data, exclude=sid)
                     stops, node = self.teardown_commands(snapshot, last)
-                    for phase, cmds in (("stop", stops), ("network", node)):
+                    for phase, cmds in (("stop", stops), ("teardown", node + disks)):
                         report = self._run_phase(cmds, progress, t0, phase, threading.Event())
                         failures += [r for r in report.results if r is not None and not r.ok]
-            if not failures:
-                overlay_cmds = [self.deployment.delete_vm_command(vm)
-                                for vm in snapshot["vms"] if vm.get("qcow_image")]
-                report = self._run_phase(overlay_cmds, progress, t0, "disks", threading.Event())
+                        if failures:
+                            break
+            else:
+                report = self._run_phase(disks, progress, t0, "disks", threading.Event())
                 failures += [r for r in report.results if r is not None and not r.ok]
         except KeyboardInterrupt:
             failures.append(CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="delete"))

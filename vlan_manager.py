@@ -35,7 +35,7 @@ def _stop_dnsmasq(vlan: int) -> str:
     return (f"if [ -f {pidfile} ]; then pid=$(cat {pidfile}); "
             f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {marker}; then "
             "kill \"$pid\"; n=0; while [ -d /proc/$pid ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done; "
-            "kill -9 \"$pid\" 2>/dev/null; fi; rm -f " + pidfile + "; fi")
+            "kill -9 \"$pid\" 2>/dev/null || true; fi; rm -f " + pidfile + "; fi")
 
 
 def _dnsmasq_running(vlan: int) -> str:

@@ -63,7 +63,7 @@ def _kill_vm_by_pidfile(vm_id: int) -> str:
     marker = q(f"-name {naming.qemu_name(vm_id)},")
     return (f"if [ -f {pidfile} ]; then pid=$(cat {pidfile}); "
             f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {marker}; then "
-            f"kill -9 \"$pid\"; n=0; while [ -d /proc/$pid ] && [ $n -lt {STOP_WAIT_S * 20} ]; do "
+            f"kill -9 \"$pid\" 2>/dev/null || true; n=0; while [ -d /proc/$pid ] && [ $n -lt {STOP_WAIT_S * 20} ]; do "
             f"sleep 0.05; n=$((n+1)); done; fi; rm -f {pidfile}; fi")
 
 

@@ -236,6 +236,30 @@ KILLER = textwrap.dedent("""
 """)
 
 
+def test_leftovers_of_a_killed_manager_never_block_the_next_deploy(lab, api):
+    sid, vms, links = build_slice(api, "admin", "crash", 2, [(0, "eth1", 1, "eth1")], internet=(0,))
+    api.executor.close()
+    root = str(lab.root.parent)
+    proc = subprocess.run([sys.executable, "-c", KILLER, root, str(api.db.path), str(sid)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    vlan = links[0]["vlan_id"]
+    old_dnsmasq = sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan{vlan}.pid").strip()
+    assert old_dnsmasq, "the killed deploy should have left the VLAN's dnsmasq behind"
+    ok, msg = api.deploy_slice("admin", sid)        # no cleanup in between
+    assert ok, msg
+    new_dnsmasq = sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan{vlan}.pid").strip()
+    assert new_dnsmasq != old_dnsmasq
+    assert sh(lab, "netnode", f"test -d /proc/{old_dnsmasq} && echo alive || echo gone").strip() == "gone"
+    assert len(sh(lab, "netnode", "pgrep -x dnsmasq").split()) == 2          # VLAN and internet
+    for vm in vms:
+        running = sh(lab, host_of(lab, vm["worker_ip"]), "pgrep -af '^qemu-system' || true")
+        assert running.count(f"cr-vm{vm['vm_id']},") == 1, running
+    wait_for_leases(lab, {(vlan, mac(vms[0], 1)), (vlan, mac(vms[1], 1)), (400, mac(vms[0], 0))})
+    ok, msg = api.delete_slice("admin", sid)
+    assert ok, msg
+    assert_clean(lab)
+
+
 def test_orphans_of_a_killed_manager_are_found_and_only_they_are_removed(lab, api, tmp_path):
     sid, vms, links = build_slice(api, "admin", "orph", 2, [(0, "eth1", 1, "eth1")])
     keep_sid, keep_vms, _ = build_slice(api, "admin", "keep", 1, [])
