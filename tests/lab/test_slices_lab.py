@@ -236,6 +236,35 @@ KILLER = textwrap.dedent("""
 """)
 
 
+CTRL_C = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests/lab")
+    from labtools import make_api
+    api = make_api(None, sys.argv[2])
+    sent = []
+    def progress(event):
+        if event["phase"] == "vms" and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)    # the user presses Ctrl-C mid-deploy
+    print(api.deploy_slice("admin", int(sys.argv[3]), progress=progress))
+""")
+
+
+def test_ctrl_c_mid_deploy_undoes_everything(lab, api):
+    sid, vms, _links = build_slice(api, "admin", "ctrlc", 3, [(0, "eth1", 1, "eth1"), (1, "eth2", 2, "eth1")],
+                                   internet=(1,))
+    api.executor.close()
+    root = str(lab.root.parent)
+    proc = subprocess.run([sys.executable, "-c", CTRL_C, root, str(api.db.path), str(sid)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "(False, 'Deploy interrupted (Ctrl-C)." in proc.stdout, proc.stdout
+    s = api.db.get_slice(sid)
+    assert s["status"] == "design" and "busy" not in s
+    assert_clean(lab, keep_overlays={f"{v['name']}_img.qcow2" for v in vms})
+
+
 def test_leftovers_of_a_killed_manager_never_block_the_next_deploy(lab, api):
     sid, vms, links = build_slice(api, "admin", "crash", 2, [(0, "eth1", 1, "eth1")], internet=(0,))
     api.executor.close()
