@@ -1,0 +1,303 @@
+"""The documented menu flows against the real local lab, typed in a real terminal.
+
+A person logs in as admin, builds a slice of two VMs joined by a link, reads
+the topology, deploys it (real SSH, OVS, QEMU, dnsmasq in the lab), reads it
+running, and deletes it.  Each test has its own copy of the shipped database
+and deletes whatever it deployed, even when an assertion fails.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+import yaml
+from labtools import LAB_DIR, host_footprint, host_of, make_api, sh
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = REPO / "cli.py"
+PY = sys.executable
+CHOICE = "\nChoice: "
+DEPLOY_TIMEOUT = 60
+ADD_VM_TIMEOUT = 30
+
+
+class Menu:
+    """One cli.py in a pseudo-terminal, with the full transcript of its screen."""
+
+    def __init__(self, config: Path, db: Path, log: Path, timeout: float = 20):
+        self.log = log
+        self.buf = io.StringIO()
+        env = dict(os.environ, TERM="dumb", PYTHONUNBUFFERED="1")
+        env.pop("CLOUD_CONFIG", None)
+        env.pop("CLOUD_DB", None)
+        self.p = pexpect.spawn(PY, [str(CLI), "--config", str(config), "--db", str(db)], env=env,
+                               cwd=str(db.parent), encoding="utf-8", codec_errors="replace",
+                               timeout=timeout, dimensions=(60, 200))
+        self.p.logfile_read = self.buf
+
+    @property
+    def transcript(self) -> str:
+        return self.buf.getvalue().replace("\r\n", "\n")
+
+    def wait(self, pattern, timeout: float = -1) -> str:
+        try:
+            if isinstance(pattern, str):
+                self.p.expect_exact(pattern, timeout=timeout)
+            else:
+                self.p.expect(pattern, timeout=timeout)
+        except (pexpect.TIMEOUT, pexpect.EOF) as e:
+            raise AssertionError(f"waited for {pattern!r}, got {type(e).__name__}; screen ends with:\n"
+                                 f"{self.transcript[-3000:]}") from None
+        after = self.p.after if isinstance(self.p.after, str) else ""
+        return (self.p.before + after).replace("\r\n", "\n")
+
+    def send(self, line: str, until=CHOICE, timeout: float = -1) -> str:
+        self.p.sendline(line)
+        return self.wait(until, timeout)
+
+    def login(self, user: str, password: str) -> str:
+        self.wait("Username: ")
+        self.send(user, "Password: ")
+        return self.send(password)
+
+    def add_vm(self, slice_id: int, name: str, flavor: str = "1", interfaces: str = "1",
+               internet: str = "n") -> str:
+        self.send("3", "Slice ID: ")
+        self.send(str(slice_id), "VM name: ")
+        self.send(name, "Choose flavor (1-2): ")
+        self.send(flavor, "Number of data interfaces (eth1, eth2, ...): ")
+        self.send(interfaces, "Enable internet access (eth0 in VLAN 400)? (y/n): ")
+        return self.send(internet, timeout=ADD_VM_TIMEOUT)
+
+    def link(self, slice_id: int, vm1: str, if1: str, vm2: str, if2: str) -> tuple:
+        """(the listing shown before the questions, the result)"""
+        self.send("4", "Slice ID: ")
+        listing = self.send(str(slice_id), "First VM ID: ")
+        self.send(vm1, "First VM interface (e.g., eth1): ")
+        self.send(if1, "Second VM ID: ")
+        self.send(vm2, "Second VM interface (e.g., eth1): ")
+        return listing, self.send(if2)
+
+    def assert_no_traceback(self) -> None:
+        assert "Traceback" not in self.transcript, self.transcript
+        assert "Unexpected error" not in self.transcript, self.transcript
+        log = self.log.read_text() if self.log.exists() else ""
+        assert "Traceback" not in log, f"the log holds a traceback (an unexpected error):\n{log[-3000:]}"
+
+    def exit(self) -> str:
+        rest = self.send("0", pexpect.EOF)
+        self.p.close()
+        assert self.p.exitstatus == 0, f"exit status {self.p.exitstatus} (signal {self.p.signalstatus})"
+        self.assert_no_traceback()
+        return rest
+
+
+@pytest.fixture
+def site(lab, tmp_path):
+    """A fresh database and the lab's config (log in tmp_path); every slice deleted afterwards."""
+    if not (LAB_DIR / "cluster.yaml").exists():  # another test ran lab/down.sh meanwhile
+        pytest.fail("lab/cluster.yaml is gone: the lab was torn down under this test; run lab/up.sh")
+    db = tmp_path / "database.yaml"
+    shutil.copyfile(REPO / "database.yaml", db)
+    config = yaml.safe_load((LAB_DIR / "cluster.yaml").read_text())
+    config["log_file"] = str(tmp_path / "menu.log")
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    menus = []
+
+    def spawn() -> Menu:
+        m = Menu(cfg, db, tmp_path / "menu.log")
+        menus.append(m)
+        return m
+
+    yield {"db": db, "cfg": cfg, "spawn": spawn}
+    for m in menus:
+        if m.p.isalive():
+            m.p.terminate(force=True)
+    api = make_api(lab, db)
+    try:
+        left = []
+        for s in list(api.db.all_slices().values()):
+            ok, msg = api.delete_slice(s["owner"], s["slice_id"])
+            if not ok:
+                left.append((s["slice_id"], msg))
+        assert not left, f"could not delete slices after the test: {left}"
+        assert api.db.all_slices() == {}
+    finally:
+        api.executor.close()
+
+
+def qemu_of(lab, vm: dict) -> str:
+    """The QEMU process line of ``vm`` on its worker ('' when none)."""
+    lines = sh(lab, host_of(lab, vm["worker_ip"]), "pgrep -af qemu-system || true").splitlines()
+    return "\n".join(line for line in lines if f"-name cr-vm{vm['vm_id']}," in line)
+
+
+def data(db: Path) -> dict:
+    return yaml.safe_load(db.read_text())
+
+
+def test_documented_flow_design_deploy_view_delete(lab, site):
+    db = site["db"]
+    m = site["spawn"]()
+    screen = m.login("admin", "admin")
+    assert "Welcome, admin!" in screen
+
+    m.send("2", "Slice name: ")
+    screen = m.send("lab1")
+    assert "Slice created! ID: 1000" in screen
+
+    screen = m.add_vm(1000, "vm1")
+    assert re.search(r"^\S* ?VM added! ID: 1001, VNC: 5901, Flavor: cirros$", screen, re.M), screen
+    screen = m.add_vm(1000, "vm2")
+    assert re.search(r"^\S* ?VM added! ID: 1002, VNC: 5902, Flavor: cirros$", screen, re.M), screen
+    assert "Quota: 2/10 VMs used" in m.send("1")
+
+    listing, screen = m.link(1000, "vm1", "eth1", "vm2", "eth1")
+    assert ("\nAvailable VMs and interfaces:\n  VM 1001: vm1\n    - eth1 (unconnected)\n"
+            "  VM 1002: vm2\n    - eth1 (unconnected)\n") in listing
+    assert "VM IDs must be numbers (e.g., 1025, not 'vm1')" in screen
+    assert data(db)["slices"]["1000"]["links"] == []
+
+    _, screen = m.link(1000, "1001", "eth1", "1002", "eth1")
+    assert re.search(r"^\S* ?Link created! VLAN: 100$", screen, re.M), screen
+
+    vms = {vm["vm_id"]: vm for vm in data(db)["slices"]["1000"]["vms"]}
+    assert set(vms) == {1001, 1002}
+    for vm in vms.values():
+        assert vm["worker_ip"] in lab["workers"]
+    w1, w2 = vms[1001]["worker_ip"], vms[1002]["worker_ip"]
+
+    screen = m.send("5")
+    assert "Slice 1000 (lab1) [design]: 2 VMs, 1 Links, VLAN pool: 100-119" in screen
+    assert f"  \u2514\u2500 VM 1001: vm1 (VNC: 5901, Worker: {w1}, Disk: 1GB)\n" in screen
+    assert f"  \u2514\u2500 VM 1002: vm2 (VNC: 5902, Worker: {w2}, Disk: 1GB)\n" in screen
+    assert "      eth0: MAC 52:54:00:03:e9:00\n" in screen
+    assert "      eth1: MAC 52:54:00:03:e9:01, VLAN: 100, Link: 1\n" in screen
+    assert "      eth1: MAC 52:54:00:03:ea:01, VLAN: 100, Link: 1\n" in screen
+    assert "  Link 1: VM1001.eth1 <-> VM1002.eth1 (VLAN 100)\n" in screen
+
+    try:
+        m.send("6", "Slice ID to deploy: ")
+        screen = m.send("1000", timeout=DEPLOY_TIMEOUT)
+        assert "Slice deployed successfully" in screen, screen
+        progress = screen.split("Slice deployed successfully")[0]
+        for host in {w1, w2, lab["network_node"]}:
+            assert re.search(rf"\[ *\d+\.\d\ds\] \S+ +\w+ +{re.escape(host)} ", progress), \
+                f"no progress line names {host}:\n{progress}"
+        assert f"VM 1001 vm1: VNC {w1}:5901 (display :1)" in screen
+        assert f"VM 1002 vm2: VNC {w2}:5902 (display :2)" in screen
+        stored = data(db)["slices"]["1000"]
+        assert stored["status"] == "running"
+        for vm in stored["vms"]:
+            assert qemu_of(lab, vm), f"VM {vm['vm_id']} is not running on {vm['worker_ip']}"
+
+        screen = m.send("5")
+        assert "Slice 1000 (lab1) [running]: 2 VMs, 1 Links, VLAN pool: 100-119" in screen
+
+        # Ctrl-C at the main menu (the original deleted the current slice): nothing happens
+        before = db.read_bytes()
+        m.p.sendintr()
+        screen = m.wait(CHOICE)
+        assert "nothing was changed" in screen
+        assert m.p.isalive()
+        assert db.read_bytes() == before
+        assert qemu_of(lab, vms[1001]) and qemu_of(lab, vms[1002])
+
+        # a running slice cannot be changed: adding a VM or a link is refused, nothing is written
+        before = db.read_bytes()
+        screen = m.add_vm(1000, "vm3")
+        assert "running slice cannot be changed" in screen, screen
+        assert "VM added" not in screen
+        _, screen = m.link(1000, "1001", "eth1", "1002", "eth1")
+        assert "running slice cannot be changed" in screen, screen
+        assert "Link created" not in screen
+        assert db.read_bytes() == before
+        assert "Quota: 2/10 VMs used" in m.send("1")
+
+        # deploying again is refused
+        m.send("6", "Slice ID to deploy: ")
+        screen = m.send("1000", timeout=DEPLOY_TIMEOUT)
+        assert "Slice already running" in screen
+        assert db.read_bytes() == before
+        assert qemu_of(lab, vms[1001]), "a refused second deploy must leave the running VMs alone"
+    except BaseException:
+        # the fixture deletes the slice through the API; the menu must not hold it meanwhile
+        m.p.terminate(force=True)
+        raise
+
+    # delete through the menu, answering the confirmation
+    m.send("7", "Slice ID: ")
+    screen = m.send("1000", "? (y/n): ")
+    assert "Delete slice 1000 (lab1, running, 2 VMs)" in screen
+    screen = m.send("y", timeout=DEPLOY_TIMEOUT)
+    assert re.search(r"^\S* ?Slice deleted$", screen, re.M), screen
+
+    for vm in vms.values():
+        assert not qemu_of(lab, vm), f"VM {vm['vm_id']} still runs after delete"
+    after = data(db)
+    assert after["slices"] == {}
+    assert after["users"]["admin"]["used_vms"] == 0
+    assert "No Slices found." in m.send("5")
+    assert "Quota: 0/10 VMs used" in m.send("1")
+
+    # deploying a deleted slice: a clear error, nothing created
+    m.send("6", "Slice ID to deploy: ")
+    screen = m.send("1000", timeout=DEPLOY_TIMEOUT)
+    assert "Slice not found or not authorized" in screen
+    assert "Slice deployed" not in screen
+    assert data(db)["slices"] == {}
+    m.exit()
+
+
+def test_student_builds_and_deletes_a_design_slice(lab, site):
+    """Overlays are made on the workers at add time and removed by delete, without a deploy."""
+    m = site["spawn"]()
+    assert "Welcome, student!" in m.login("student", "student")
+    m.send("2", "Slice name: ")
+    assert "Slice created! ID: 1000" in m.send("studio")
+    screen = m.add_vm(1000, "solo", interfaces="0")
+    assert "VM added! ID: 1001, VNC: 5901, Flavor: cirros" in screen
+    vm = data(site["db"])["slices"]["1000"]["vms"][0]
+    host = host_of(lab, vm["worker_ip"])
+    overlay = os.path.basename(vm["qcow_image"])
+    assert overlay in sh(lab, host, "ls /home/ubuntu/vm_images")
+    assert "Quota: 1/6 VMs used" in m.send("1")
+    m.send("7", "Slice ID: ")
+    m.send("1000", "? (y/n): ")
+    screen = m.send("y", timeout=DEPLOY_TIMEOUT)
+    assert "Slice deleted" in screen
+    assert overlay not in sh(lab, host, "ls /home/ubuntu/vm_images")
+    assert "Quota: 0/6 VMs used" in m.send("1")
+    m.exit()
+
+
+def _lab_is_clean(lab) -> bool:
+    fp = host_footprint(lab)
+    workers_busy = any(fp[h]["qemu"] or fp[h]["taps"] or fp[h]["ports"] or fp[h]["overlays"]
+                       for h in ("worker1", "worker2", "worker3"))
+    n = fp["netnode"]
+    return not (workers_busy or n["ports"] or n["dnsmasq"] or [x for x in n["netns"] if x.startswith("ns-dhcp")])
+
+
+def test_cleanup_as_admin_on_a_clean_lab_finds_nothing(lab, site):
+    if not _lab_is_clean(lab):
+        pytest.skip("the lab holds another run's slices (concurrent lab tests): 'nothing to clean' cannot hold")
+    m = site["spawn"]()
+    m.login("admin", "admin")
+    before = site["db"].read_bytes()
+    m.p.sendline("8")
+    found = m.p.expect_exact([CHOICE, "Are you sure? (yes/no): "], timeout=DEPLOY_TIMEOUT)
+    screen = m.p.before.replace("\r\n", "\n")
+    if found == 1:  # something appeared meanwhile: never remove it, just say no
+        m.send("no")
+    assert "Nothing to clean" in screen, screen
+    assert "Cleanup completed" not in screen
+    assert site["db"].read_bytes() == before
+    m.exit()
