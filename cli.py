@@ -17,6 +17,7 @@ import getpass
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Callable, Optional
 
@@ -33,8 +34,14 @@ class Cancel(Exception):
     """The user cancelled the current option (empty answer, Ctrl-C or Ctrl-D)."""
 
 
+_OUT = threading.Lock()
+
+
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    """Print one whole line (deploy progress comes from several threads)."""
+    with _OUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def ask(prompt: str) -> str:
@@ -70,7 +77,7 @@ def ask_secret(prompt: str) -> str:
         if not line:
             raise EOFError
         return line.rstrip("\n")
-    except KeyboardInterrupt:
+    except (EOFError, KeyboardInterrupt):
         say()
         raise Cancel() from None
 
@@ -275,6 +282,8 @@ class CLI:
         ok, s = self.api.get_slice(self.username, slice_id)
         if not ok:
             return result(False, s)
+        if s.get("status") != "design":
+            return result(False, self.api.not_editable_reason(s))
         vm_name = ask("VM name: ")
         say("\nAvailable flavors:")
         say("1. cirros (1 core, 0.5GB RAM, 1GB disk)")
@@ -299,6 +308,8 @@ class CLI:
         if not ok:
             say(f"\n{ERR} Slice not found")
             return
+        if s.get("status") != "design":
+            return result(False, self.api.not_editable_reason(s))
         for line in render_interfaces(s):
             say(line)
         vm1 = ask("\nFirst VM ID: ")
@@ -320,8 +331,15 @@ class CLI:
 
     def deploy_slice(self) -> None:
         slice_id = ask_valid("\nSlice ID to deploy: ", parse_number, "Slice ID must be a number")
-        say("Deploying (Ctrl-C undoes everything this deploy made)...")
-        ok, msg = self.api.deploy_slice(self.username, slice_id, progress=lambda e: say(render_progress(e)))
+        started = []
+
+        def progress(event: dict) -> None:
+            if not started:
+                started.append(True)
+                say("Deploying (Ctrl-C undoes everything this deploy made)...")
+            say(render_progress(event))
+
+        ok, msg = self.api.deploy_slice(self.username, slice_id, progress=progress)
         say(f"\n{OK} {msg}" if ok else f"\n{ERR} {msg}")
         if ok:
             ok, s = self.api.get_slice(self.username, slice_id)
@@ -424,6 +442,7 @@ def build(config_path: str, db_path: str, dry_run: bool = False):
     configure_logging(config.log_file)
     executor = RemoteExecutor(config, dry_run=dry_run)
     db = Database(db_path)
+    db.load()  # a broken file is reported now, not after login
     return OrchestratorAPI(db, DeploymentAPI(executor), config), executor
 
 

@@ -124,7 +124,9 @@ class ClusterConfig:
         except OSError as e:
             raise ConfigError(f"cannot read cluster config {path}: {e}") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"cluster config {path} is not valid YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"cluster config {path} is not valid YAML{where}") from e
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"cluster config {path} is not a mapping")
         return cls.from_dict(data, path)

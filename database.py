@@ -78,8 +78,12 @@ class Database:
                 data = yaml.load(f, Loader=_Loader)
         except FileNotFoundError:
             return default_data()
-        except (OSError, yaml.YAMLError) as e:
+        except OSError as e:
             raise DatabaseError(f"cannot read {self.path}: {e}") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise DatabaseError(f"{self.path} is not valid YAML{where}") from e
         if data is None:
             return default_data()
         if not isinstance(data, dict):

@@ -64,15 +64,15 @@ STATE_DIR = "/run/cloud-repositorio"
 IMAGE_DIR = "~/vm_images"
 IFNAMSIZ = 15
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 NAME_RULE = "1-32 characters: a letter first, then letters, digits, '-' or '_'"
-USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
+USERNAME_RE = re.compile(r"[a-z][a-z0-9_-]{1,31}")
 USERNAME_RULE = "2-32 characters: a lowercase letter first, then lowercase letters, digits, '-' or '_'"
 
 
 def valid_name(name: str) -> bool:
     """True when a slice or VM name is in the safe character set."""
-    return isinstance(name, str) and bool(NAME_RE.match(name))
+    return isinstance(name, str) and bool(NAME_RE.fullmatch(name))
 
 
 # --- VLANs and subnets ------------------------------------------------------

@@ -157,7 +157,7 @@ class OrchestratorAPI:
                     role: str = "student") -> tuple:
         """Admin: create an account."""
         username = (username or "").strip()
-        if not naming.USERNAME_RE.match(username):
+        if not naming.USERNAME_RE.fullmatch(username):
             return False, f"Invalid username: {naming.USERNAME_RULE}"
         if role not in ("student", "admin"):
             return False, "Role must be student or admin"
@@ -262,6 +262,10 @@ class OrchestratorAPI:
             return False, "Slice not found or not authorized"
         return True, s
 
+    def not_editable_reason(self, s: dict) -> str:
+        """Why a slice cannot be changed now ("" when it can)."""
+        return self._editable(s) or ""
+
     @staticmethod
     def _editable(s: dict) -> Optional[str]:
         status = s.get("status")
@@ -329,7 +333,7 @@ class OrchestratorAPI:
                      if ip not in used), None)
 
     def _overlay_file(self, data: dict, worker: str, vm_name: str, vm_id: int) -> str:
-        documented = naming.overlay_path(vm_name)
+        documented = f"{self.deployment.qcow_manager.base_dir}/{vm_name}_img.qcow2"
         taken = any(vm.get("worker_ip") == worker and vm.get("qcow_image") == documented
                     for vm in self._all_vms(data))
         return os.path.basename(naming.overlay_path(vm_name, vm_id if taken else None))
@@ -514,28 +518,19 @@ class OrchestratorAPI:
 
     def _connect_hosts(self, hosts: list, progress: Optional[Progress], t0: float) -> Optional[str]:
         """Reach every host first (in parallel): fail before anything is created."""
-        errors = []
-
-        def reach(host: str) -> None:
-            try:
-                self.executor.home(host)
-            except ExecutorError as e:
-                errors.append((host, str(e)))
-
-        threads = [threading.Thread(target=reach, args=(h,)) for h in hosts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if progress:
-            for h in hosts:
-                bad = [e for x, e in errors if x == h]
-                progress({"phase": "connect", "host": h, "step": "connect", "ok": not bad,
-                          "duration": 0.0, "elapsed": time.monotonic() - t0,
-                          "message": bad[0] if bad else "ok"})
-        if errors:
-            host, err = errors[0]
-            return f"step 'connect' on {host}: {err}"
+        if not hosts:
+            return None
+        with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="connect") as pool:
+            results = list(pool.map(self.executor.check, hosts))
+        failed = None
+        for res in results:
+            if progress:
+                progress({"phase": "connect", "host": res.host, "step": "connect", "ok": res.ok,
+                          "duration": res.duration, "elapsed": time.monotonic() - t0, "message": res.message()})
+            if not res.ok and failed is None:
+                failed = res
+        if failed is not None:
+            return f"step 'connect' on {failed.host}: {failed.message()}"
         return None
 
     # === deploy ===============================================================
@@ -620,7 +615,10 @@ class OrchestratorAPI:
             if snapshot.get("links") or Slice.from_dict(snapshot).uses_internet(self.config.internet_vlan):
                 hosts = [self.config.network_node] + [h for h in hosts if h != self.config.network_node]
             failure = self._connect_hosts(hosts, progress, t0)
-            if failure is None:
+            if failure is not None:
+                self._set_design(sid)
+                return False, f"Deploy failed at {failure}. Nothing was created; the slice is still in design."
+            else:
                 node_cmds, vm_cmds = self.deploy_commands(snapshot, reservations)
                 for phase, cmds in (("network", node_cmds), ("vms", vm_cmds)):
                     report = self._run_phase(cmds, progress, t0, phase, cancel)
@@ -657,6 +655,12 @@ class OrchestratorAPI:
                 n["status"] = "running"
         took = time.monotonic() - t0
         return True, f"Slice deployed successfully ({len(snapshot['vms'])} VMs, {took:.1f} s)"
+
+    def _set_design(self, sid: int) -> None:
+        with self.db.transaction() as data:
+            s = data["slices"][str(sid)]
+            s["status"] = "design"
+            s.pop("busy", None)
 
     def _rollback(self, sid: int, progress: Optional[Progress], t0: float) -> bool:
         """Undo a failed deploy: remove everything of the slice from the hosts; back to design."""

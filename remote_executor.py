@@ -163,6 +163,10 @@ class RemoteExecutor:
                                        error=f"timed out after {timeout:g} s on {cmd.host}")
             except ExecutorError as e:
                 result = CommandResult(cmd.host, text, -1, step=cmd.step, error=str(e))
+            except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
+                self._forget(cmd.host)
+                result = CommandResult(cmd.host, text, -1, step=cmd.step,
+                                       error=f"SSH session to {cmd.host} failed: {e or type(e).__name__}")
         result.duration = time.monotonic() - start
         self._count(result)
         level = logging.INFO if result.ok else logging.WARNING
@@ -190,6 +194,17 @@ class RemoteExecutor:
             return "sudo -n sh -c " + q(cmd.script)
         return cmd.script
 
+    def check(self, host: str) -> CommandResult:
+        """Reach ``host`` now (connect if needed, run one trivial command); caches its home."""
+        res = self.run(HostCommand(host, 'printf %s "$HOME"', sudo=False, step="connect"))
+        if res.ok and not self.dry_run:
+            if not res.stdout.startswith("/"):
+                res.error = f"unexpected home directory {res.stdout!r} on {host}"
+            else:
+                with self._lock:
+                    self._homes[host] = res.stdout
+        return res
+
     def home(self, host: str) -> str:
         """The SSH user's home directory on ``host`` (asked once, then cached)."""
         if self.dry_run:
@@ -197,11 +212,9 @@ class RemoteExecutor:
         with self._lock:
             if host in self._homes:
                 return self._homes[host]
-        res = self.run(HostCommand(host, 'printf %s "$HOME"', sudo=False, step="home"))
-        if not res.ok or not res.stdout.startswith("/"):
+        res = self.check(host)
+        if not res.ok:
             raise ExecutorError(f"cannot find the home directory on {host}: {res.message()}")
-        with self._lock:
-            self._homes[host] = res.stdout
         return res.stdout
 
     def put_file(self, host: str, local_path: str, remote_path: str,
@@ -239,12 +252,9 @@ class RemoteExecutor:
     def close(self) -> None:
         """Close every connection."""
         with self._lock:
-            clients, self._clients = self._clients, {}
-        for c in clients.values():
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection may fail in many ways
-                pass
+            hosts = list(self._clients)
+        for host in hosts:
+            self._forget(host)
 
     def __enter__(self) -> RemoteExecutor:
         return self
@@ -253,6 +263,16 @@ class RemoteExecutor:
         self.close()
 
     # internals (a fake executor in the tests overrides _exec and _put) --------
+
+    def _forget(self, host: str) -> None:
+        """Drop a connection that failed, so the next command reconnects."""
+        with self._lock:
+            client = self._clients.pop(host, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
+                pass
 
     def _count(self, result: CommandResult) -> None:
         with self._lock:

