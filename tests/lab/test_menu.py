@@ -212,12 +212,12 @@ def test_documented_flow_design_deploy_view_delete(lab, site):
 
         # a running slice cannot be changed: adding a VM or a link is refused, nothing is written
         before = db.read_bytes()
-        screen = m.add_vm(1000, "vm3")
-        assert "running slice cannot be changed" in screen, screen
-        assert "VM added" not in screen
-        _, screen = m.link(1000, "1001", "eth1", "1002", "eth1")
-        assert "running slice cannot be changed" in screen, screen
-        assert "Link created" not in screen
+        m.send("3", "Slice ID: ")
+        screen = m.send("1000")                         # refused at once, before any other question
+        assert "running slice cannot be changed" in screen and "VM name" not in screen, screen
+        m.send("4", "Slice ID: ")
+        screen = m.send("1000")
+        assert "running slice cannot be changed" in screen and "First VM ID" not in screen, screen
         assert db.read_bytes() == before
         assert "Quota: 2/10 VMs used" in m.send("1")
 
