@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,10 +37,13 @@ def sh(lab, host: str, cmd: str, timeout: float = 60) -> str:
 
 def console(lab, vm: dict, command: str, timeout: float = 30) -> tuple:
     """Run a command inside a VM through its serial console on its worker."""
+    # The worker's /run is lab/state/hosts/<host>/run seen from here (the repo itself may be
+    # invisible inside a host when it lives under /tmp or /home).
     host = host_of(lab, vm["worker_ip"])
-    proc = lab.exec(host, ["python3", str(LAB_DIR / "vm_console.py"), f"{STATE}/vm{vm['vm_id']}.sock",
-                           command, "--timeout", str(timeout)], timeout=timeout + 15)
-    return proc.returncode, proc.stdout
+    sock = LAB_DIR / "state" / "hosts" / host / "run" / "cloud-repositorio" / f"vm{vm['vm_id']}.sock"
+    proc = subprocess.run([sys.executable, str(LAB_DIR / "vm_console.py"), str(sock), command,
+                           "--timeout", str(timeout)], capture_output=True, text=True, timeout=timeout + 15)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def leases(lab, vlan: int) -> dict:
