@@ -67,6 +67,16 @@ def _marker_alive(marker: Optional[dict]) -> bool:
     return start is not None and start == marker.get("start")
 
 
+def _is_live(s: dict) -> bool:
+    """Does the slice hold resources on the hosts (running, or a live session works on it)?"""
+    status = s.get("status")
+    return status == "running" or (status in ("deploying", "deleting") and _marker_alive(s.get("busy")))
+
+
+def _failures(report: StepReport) -> list:
+    return [r for r in report.results if r is not None and not r.ok]
+
+
 def _as_int(value, what: str) -> tuple:
     try:
         if isinstance(value, bool):
@@ -266,6 +276,16 @@ class OrchestratorAPI:
         """Why a slice cannot be changed now ("" when it can)."""
         return self._editable(s) or ""
 
+    def _editable_slice(self, data: dict, username: str, slice_id) -> tuple:
+        """The user's own slice, if it may be changed now."""
+        ok, s = self._authorized_slice(data, username, slice_id)
+        if not ok:
+            return False, s
+        if s.get("owner") != username:
+            return False, "Not authorized"
+        err = self._editable(s)
+        return (False, err) if err else (True, s)
+
     @staticmethod
     def _editable(s: dict) -> Optional[str]:
         status = s.get("status")
@@ -355,14 +375,9 @@ class OrchestratorAPI:
         flavor["image"] = self.config.flavor_image(flavor_name, flavor)
 
         with self.db.transaction() as data:
-            ok, s = self._authorized_slice(data, username, slice_id)
+            ok, s = self._editable_slice(data, username, slice_id)
             if not ok:
                 return False, s
-            if s.get("owner") != username:
-                return False, "Not authorized"
-            err = self._editable(s)
-            if err:
-                return False, err
             if any(vm["name"] == vm_name for vm in s.get("vms", [])):
                 return False, f"Slice already has a VM named {vm_name}"
             user = User.from_dict(data["users"][username])
@@ -421,14 +436,9 @@ class OrchestratorAPI:
             return False, "VM IDs must be numbers (e.g., 1025, not 'vm1')"
         if1, if2 = (vm1_interface or "").strip(), (vm2_interface or "").strip()
         with self.db.transaction() as data:
-            ok, s = self._authorized_slice(data, username, slice_id)
+            ok, s = self._editable_slice(data, username, slice_id)
             if not ok:
                 return False, s
-            if s.get("owner") != username:
-                return False, "Not authorized"
-            err = self._editable(s)
-            if err:
-                return False, err
             sl = Slice.from_dict(s)
             ends = []
             for vid, ifname in ((v1, if1), (v2, if2)):
@@ -542,8 +552,7 @@ class OrchestratorAPI:
         for s in data["slices"].values():
             if int(s["slice_id"]) == exclude:
                 continue
-            if s.get("status") == "running" or (s.get("status") in ("deploying", "deleting")
-                                                 and _marker_alive(s.get("busy"))):
+            if _is_live(s):
                 for vm in s.get("vms", []):
                     for i in vm.get("interfaces", []):
                         if i.get("vlan_id") == vlan and i.get("ip_config"):
@@ -702,12 +711,12 @@ class OrchestratorAPI:
                     stops, node = self.teardown_commands(snapshot, last)
                     for phase, cmds in (("stop", stops), ("teardown", node + disks)):
                         report = self._run_phase(cmds, progress, t0, phase, threading.Event())
-                        failures += [r for r in report.results if r is not None and not r.ok]
+                        failures += _failures(report)
                         if failures:
                             break
             else:
                 report = self._run_phase(disks, progress, t0, "disks", threading.Event())
-                failures += [r for r in report.results if r is not None and not r.ok]
+                failures += _failures(report)
         except KeyboardInterrupt:
             failures.append(CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="delete"))
         with self.db.transaction() as data:
@@ -734,8 +743,7 @@ class OrchestratorAPI:
         vms, vlans, overlays, reservations = set(), set(), set(), set()
         internet = False
         for s in data["slices"].values():
-            live = s.get("status") == "running" or (s.get("status") in ("deploying", "deleting")
-                                                     and _marker_alive(s.get("busy")))
+            live = _is_live(s)
             for vm in s.get("vms", []):
                 if vm.get("qcow_image"):
                     overlays.add((vm["worker_ip"], os.path.basename(vm["qcow_image"])))
@@ -824,10 +832,8 @@ class OrchestratorAPI:
                 continue
             seen.add(key)
             if key[0] == "vm" and (key[1], key[2]) not in expected["vms"]:
-                taps = max([int(naming.TAP_RE.match(x.name.split()[-1]).group(2)) + 1 for x in orphans
-                            if x.key == key and naming.TAP_RE.match(x.name.split()[-1])] + [1])
                 fake = {"vm_id": key[2], "name": f"orphan {key[2]}", "worker_ip": key[1],
-                        "interfaces": [{}] * max(taps, MAX_DATA_INTERFACES + 1)}
+                        "interfaces": [{}] * (MAX_DATA_INTERFACES + 1)}  # every TAP it may have had
                 cmds.append(self.vm_launcher.stop_command(fake))
                 cmds.append(self.vm_launcher.kill_orphan_qemu_command(key[1], key[2]))
             elif key[0] == "vlan" and key[2] not in expected["vlans"]:
