@@ -57,6 +57,25 @@ def leases(lab, vlan: int) -> dict:
     return out
 
 
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests/lab")
+from labtools import make_api
+api = make_api(None, sys.argv[2])
+def progress(event):
+    if event["phase"] == "vms":
+        os.kill(os.getpid(), signal.SIGKILL)   # the manager dies in the middle of the deploy
+api.deploy_slice(sys.argv[3], int(sys.argv[4]), progress=progress)
+"""
+
+
+def kill_manager_mid_deploy(db_path, owner: str, slice_id: int) -> int:
+    """Deploy in another process that is SIGKILLed once VMs start; returns its exit status."""
+    root = str(LAB_DIR.parent)
+    proc = subprocess.run([sys.executable, "-c", KILLER, root, str(db_path), owner, str(slice_id)], timeout=120)
+    return proc.returncode
+
+
 def wait_for_leases(lab, wanted: dict, timeout: float = 120) -> dict:
     """Wait until every (vlan, mac) in ``wanted`` holds a lease; return (vlan, mac) -> IP."""
     deadline = time.monotonic() + timeout

@@ -11,13 +11,14 @@ import io
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import pexpect
 import pytest
 import yaml
-from labtools import LAB_DIR, host_footprint, host_of, make_api, sh
+from labtools import LAB_DIR, host_footprint, host_of, kill_manager_mid_deploy, make_api, sh
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "cli.py"
@@ -301,3 +302,37 @@ def test_cleanup_as_admin_on_a_clean_lab_finds_nothing(lab, site):
     assert "Cleanup completed" not in screen
     assert site["db"].read_bytes() == before
     m.exit()
+
+
+def test_cleanup_menu_lists_orphans_of_a_killed_manager_and_removes_them(lab, site):
+    if not _lab_is_clean(lab):
+        pytest.skip("the lab holds another run's slices (concurrent lab tests)")
+    api = make_api(lab, site["db"])
+    ok, s = api.create_slice("student", "crash")
+    assert ok, s
+    vms = [api.add_vm_to_slice("student", s["slice_id"], f"c{i}", "cirros", 1)[1] for i in range(2)]
+    ok, link = api.create_link("student", s["slice_id"], vms[0]["vm_id"], "eth1", vms[1]["vm_id"], "eth1")
+    assert ok, link
+    api.executor.close()
+    assert kill_manager_mid_deploy(site["db"], "student", s["slice_id"]) == -signal.SIGKILL
+    m = site["spawn"]()
+    m.login("student", "student")
+    assert "Only an admin can clean up orphaned VMs." in m.send("8")
+    m.send("9", "Username: ")
+    m.send("admin", "Password: ")
+    m.send("admin")
+    m.send("8", "Are you sure? (yes/no): ", timeout=DEPLOY_TIMEOUT)
+    screen = m.p.before.replace("\r\n", "\n")
+    assert "created by Cloud Repositorio that no slice owns" in screen, screen
+    assert f"namespace ns-dhcp-vlan{link['vlan_id']}" in screen
+    assert f"QEMU of VM {vms[0]['vm_id']}" in screen or f"QEMU of VM {vms[1]['vm_id']}" in screen, screen
+    assert "_img.qcow2" not in screen  # the design slice's disks are not orphans
+    screen = m.send("yes", timeout=DEPLOY_TIMEOUT)
+    assert "Cleanup completed" in screen, screen
+    for vm in vms:
+        assert not qemu_of(lab, vm)
+    assert f"ns-dhcp-vlan{link['vlan_id']}" not in lab.exec("netnode", "ip netns list").stdout
+    screen = m.send("8", timeout=DEPLOY_TIMEOUT)
+    assert "Nothing to clean" in screen, screen
+    m.exit()
+    assert "Traceback" not in m.transcript

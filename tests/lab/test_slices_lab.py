@@ -19,6 +19,7 @@ from labtools import (
     assert_clean,
     console,
     host_of,
+    kill_manager_mid_deploy,
     leases,
     make_api,
     rfb_banner,
@@ -224,18 +225,6 @@ def test_unreachable_worker_fails_before_anything_is_made(lab, api):
 
 # --- orphans (e) -------------------------------------------------------------------
 
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests/lab")
-    from labtools import make_api
-    api = make_api(None, sys.argv[2])
-    def progress(event):
-        if event["phase"] == "vms":
-            os.kill(os.getpid(), signal.SIGKILL)   # the manager dies in the middle of the deploy
-    api.deploy_slice("admin", int(sys.argv[3]), progress=progress)
-""")
-
-
 CTRL_C = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests/lab")
@@ -268,9 +257,7 @@ def test_ctrl_c_mid_deploy_undoes_everything(lab, api):
 def test_leftovers_of_a_killed_manager_never_block_the_next_deploy(lab, api):
     sid, vms, links = build_slice(api, "admin", "crash", 2, [(0, "eth1", 1, "eth1")], internet=(0,))
     api.executor.close()
-    root = str(lab.root.parent)
-    proc = subprocess.run([sys.executable, "-c", KILLER, root, str(api.db.path), str(sid)], timeout=120)
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_manager_mid_deploy(api.db.path, "admin", sid) == -signal.SIGKILL
     vlan = links[0]["vlan_id"]
     old_dnsmasq = sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan{vlan}.pid").strip()
     assert old_dnsmasq, "the killed deploy should have left the VLAN's dnsmasq behind"
@@ -297,9 +284,7 @@ def test_orphans_of_a_killed_manager_are_found_and_only_they_are_removed(lab, ap
     # something that is not ours: it must survive the cleanup
     sh(lab, "worker1", "ip tuntap add mode tap name tapother && touch /home/ubuntu/vm_images/notes.txt")
     api.executor.close()
-    root = str(lab.root.parent)
-    proc = subprocess.run([sys.executable, "-c", KILLER, root, str(api.db.path), str(sid)], timeout=120)
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_manager_mid_deploy(api.db.path, "admin", sid) == -signal.SIGKILL
     assert api.db.get_slice(sid)["status"] == "deploying"  # the dead session's mark
 
     ok, orphans = api.find_orphans("admin")
