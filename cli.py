@@ -197,7 +197,12 @@ class CLI:
                 password = ask_secret("Password: ")
             except (EOFError, KeyboardInterrupt, Cancel):
                 return False
-            ok, info = self.api.authenticate(username, password)
+            try:
+                ok, info = self.api.authenticate(username, password)
+            except Exception as e:  # noqa: BLE001 - e.g. a database file that cannot be read
+                log.exception("login failed")
+                say(f"\n{ERR} Cannot log in: {e}")
+                return False
             if not ok:
                 say(f"\n{info}")
                 continue

@@ -16,7 +16,7 @@ from typing import Optional
 
 import naming
 from models import VM, Interface
-from qcow_manager import QCOWManager, overlay_delete
+from qcow_manager import OVERLAY_EXISTS, QCOWManager, overlay_delete
 from remote_executor import HostCommand, RemoteExecutor
 
 log = logging.getLogger("cloudrepo.deployment")
@@ -60,7 +60,8 @@ class DeploymentAPI:
     def create_vm_with_qcow(self, slice_id: int, vm_id: int, vm_name: str, owner: str,
                             worker_ip: str, flavor: dict, data_interfaces_count: int,
                             internet_enabled: bool = False, *, vnc_port: Optional[int] = None,
-                            ip: Optional[str] = None, overlay_file: Optional[str] = None) -> tuple:
+                            ip: Optional[str] = None, overlay_file: Optional[str] = None,
+                            fallback_overlay_file: Optional[str] = None) -> tuple:
         """Create the VM's overlay on its worker and return ``(True, VM)`` in ``design``.
 
         ``(False, None)`` on failure, with the reason in ``last_error``.
@@ -76,6 +77,9 @@ class DeploymentAPI:
             base = self.base_image_path or flavor.get("image")
             ok, image = self.qcow_manager.create_backing_image(worker_ip, vm_name, base, [],
                                                                overlay_file=overlay_file)
+            if not ok and fallback_overlay_file and self.qcow_manager.last_exit == OVERLAY_EXISTS:
+                ok, image = self.qcow_manager.create_backing_image(worker_ip, vm_name, base, [],
+                                                                   overlay_file=fallback_overlay_file)
             if not ok:
                 self.last_error = self.qcow_manager.last_error
                 return False, None

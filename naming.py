@@ -44,8 +44,10 @@ On the network node, per link VLAN V
                 tag V) / ``dhcp{V}-i`` (inside), dnsmasq with
                 ``/run/cloud-repositorio/dnsmasq-vlan{V}.{pid,leases,log}`` and
                 reservations in ``dnsmasq-vlan{V}.hosts.d/``
-    isolation   iptables chain ``CR-FORWARD`` (forwarding only VLAN 400 <->
-                uplink, nothing between gateways)
+    isolation   iptables chains ``CR-FORWARD`` (forwarding only VLAN 400 <->
+                uplink, nothing between gateways) and ``CR-INPUT`` (from a
+                gateway port only ICMP and replies reach the node itself)
+    locks       ``/run/cloud-repositorio/{iptables,vlan400}.lock`` (flock)
 """
 from __future__ import annotations
 
@@ -207,6 +209,7 @@ def dnsmasq_files(vlan: int) -> dict:
 
 
 FORWARD_CHAIN = "CR-FORWARD"
+INPUT_CHAIN = "CR-INPUT"
 
 # Patterns that recognise what this system created (used by orphan cleanup).
 TAP_RE = re.compile(r"^tap(\d+)_(\d+)$")

@@ -15,6 +15,7 @@ committed as ``design`` or the reservation is undone.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -51,10 +52,11 @@ def _proc_start(pid: int) -> Optional[str]:
         return None
 
 
-def _session_marker() -> dict:
+def _session_marker(previous: str) -> dict:
+    """Who is working on a slice (this process), and the status to go back to if it dies."""
     pid = os.getpid()
     return {"pid": pid, "host": socket.gethostname(), "start": _proc_start(pid),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "previous": previous}
 
 
 def _marker_alive(marker: Optional[dict]) -> bool:
@@ -65,6 +67,13 @@ def _marker_alive(marker: Optional[dict]) -> bool:
         return True  # another manager host: trust it
     start = _proc_start(int(marker.get("pid", 0)))
     return start is not None and start == marker.get("start")
+
+
+def _normalise_stale(s: dict) -> None:
+    """A slice left ``deploying``/``deleting`` by a session that died goes back to its status before."""
+    if s.get("status") in ("deploying", "deleting") and not _marker_alive(s.get("busy")):
+        s["status"] = (s.get("busy") or {}).get("previous", "design")
+        s.pop("busy", None)
 
 
 def _is_live(s: dict) -> bool:
@@ -283,6 +292,7 @@ class OrchestratorAPI:
             return False, s
         if s.get("owner") != username:
             return False, "Not authorized"
+        _normalise_stale(s)
         err = self._editable(s)
         return (False, err) if err else (True, s)
 
@@ -398,24 +408,32 @@ class OrchestratorAPI:
             s["vms"].append(placeholder)
             data["users"][username]["used_vms"] = user.used_vms + 1
 
-        vm = None
+        # a leftover file at the documented path (a crash, the original system) must not block the add
+        fallback = os.path.basename(naming.overlay_path(vm_name, vm_id))
+        vm, committed, vm_dict = None, False, None
         try:
             ok, vm = self.deployment.create_vm_with_qcow(
                 int(s["slice_id"]), vm_id, vm_name, username, worker, flavor, n_data,
-                bool(internet_enabled), vnc_port=vnc_port, ip=ip, overlay_file=overlay_file)
+                bool(internet_enabled), vnc_port=vnc_port, ip=ip, overlay_file=overlay_file,
+                fallback_overlay_file=fallback if fallback != overlay_file else None)
+            if ok:
+                vm_dict = vm.to_dict()
+                with self.db.transaction() as data:
+                    stored = data["slices"].get(str(s["slice_id"]))
+                    if stored is not None:
+                        stored["vms"] = [vm_dict if v["vm_id"] == vm_id else v for v in stored["vms"]]
+                        committed = True
         finally:
-            if not vm:
-                self._undo_reservation(int(s["slice_id"]), vm_id, username)
+            if not committed:  # failure, Ctrl-C, or the slice was deleted meanwhile: leave nothing
+                with _sigint_ignored():
+                    if vm:
+                        self.deployment.delete_vm_dict(vm.to_dict())
+                    self._undo_reservation(int(s["slice_id"]), vm_id, username)
         if not ok:
             reason = self.deployment.last_error or "unknown error"
             return False, f"VM creation failed on {worker}: {reason}"
-        vm_dict = vm.to_dict()
-        with self.db.transaction() as data:
-            stored = data["slices"].get(str(s["slice_id"]))
-            if stored is None:  # the slice was deleted meanwhile: do not leak the overlay
-                self.deployment.delete_vm_dict(vm_dict)
-                return False, "Slice was deleted meanwhile"
-            stored["vms"] = [vm_dict if v["vm_id"] == vm_id else v for v in stored["vms"]]
+        if not committed:
+            return False, "Slice was deleted meanwhile"
         return True, vm_dict
 
     def _undo_reservation(self, slice_id: int, vm_id: int, username: str) -> None:
@@ -483,7 +501,9 @@ class OrchestratorAPI:
 
         def one(index: int, cmd: HostCommand) -> CommandResult:
             if cancel.is_set():
-                return CommandResult(cmd.host, cmd.script, -1, error="cancelled", step=cmd.step)
+                res = CommandResult(cmd.host, cmd.script, -1, error="cancelled", step=cmd.step)
+                report.results[index] = res
+                return res
             res = self.executor.run(cmd)
             with lock:
                 report.results[index] = res
@@ -559,23 +579,22 @@ class OrchestratorAPI:
                             out.append((vm["vm_id"], i["mac"], i["ip_config"]["ip"]))
         return out
 
-    def deploy_commands(self, s: dict, reservations: list) -> tuple:
+    def deploy_commands(self, s: dict) -> tuple:
         """(network node commands, worker commands) that deploy slice ``s``."""
         sl = Slice.from_dict(s)
         node_cmds = [self.vlan_manager.up_command(v) for v in sl.link_vlans()]
         if sl.uses_internet(self.config.internet_vlan):
-            node_cmds.append(self.vlan_manager.internet_up(reservations))
+            node_cmds.append(self.vlan_manager.internet_up(self._reservations_of(s)))
         vm_cmds = [self.vm_launcher.launch_command(vm) for vm in s["vms"]]
         return node_cmds, vm_cmds
 
-    def teardown_commands(self, s: dict, last_internet_user: bool) -> tuple:
+    def teardown_commands(self, s: dict) -> tuple:
         """(VM stops, network node teardown) for slice ``s``; all idempotent."""
         sl = Slice.from_dict(s)
         stops = [self.vm_launcher.stop_command(vm) for vm in s["vms"]]
         node = [self.vlan_manager.down_command(v) for v in sl.link_vlans()]
         if sl.uses_internet(self.config.internet_vlan):
-            node.append(self.vlan_manager.internet_release([vm["vm_id"] for vm in s["vms"]],
-                                                           last_internet_user))
+            node.append(self.vlan_manager.internet_release([vm["vm_id"] for vm in s["vms"]]))
         return stops, node
 
     def plan_deploy(self, username: str, slice_id) -> tuple:
@@ -583,10 +602,7 @@ class OrchestratorAPI:
         ok, s = self.get_slice(username, slice_id)
         if not ok:
             return False, s
-        data = self.db.load()
-        reservations = self._internet_users(data, exclude=int(s["slice_id"])) + \
-            self._reservations_of(s)
-        node_cmds, vm_cmds = self.deploy_commands(s, reservations)
+        node_cmds, vm_cmds = self.deploy_commands(s)
         return True, node_cmds + vm_cmds
 
     def _reservations_of(self, s: dict) -> list:
@@ -601,60 +617,62 @@ class OrchestratorAPI:
             ok, s = self._authorized_slice(data, username, slice_id)
             if not ok:
                 return False, s
+            _normalise_stale(s)
             status = s.get("status")
             if status == "running":
                 return False, "Slice already running"
-            if status in ("deploying", "deleting") and _marker_alive(s.get("busy")):
+            if status != "design":
                 return False, f"Slice is {status} in another session"
             if not s.get("vms"):
                 return False, "Slice has no VMs: add VMs before deploying"
-            not_ready = [vm["vm_id"] for vm in s["vms"] if vm.get("status") not in ("design", "running")]
+            not_ready = [vm["vm_id"] for vm in s["vms"] if vm.get("status") != "design"]
             if not_ready:
                 return False, f"VM {not_ready[0]} is not ready (still being created, or its creation failed)"
             s["status"] = "deploying"
-            s["busy"] = _session_marker()
-            reservations = self._internet_users(data, exclude=int(s["slice_id"])) + self._reservations_of(s)
-            snapshot = dict(s)
+            s["busy"] = _session_marker("design")
+            snapshot = copy.deepcopy(s)
         sid = int(snapshot["slice_id"])
-        cancel = threading.Event()
-        failure = None
-        interrupted = False
+        failure, interrupted = None, False
         try:
             hosts = sorted({vm["worker_ip"] for vm in snapshot["vms"]})
             if snapshot.get("links") or Slice.from_dict(snapshot).uses_internet(self.config.internet_vlan):
                 hosts = [self.config.network_node] + [h for h in hosts if h != self.config.network_node]
             failure = self._connect_hosts(hosts, progress, t0)
             if failure is not None:
-                self._set_design(sid)
+                self._finish(sid, "design")
                 return False, f"Deploy failed at {failure}. Nothing was created; the slice is still in design."
+            cancel = threading.Event()
+            node_cmds, vm_cmds = self.deploy_commands(snapshot)
+            for phase, cmds in (("network", node_cmds), ("vms", vm_cmds)):
+                report = self._run_phase(cmds, progress, t0, phase, cancel)
+                interrupted = interrupted or report.interrupted
+                if not report.ok:
+                    if report.failed is not None:
+                        f = report.failed
+                        failure = f"step '{f.step}' on {f.host}: {f.message()}"
+                    break
             else:
-                node_cmds, vm_cmds = self.deploy_commands(snapshot, reservations)
-                for phase, cmds in (("network", node_cmds), ("vms", vm_cmds)):
-                    report = self._run_phase(cmds, progress, t0, phase, cancel)
-                    if report.interrupted:
-                        interrupted = True
-                    if not report.ok:
-                        if report.failed is not None:
-                            f = report.failed
-                            failure = f"step '{f.step}' on {f.host}: {f.message()}"
-                        break
-                    if phase == "vms":
-                        pids = {vm["vm_id"]: r.stdout.strip().splitlines()[-1]
-                                for vm, r in zip(snapshot["vms"], report.results)}
+                pids = {vm["vm_id"]: (r.stdout.strip().splitlines() or [None])[-1]
+                        for vm, r in zip(snapshot["vms"], report.results)}
+                self._mark_running(sid, pids)
+                took = time.monotonic() - t0
+                return True, f"Slice deployed successfully ({len(snapshot['vms'])} VMs, {took:.1f} s)"
         except KeyboardInterrupt:
             interrupted = True
-        except ExecutorError as e:
-            failure = str(e)
-        if interrupted or failure:
-            with _sigint_ignored():
-                undo_ok = self._rollback(sid, progress, t0)
-            why = "interrupted (Ctrl-C)" if interrupted and not failure else f"failed at {failure}"
-            tail = ("Everything this deploy created was removed; the slice is still in design."
-                    if undo_ok else "Some of what this deploy created could not be removed: "
-                    "see the log, and use '8. Cleanup orphaned VMs'.")
-            return False, f"Deploy {why}. {tail}"
+        except Exception as e:  # noqa: BLE001 - whatever happened, undo what this deploy made
+            log.exception("deploy of slice %s failed", sid)
+            failure = failure or f"an internal error ({e})"
+        with _sigint_ignored():
+            undo_ok = self._rollback(snapshot, progress, t0)
+        why = "interrupted (Ctrl-C)" if interrupted and not failure else f"failed at {failure}"
+        tail = ("Everything this deploy created was removed; the slice is still in design."
+                if undo_ok else "Some of what this deploy created could not be removed: "
+                "see the log, and use '8. Cleanup orphaned VMs'.")
+        return False, f"Deploy {why}. {tail}"
+
+    def _mark_running(self, sid: int, pids: dict) -> None:
         with self.db.transaction() as data:
-            s = data["slices"].get(str(sid))
+            s = data["slices"][str(sid)]
             s["status"] = "running"
             s.pop("busy", None)
             for vm in s["vms"]:
@@ -662,25 +680,21 @@ class OrchestratorAPI:
                 vm["pid"] = pids.get(vm["vm_id"])
             for n in s.get("networks", []):
                 n["status"] = "running"
-        took = time.monotonic() - t0
-        return True, f"Slice deployed successfully ({len(snapshot['vms'])} VMs, {took:.1f} s)"
 
-    def _set_design(self, sid: int) -> None:
+    def _finish(self, sid: int, status: str) -> None:
+        """Leave a slice in ``status`` and drop this session's busy mark (if it still exists)."""
         with self.db.transaction() as data:
-            s = data["slices"][str(sid)]
-            s["status"] = "design"
-            s.pop("busy", None)
+            s = data["slices"].get(str(sid))
+            if s is not None:
+                s["status"] = status
+                s.pop("busy", None)
 
-    def _rollback(self, sid: int, progress: Optional[Progress], t0: float) -> bool:
+    def _rollback(self, snapshot: dict, progress: Optional[Progress], t0: float) -> bool:
         """Undo a failed deploy: remove everything of the slice from the hosts; back to design."""
-        with self.db.transaction() as data:
-            s = data["slices"][str(sid)]
-            last = not self._internet_users(data, exclude=sid)
-            stops, node = self.teardown_commands(s, last)
-            ok_vms = self._run_phase(stops, progress, t0, "rollback", threading.Event()).ok
-            ok_net = self._run_phase(node, progress, t0, "rollback", threading.Event()).ok
-            s["status"] = "design"
-            s.pop("busy", None)
+        stops, node = self.teardown_commands(snapshot)
+        ok_vms = self._run_phase(stops, progress, t0, "rollback", threading.Event()).ok
+        ok_net = self._run_phase(node, progress, t0, "rollback", threading.Event()).ok
+        self._finish(int(snapshot["slice_id"]), "design")
         return ok_vms and ok_net
 
     # === delete ===============================================================
@@ -695,41 +709,39 @@ class OrchestratorAPI:
             status = s.get("status")
             if status in ("deploying", "deleting") and _marker_alive(s.get("busy")):
                 return False, f"Slice is {status} in another session"
-            was_live = status in LIVE
-            s["busy"] = _session_marker()
-            if was_live:
-                s["status"] = "deleting"
-            snapshot = dict(s)
+            was_live = status in LIVE  # a dead session's deploy may have left things on the hosts
+            s["status"] = "deleting"
+            s["busy"] = _session_marker("running" if was_live else "design")
+            snapshot = copy.deepcopy(s)
         sid = int(snapshot["slice_id"])
-        failures = []
+        failures: list = []
         disks = [self.deployment.delete_vm_command(vm) for vm in snapshot["vms"] if vm.get("qcow_image")]
+        if was_live:  # VMs first; then their disks together with the network node's teardown
+            stops, node = self.teardown_commands(snapshot)
+            phases = [("stop", stops), ("teardown", node + disks)]
+        else:
+            phases = [("disks", disks)]
         try:
-            if was_live:
-                # VMs first; then their disks together with the network node's teardown
-                with self.db.transaction() as data:
-                    last = not self._internet_users(data, exclude=sid)
-                    stops, node = self.teardown_commands(snapshot, last)
-                    for phase, cmds in (("stop", stops), ("teardown", node + disks)):
-                        report = self._run_phase(cmds, progress, t0, phase, threading.Event())
-                        failures += _failures(report)
-                        if failures:
-                            break
-            else:
-                report = self._run_phase(disks, progress, t0, "disks", threading.Event())
+            for phase, cmds in phases:
+                report = self._run_phase(cmds, progress, t0, phase, threading.Event())
                 failures += _failures(report)
+                if report.interrupted:
+                    failures.insert(0, CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step=phase))
+                if failures:
+                    break
         except KeyboardInterrupt:
-            failures.append(CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="delete"))
-        with self.db.transaction() as data:
+            failures.insert(0, CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="delete"))
+        with _sigint_ignored(), self.db.transaction() as data:
             s = data["slices"].get(str(sid))
             if s is None:
                 return False, "Slice was already deleted"
             if failures:
+                s["status"] = "running" if was_live else "design"
                 s.pop("busy", None)
-                if was_live:
-                    s["status"] = "running"
                 f = failures[0]
-                return False, (f"Delete incomplete: step '{f.step}' on {f.host}: {f.message()}. "
-                               "The slice is kept; run Delete again when the host is back.")
+                where = f" on {f.host}" if f.host != "-" else ""
+                return False, (f"Delete incomplete: step '{f.step}'{where}: {f.message()}. "
+                               "The slice is kept; run Delete again (when the host is back).")
             owner = data["users"].get(s["owner"])
             if owner:
                 owner["slices"] = [x for x in owner.get("slices", []) if int(x) != sid]
@@ -785,13 +797,14 @@ class OrchestratorAPI:
                 continue
             kind, vlan = parts[0], int(parts[1])
             if kind == "reservation" and len(parts) == 3 and parts[2].isdigit():
-                if int(parts[2]) not in expected["reservations"] and vlan in expected["vlans"]:
+                if int(parts[2]) not in expected["reservations"]:
                     orphans.append(Orphan(node, "DHCP reservation", f"VLAN {vlan} VM {parts[2]}",
                                           ("reservation", node, vlan, int(parts[2]))))
             elif kind in ("gw", "ns", "veth", "dnsmasq") and vlan not in expected["vlans"]:
                 label = {"gw": f"gateway port gw_vlan{vlan}", "ns": f"namespace ns-dhcp-vlan{vlan}",
                          "veth": f"DHCP port dhcp{vlan}-o", "dnsmasq": f"dnsmasq of VLAN {vlan}"}[kind]
                 orphans.append(Orphan(node, "VLAN", label, ("vlan", node, vlan)))
+        bases = self._base_image_names()
         for worker, res in zip(self.config.workers, results[1:]):
             for line in res.stdout.splitlines():
                 parts = line.split()
@@ -799,9 +812,12 @@ class OrchestratorAPI:
                     continue
                 kind = parts[0]
                 if kind == "overlay":
-                    if (worker, parts[1]) not in expected["overlays"]:
-                        orphans.append(Orphan(worker, "overlay", f"~/vm_images/{parts[1]}",
-                                              ("overlay", worker, parts[1])))
+                    name = line.split(" ", 1)[1]
+                    # only files named as this system names overlays; never a base image
+                    if (naming.OVERLAY_RE.fullmatch(name) and name not in bases
+                            and (worker, name) not in expected["overlays"]):
+                        orphans.append(Orphan(worker, "overlay", f"{self.config.worker_image_dir}/{name}",
+                                              ("overlay", worker, name)))
                     continue
                 vm_id = None
                 if kind in ("tap", "port"):
@@ -818,14 +834,25 @@ class OrchestratorAPI:
                 orphans.append(Orphan(worker, "VM", label, ("vm", worker, vm_id)))
         return True, orphans
 
+    def _base_image_names(self) -> set:
+        images = [spec["image"] for spec in Flavor.FLAVORS.values()] + list(self.config.flavor_images.values())
+        return {os.path.basename(str(i)) for i in images}
+
     def cleanup_orphans(self, username: str, orphans: list) -> tuple:
-        """Admin: remove exactly the orphans listed (re-checked against the database first)."""
-        data = self.db.load()
+        """Admin: remove exactly the orphans listed (re-checked against the database first).
+
+        Runs inside a database transaction, so no deploy can start using one of
+        them between the check and the removal.
+        """
+        with self.db.transaction() as data:
+            return self._cleanup_orphans_locked(data, username, orphans)
+
+    def _cleanup_orphans_locked(self, data: dict, username: str, orphans: list) -> tuple:
         err = self._require_admin(data, username)
         if err:
             return False, err
         expected = self._expected(data)
-        cmds, seen = [], set()
+        cmds, seen, released, internet_orphan = [], set(), [], False
         for o in orphans:
             key = o.key
             if key in seen:
@@ -834,18 +861,23 @@ class OrchestratorAPI:
             if key[0] == "vm" and (key[1], key[2]) not in expected["vms"]:
                 fake = {"vm_id": key[2], "name": f"orphan {key[2]}", "worker_ip": key[1],
                         "interfaces": [{}] * (MAX_DATA_INTERFACES + 1)}  # every TAP it may have had
-                cmds.append(self.vm_launcher.stop_command(fake))
-                cmds.append(self.vm_launcher.kill_orphan_qemu_command(key[1], key[2]))
+                kill = self.vm_launcher.kill_orphan_qemu_command(key[1], key[2])
+                stop = self.vm_launcher.stop_command(fake)
+                cmds.append(HostCommand(key[1], kill.script + "\n" + stop.script, True, stop.timeout,
+                                        f"remove orphan VM {key[2]}"))
             elif key[0] == "vlan" and key[2] not in expected["vlans"]:
                 if key[2] == self.config.internet_vlan:
-                    cmds.append(self.vlan_manager.internet_release([], last_user=True))
+                    internet_orphan = True
                 else:
                     cmds.append(self.vlan_manager.down_command(key[2]))
             elif key[0] == "overlay" and (key[1], key[2]) not in expected["overlays"]:
                 cmds.append(self.deployment.delete_vm_command(
                     {"worker_ip": key[1], "qcow_image": f"{self.config.worker_image_dir}/{key[2]}"}))
             elif key[0] == "reservation" and key[3] not in expected["reservations"]:
-                cmds.append(self.vlan_manager.internet_release([key[3]], last_user=False))
+                released.append(key[3])
+        if released or internet_orphan:
+            # one command: it drops these reservations, then removes the VLAN if none is left
+            cmds.append(self.vlan_manager.internet_release(released))
         results = self.executor.run_all(cmds)
         bad = [r for r in results if not r.ok]
         if bad:

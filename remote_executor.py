@@ -127,6 +127,31 @@ def configure_logging(log_file: str, level: int = logging.INFO) -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def _append_new_host_key(paramiko, known_hosts: str):
+    """A policy that trusts a new host key and appends just that line to known_hosts.
+
+    (paramiko's own ``save_host_keys`` rewrites the whole file, drops lines it
+    does not understand, and races when several hosts connect at once.)
+    """
+
+    class AppendNewHostKey(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+            try:
+                with _KNOWN_HOSTS_LOCK, open(known_hosts, "a", encoding="ascii") as f:
+                    f.write(line)
+            except OSError as e:
+                log.warning("could not record the new host key of %s in %s: %s", hostname, known_hosts, e)
+            log.warning("accepted a NEW host key for %s (%s %s)", hostname, key.get_name(),
+                        key.get_fingerprint().hex())
+
+    return AppendNewHostKey()
+
+
 # --- the executor -------------------------------------------------------------
 
 class RemoteExecutor:
@@ -147,7 +172,7 @@ class RemoteExecutor:
 
     def run(self, cmd: HostCommand) -> CommandResult:
         """Run one command; log host, status and duration."""
-        timeout = cmd.timeout or self.config.ssh.command_timeout
+        timeout = self._timeout(cmd)
         text = self.render(cmd)
         start = time.monotonic()
         if self.dry_run:
@@ -189,10 +214,19 @@ class RemoteExecutor:
             return list(pool.map(self.run, cmds))
 
     def render(self, cmd: HostCommand) -> str:
-        """The exact text sent to the host's shell."""
-        if cmd.sudo and self.config.ssh.sudo:
-            return "sudo -n sh -c " + q(cmd.script)
-        return cmd.script
+        """The exact text sent to the host's shell.
+
+        Root scripts run under ``timeout`` on the host too: when the manager
+        gives up on a command, the host stops it as well (a hung ``ovs-vsctl``
+        or a late QEMU start never outlives the deploy that rolled back).
+        """
+        if not cmd.sudo:
+            return cmd.script
+        limit = f"timeout -k 5 {int(self._timeout(cmd))} sh -c {q(cmd.script)}"
+        return f"sudo -n {limit}" if self.config.ssh.sudo else limit
+
+    def _timeout(self, cmd: HostCommand) -> float:
+        return cmd.timeout or self.config.ssh.command_timeout
 
     def check(self, host: str) -> CommandResult:
         """Reach ``host`` now (connect if needed, run one trivial command); caches its home."""
@@ -238,7 +272,8 @@ class RemoteExecutor:
             except TimeoutError:
                 result = CommandResult(host, desc, -1, step="copy",
                                        error=f"copy to {host} timed out after {timeout:g} s")
-            except (OSError, ExecutorError) as e:
+            except Exception as e:  # noqa: BLE001 - OSError, ExecutorError, paramiko's SSHException...
+                self._forget(host)
                 result = CommandResult(host, desc, -1, step="copy", error=f"copy to {host} failed: {e}")
         result.duration = time.monotonic() - start
         self._count(result)
@@ -306,7 +341,7 @@ class RemoteExecutor:
             except OSError as e:
                 raise ExecutorError(f"cannot read known_hosts {ssh.known_hosts}: {e}") from e
             if ssh.accept_new_host_keys:
-                client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+                client.set_missing_host_key_policy(_append_new_host_key(paramiko, ssh.known_hosts))
             else:
                 client.set_missing_host_key_policy(paramiko.RejectPolicy())
             try:
@@ -332,11 +367,6 @@ class RemoteExecutor:
             except OSError as e:
                 sock.close()
                 raise ExecutorError(f"SSH to {ssh.user}@{host} failed: {e}") from e
-            if ssh.accept_new_host_keys:
-                try:
-                    client.save_host_keys(ssh.known_hosts)
-                except OSError:
-                    log.warning("could not save new host key of %s to %s", host, ssh.known_hosts)
             transport = client.get_transport()
             transport.set_keepalive(15)
             with self._lock:

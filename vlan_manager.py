@@ -21,6 +21,7 @@ gateways.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Optional
 
 import naming
@@ -34,7 +35,8 @@ def _stop_dnsmasq(vlan: int) -> str:
     marker = q(f"--pid-file={files['pid']}")
     return (f"if [ -f {pidfile} ]; then pid=$(cat {pidfile}); "
             f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {marker}; then "
-            "kill \"$pid\"; n=0; while [ -d /proc/$pid ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done; "
+            "kill \"$pid\" 2>/dev/null || true; "
+            "n=0; while [ -d /proc/$pid ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done; "
             "kill -9 \"$pid\" 2>/dev/null || true; fi; rm -f " + pidfile + "; fi")
 
 
@@ -100,23 +102,41 @@ def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
     ]
 
 
+def _locked(lock: str, lines: list) -> str:
+    """Shell: run ``lines`` in a subshell holding ``flock`` on a lock file of this system.
+
+    Serialises scripts that share state on the node (iptables chains, the internet VLAN).
+    """
+    return "\n".join(["(", "flock 9", *lines, f") 9>{q(naming.STATE_DIR + '/' + lock)}"])
+
+
 def isolation_rules(internet_vlan: int, uplink: str) -> str:
-    """Shell: (re)load the ``CR-FORWARD`` chain atomically and jump to it from FORWARD."""
+    """Shell: (re)load ``CR-FORWARD`` and ``CR-INPUT`` atomically and jump to them.
+
+    Forwarding: only internet VLAN <-> uplink.  Input from any gateway port:
+    only ICMP (VMs may ping their gateway) and replies, so VMs never reach the
+    network node's own services.
+    """
     gw400 = naming.gateway_port(internet_vlan)
-    chain = naming.FORWARD_CHAIN
+    fwd, inp = naming.FORWARD_CHAIN, naming.INPUT_CHAIN
     rules = "\n".join([
         "*filter",
-        f":{chain} - [0:0]",
-        f"-A {chain} -i {gw400} -o {uplink} -j ACCEPT",
-        f"-A {chain} -i {uplink} -o {gw400} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        f"-A {chain} -i gw_vlan+ -j DROP",
-        f"-A {chain} -o gw_vlan+ -j DROP",
+        f":{fwd} - [0:0]",
+        f":{inp} - [0:0]",
+        f"-A {fwd} -i {gw400} -o {uplink} -j ACCEPT",
+        f"-A {fwd} -i {uplink} -o {gw400} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A {fwd} -i gw_vlan+ -j DROP",
+        f"-A {fwd} -o gw_vlan+ -j DROP",
+        f"-A {inp} -i gw_vlan+ -p icmp -j ACCEPT",
+        f"-A {inp} -i gw_vlan+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A {inp} -i gw_vlan+ -j REJECT",
         "COMMIT",
         "",
     ])
-    return "\n".join([
+    return _locked("iptables.lock", [
         f"printf '%s' {q(rules)} | iptables-restore -w --noflush",
-        f"iptables -w -C FORWARD -j {chain} 2>/dev/null || iptables -w -I FORWARD 1 -j {chain}",
+        f"iptables -w -C FORWARD -j {fwd} 2>/dev/null || iptables -w -I FORWARD 1 -j {fwd}",
+        f"iptables -w -C INPUT -j {inp} 2>/dev/null || iptables -w -I INPUT 1 -j {inp}",
     ])
 
 
@@ -144,29 +164,29 @@ def vlan_down_command(node: str, vlan: int, bridge: str) -> HostCommand:
 def internet_up_command(node: str, internet: dict, bridge: str, reservations: list) -> HostCommand:
     """Root script: the shared internet VLAN (gateway, static-only DHCP, NAT), kept if running.
 
-    ``reservations``: (vm_id, mac, ip) of the VMs being deployed.
+    ``reservations``: (vm_id, mac, ip) of the VMs of the slice being deployed.
+    Runs under the node's ``vlan<V>.lock``, as does ``internet_release_command``.
     """
-    import ipaddress
-
     vlan = int(internet["vlan"])
     net = ipaddress.IPv4Network(internet["cidr"])
     uplink = internet["uplink"]
     server_ip = str(net.broadcast_address - 1)
     dhcp_range = f"{net.network_address},static,{net.netmask},12h"
-    setup = "\n".join(_dhcp_namespace_down(bridge, vlan, keep_reservations=True)
-                      + _dhcp_namespace_up(bridge, vlan, server_ip, net.prefixlen, dhcp_range,
-                                           internet["gateway"]))
+    setup = (_dhcp_namespace_down(bridge, vlan, keep_reservations=True)
+             + _dhcp_namespace_up(bridge, vlan, server_ip, net.prefixlen, dhcp_range, internet["gateway"]))
     script = "\n".join([
         "set -e", f"mkdir -p {q(naming.STATE_DIR)}",
-        "sysctl -q -w net.ipv4.ip_forward=1",
-        isolation_rules(vlan, uplink),
-        f"iptables -w -t nat -C POSTROUTING -s {q(str(net))} -o {q(uplink)} -j MASQUERADE 2>/dev/null || "
-        f"iptables -w -t nat -A POSTROUTING -s {q(str(net))} -o {q(uplink)} -j MASQUERADE",
-        *_gateway(bridge, vlan, internet["gateway"], net.prefixlen),
-        f"if ! {_dnsmasq_running(vlan)} || ! ip netns exec {q(naming.dhcp_namespace(vlan))} true 2>/dev/null; then",
-        setup,
-        "fi",
-        *reservation_lines(vlan, reservations),
+        _locked(f"vlan{vlan}.lock", [
+            "sysctl -q -w net.ipv4.ip_forward=1",
+            isolation_rules(vlan, uplink),
+            f"iptables -w -t nat -C POSTROUTING -s {q(str(net))} -o {q(uplink)} -j MASQUERADE 2>/dev/null || "
+            f"iptables -w -t nat -A POSTROUTING -s {q(str(net))} -o {q(uplink)} -j MASQUERADE",
+            *_gateway(bridge, vlan, internet["gateway"], net.prefixlen),
+            *reservation_lines(vlan, reservations),
+            f"if ! {_dnsmasq_running(vlan)} || ! ip netns exec {q(naming.dhcp_namespace(vlan))} true 2>/dev/null; then",
+            *setup,
+            "fi",
+        ]),
     ])
     return HostCommand(node, script, sudo=True, timeout=60, step=f"internet VLAN {vlan} (gateway, DHCP, NAT)")
 
@@ -181,23 +201,41 @@ def reservation_lines(vlan: int, reservations: list) -> list:
     return lines
 
 
-def internet_release_command(node: str, internet: dict, bridge: str, vm_ids: list,
-                             last_user: bool) -> HostCommand:
-    """Root script: drop VMs' reservations; tear the internet VLAN down when nobody uses it."""
+def internet_release_command(node: str, internet: dict, bridge: str, vm_ids: list) -> HostCommand:
+    """Root script: release VMs' reservations and leases; remove the internet VLAN once none is left.
+
+    The node decides "last user" itself, under the same lock as ``internet_up_command``:
+    a deploy that starts meanwhile either sees the VLAN torn down and makes it
+    again, or has written its reservations first and keeps it.
+    """
     vlan = int(internet["vlan"])
-    hostsdir = naming.dnsmasq_files(vlan)["hostsdir"]
-    lines = [f"rm -f {q(f'{hostsdir}/vm{int(v)}')}" for v in vm_ids]
-    if last_user:
-        net = str(internet["cidr"])
-        lines += _dhcp_namespace_down(bridge, vlan)
-        lines += [join(["ovs-vsctl", "--if-exists", "del-port", bridge, naming.gateway_port(vlan)]),
-                  f"iptables -w -t nat -D POSTROUTING -s {q(net)} -o {q(internet['uplink'])} "
-                  "-j MASQUERADE 2>/dev/null || true"]
-    else:
-        lines.append(f"{_dnsmasq_running(vlan)} && kill -HUP \"$pid\" || true")
-    lines.append("true")
-    return HostCommand(node, "\n".join(lines), sudo=True, timeout=60,
-                       step=f"release internet VLAN {vlan}" + (" (last user: removed)" if last_user else ""))
+    files = naming.dnsmasq_files(vlan)
+    hostsdir = files["hostsdir"]
+    ns = naming.dhcp_namespace(vlan)
+    _outside, inside = naming.dhcp_veth(vlan)
+    lines = []
+    for vm_id in vm_ids:
+        f = q(f"{hostsdir}/vm{int(vm_id)}")
+        lines.append(f"if [ -f {f} ]; then IFS=, read -r mac addr < {f} || true; "
+                     f"ip netns exec {q(ns)} dhcp_release {q(inside)} \"$addr\" \"$mac\" 2>/dev/null || true; "
+                     f"rm -f {f}; fi")
+    teardown = _dhcp_namespace_down(bridge, vlan) + [
+        join(["ovs-vsctl", "--if-exists", "del-port", bridge, naming.gateway_port(vlan)]),
+        f"iptables -w -t nat -D POSTROUTING -s {q(str(internet['cidr']))} -o {q(internet['uplink'])} "
+        "-j MASQUERADE 2>/dev/null || true"]
+    script = "\n".join([
+        f"mkdir -p {q(naming.STATE_DIR)}",
+        _locked(f"vlan{vlan}.lock", [
+            *lines,
+            f"if [ -z \"$(ls -A {q(hostsdir)} 2>/dev/null)\" ]; then",
+            *teardown,
+            "else",
+            f"{_dnsmasq_running(vlan)} && kill -HUP \"$pid\" || true",
+            "fi",
+        ]),
+        "true",
+    ])
+    return HostCommand(node, script, sudo=True, timeout=60, step=f"release internet VLAN {vlan}")
 
 
 def scan_network_node_command(node: str, bridge: str) -> HostCommand:
@@ -240,8 +278,8 @@ class VLANManager:
     def internet_up(self, reservations: list) -> HostCommand:
         return internet_up_command(self.node, self.internet, self.bridge, reservations)
 
-    def internet_release(self, vm_ids: list, last_user: bool) -> HostCommand:
-        return internet_release_command(self.node, self.internet, self.bridge, vm_ids, last_user)
+    def internet_release(self, vm_ids: list) -> HostCommand:
+        return internet_release_command(self.node, self.internet, self.bridge, vm_ids)
 
     def scan_command(self) -> HostCommand:
         return scan_network_node_command(self.node, self.bridge)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 import naming
-from remote_executor import HostCommand, RemoteExecutor, home_path, join, q
+from remote_executor import ExecutorError, HostCommand, RemoteExecutor, home_path, join, q
 
 STOP_WAIT_S = 5
 
@@ -90,7 +90,7 @@ def launch_vm_command(vm: dict, home: str, bridge: str, accel: str) -> HostComma
             tap = naming.tap_name(vm_id, idx)
             ovs += ["--", "--if-exists", "del-port", bridge, tap,
                     "--", "add-port", bridge, tap, f"tag={int(iface['vlan_id'])}"]
-    ups = " && ".join(f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(ifaces)))
+    ups = "\n".join(f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(ifaces)))
     pidfile = q(naming.vm_pidfile(vm_id))
     script = "\n".join([
         "set -e",
@@ -172,7 +172,11 @@ class VMLauncher:
 
     def launch_vm(self, worker_ip: str, vm_dict: dict) -> tuple:
         """Start one VM: ``(True, pid)`` or ``(False, reason)``."""
-        res = self.executor.run(self.launch_command(dict(vm_dict, worker_ip=worker_ip)))
+        try:
+            cmd = self.launch_command(dict(vm_dict, worker_ip=worker_ip))
+        except ExecutorError as e:
+            return False, str(e)
+        res = self.executor.run(cmd)
         if not res.ok:
             return False, res.message()
         return True, res.stdout.strip().splitlines()[-1]

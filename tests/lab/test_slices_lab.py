@@ -42,6 +42,11 @@ def api(lab, tmp_path):
     api.executor.close()
 
 
+def fetch_internet(lab) -> str:
+    """Guest command: GET the internet host's page, up to 3 tries (the output is checked)."""
+    return f"for i in 1 2 3; do wget -q -O - {lab['lab']['internet_http']} && break; sleep 1; done"
+
+
 def mac(vm: dict, index: int) -> str:
     return vm["interfaces"][index]["mac"].lower()
 
@@ -120,12 +125,12 @@ def test_deploy_three_workers_links_internet_vnc_then_delete_leaves_nothing(lab,
     # the internet VM holds exactly the address the database shows
     assert got[(400, mac(vms[0], 0))] == vms[0]["interfaces"][0]["ip_config"]["ip"]
     # across workers on link 1 and link 2
-    rc, out = console(lab, vms[0], f"ping -c 2 -W 3 {got[(v1, mac(vms[1], 1))]}")
+    rc, out = console(lab, vms[0], f"ping -c 5 -W 2 {got[(v1, mac(vms[1], 1))]}")
     assert rc == 0, out
-    rc, out = console(lab, vms[2], f"ping -c 2 -W 3 {got[(v2, mac(vms[1], 2))]}")
+    rc, out = console(lab, vms[2], f"ping -c 5 -W 2 {got[(v2, mac(vms[1], 2))]}")
     assert rc == 0, out
     # internet through NAT: the internet host sees the network node's uplink address
-    rc, out = console(lab, vms[0], f"wget -q -O - {lab['lab']['internet_http']}")
+    rc, out = console(lab, vms[0], fetch_internet(lab))
     assert rc == 0 and "you are 10.255.0.1" in out, out
     # a VM without internet cannot get out
     rc, out = console(lab, vms[1], f"ping -c 1 -W 2 {lab['lab']['internet_host']}")
@@ -160,7 +165,7 @@ def test_two_tenants_isolated_and_deleting_one_keeps_the_other_dhcp(lab, api):
     a_ip = got[(va, mac(a_vms[1], 1))]
     wait_guest_configured(lab, [(v, "eth1") for v in a_vms + b_vms])
     # control: inside tenant B the link works
-    rc, out = console(lab, b_vms[0], f"ping -c 2 -W 3 {got[(vb, mac(b_vms[1], 1))]}")
+    rc, out = console(lab, b_vms[0], f"ping -c 5 -W 2 {got[(vb, mac(b_vms[1], 1))]}")
     assert rc == 0, out
     # L3: B cannot reach A's subnet through the network node's gateways
     rc, out = console(lab, b_vms[0], f"ping -c 2 -W 2 {a_ip}")
@@ -178,6 +183,75 @@ def test_two_tenants_isolated_and_deleting_one_keeps_the_other_dhcp(lab, api):
     ok, msg = api.delete_slice("admin", sid_a)
     assert ok, msg
     assert_clean(lab)
+
+
+def test_shared_internet_vlan_outlives_one_slice_and_reused_addresses_lease_again(lab, api):
+    sid_a, a_vms, _ = build_slice(api, "admin", "neta", 1, [], internet=(0,))
+    sid_b, b_vms, _ = build_slice(api, "student", "netb", 1, [], internet=(0,))
+    for user, sid in (("admin", sid_a), ("student", sid_b)):
+        ok, msg = api.deploy_slice(user, sid)
+        assert ok, msg
+    a_ip = a_vms[0]["interfaces"][0]["ip_config"]["ip"]
+    wait_for_leases(lab, {(400, mac(a_vms[0], 0)), (400, mac(b_vms[0], 0))})
+    wait_guest_configured(lab, [(b_vms[0], "eth0")])
+    pid = sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan400.pid").strip()
+    ok, msg = api.delete_slice("admin", sid_a)
+    assert ok, msg
+    # B keeps its internet: same dnsmasq, gateway, NAT; A's lease is given back at once
+    assert sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan400.pid").strip() == pid
+    assert "gw_vlan400" in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
+    assert mac(a_vms[0], 0) not in leases(lab, 400)
+    rc, out = console(lab, b_vms[0], fetch_internet(lab))
+    assert rc == 0 and "you are 10.255.0.1" in out, out
+    # a new VM that is given A's old address (1101 % 100 == 1001 % 100) gets it from DHCP
+    with api.db.transaction() as data:
+        data["next_vm_id"] = 1100
+    sid_c, c_vms, _ = build_slice(api, "admin", "netc", 1, [], internet=(0,))
+    assert c_vms[0]["vm_id"] == 1101 and c_vms[0]["interfaces"][0]["ip_config"]["ip"] == a_ip
+    ok, msg = api.deploy_slice("admin", sid_c)
+    assert ok, msg
+    got = wait_for_leases(lab, {(400, mac(c_vms[0], 0))})
+    assert got[(400, mac(c_vms[0], 0))] == a_ip
+    for user, sid in (("student", sid_b), ("admin", sid_c)):
+        ok, msg = api.delete_slice(user, sid)
+        assert ok, msg
+    # the last internet slice gone: the shared VLAN is removed too
+    assert "gw_vlan400" not in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
+    assert "MASQUERADE" not in sh(lab, "netnode", "iptables -t nat -S POSTROUTING")
+    assert_clean(lab)
+
+
+SERVE = ("import http.server, socketserver; socketserver.TCPServer.allow_reuse_address = True; "
+         "http.server.HTTPServer(('0.0.0.0', 8081), http.server.SimpleHTTPRequestHandler).serve_forever()")
+
+
+def test_vms_cannot_reach_the_network_node_itself(lab, api):
+    sid, vms, links = build_slice(api, "admin", "probe", 2, [(0, "eth1", 1, "eth1")])
+    ok, msg = api.deploy_slice("admin", sid)
+    assert ok, msg
+    vlan = links[0]["vlan_id"]
+    got = wait_for_leases(lab, {(vlan, mac(vms[0], 1)), (vlan, mac(vms[1], 1))})
+    wait_guest_configured(lab, [(vms[0], "eth1"), (vms[1], "eth1")])
+    gateway = naming.link_network(vlan)["gateway_ip"]
+    server = subprocess.Popen([str(lab.root / "exec.sh"), "netnode", "python3", "-c", SERVE],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while "8081" not in sh(lab, "netnode", "ss -ltn") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # control: a service on the node answers on its gateway address (from the node itself)
+        assert "200" in sh(lab, "netnode", f"python3 -c \"import urllib.request as u; "
+                                           f"print(u.urlopen('http://{gateway}:8081/').status)\"")
+        # control: from the VM, the peer's web server answers
+        rc, out = console(lab, vms[0], f"wget -q -O - http://{got[(vlan, mac(vms[1], 1))]}/")
+        assert rc == 0 and "<h1>" in out, out
+        rc, out = console(lab, vms[0], f"ping -c 2 -W 2 {gateway}")
+        assert rc == 0, out                                   # the gateway answers ping
+        rc, out = console(lab, vms[0], f"wget -q -O - http://{gateway}:8081/ && echo REACHED")
+        assert "REACHED" not in out, out                      # but no service of the node itself
+    finally:
+        server.kill()
+        server.wait()
 
 
 # --- rollback (c) ------------------------------------------------------------------

@@ -275,41 +275,40 @@ def _internet_slice(api, name):
     return sid, ids[0]
 
 
-def test_internet_vlan_torn_down_only_by_last_user(tmp_path):
+def test_internet_vlan_last_user_is_decided_on_the_node_under_its_lock(tmp_path):
     api, _db, ex = make_api(tmp_path)
     s1, vm1 = _internet_slice(api, "a")
     s2, vm2 = _internet_slice(api, "b")
-    # the second deploy kept the first slice's reservation
+    # each deploy writes only its own slice's reservation
     up2 = [s for s in _node_scripts(ex) if "MASQUERADE" in s and "-A POSTROUTING" in s][-1]
-    assert f"dnsmasq-vlan400.hosts.d/vm{vm1}" in up2 and f"dnsmasq-vlan400.hosts.d/vm{vm2}" in up2
+    assert f"dnsmasq-vlan400.hosts.d/vm{vm2}" in up2 and f"dnsmasq-vlan400.hosts.d/vm{vm1}" not in up2
+    assert "flock 9" in up2 and "9>/run/cloud-repositorio/vlan400.lock" in up2
     ex.calls.clear()
     ok(api.delete_slice("admin", s1))
     node = _node_scripts(ex)
     assert len(node) == 1
-    assert f"rm -f /run/cloud-repositorio/dnsmasq-vlan400.hosts.d/vm{vm1}" in node[0]
-    assert "del-port br-int gw_vlan400" not in node[0]
-    assert "ip netns del ns-dhcp-vlan400" not in node[0]
-    assert "-D POSTROUTING" not in node[0]
-    assert "kill -HUP" in node[0]
-    ex.calls.clear()
-    ok(api.delete_slice("admin", s2))
-    node = _node_scripts(ex)
-    assert len(node) == 1
-    assert f"rm -f /run/cloud-repositorio/dnsmasq-vlan400.hosts.d/vm{vm2}" in node[0]
-    assert "--if-exists del-port br-int gw_vlan400" in node[0]
-    assert "ip netns del ns-dhcp-vlan400" in node[0]
-    assert "iptables -w -t nat -D POSTROUTING -s 10.60.7.0/24 -o uplink0 -j MASQUERADE" in node[0]
+    release = node[0]
+    assert f"rm -f /run/cloud-repositorio/dnsmasq-vlan400.hosts.d/vm{vm1}" in release
+    assert f"vm{vm2}" not in release
+    assert "dhcp_release dhcp400-i" in release                  # its lease is given back at once
+    assert "9>/run/cloud-repositorio/vlan400.lock" in release
+    # teardown only when no reservation is left on the node, else a reload
+    cond = release.index('if [ -z "$(ls -A /run/cloud-repositorio/dnsmasq-vlan400.hosts.d')
+    assert cond < release.index("ip netns del ns-dhcp-vlan400") < release.index("else") \
+        < release.index("kill -HUP")
+    assert "iptables -w -t nat -D POSTROUTING -s 10.60.7.0/24 -o uplink0 -j MASQUERADE" in release
 
 
-def test_rollback_keeps_internet_of_other_running_slice(tmp_path):
+def test_rollback_releases_only_its_own_internet_reservations(tmp_path):
     api, db, ex = make_api(tmp_path)
-    s1, _vm1 = _internet_slice(api, "a")
-    s2, _ids = build_slice(api, name="b", vms=(("bvm", 0, True),))
+    s1, vm1 = _internet_slice(api, "a")
+    s2, ids = build_slice(api, name="b", vms=(("bvm", 0, True),))
     ex.on("qemu-system", 1, err="Could not open")
     ex.calls.clear()
     assert api.deploy_slice("admin", s2)[0] is False
-    after = _node_scripts(ex)
-    assert not any("del-port br-int gw_vlan400" in s for s in after)
+    releases = [s for s in _node_scripts(ex) if "dhcp_release" in s]
+    assert len(releases) == 1
+    assert f"hosts.d/vm{ids[0]}" in releases[0] and f"hosts.d/vm{vm1}" not in releases[0]
     assert db.get_slice(s1)["status"] == "running"
 
 

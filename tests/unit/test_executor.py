@@ -42,8 +42,8 @@ def test_home_path():
 def test_render_with_sudo():
     ex = RemoteExecutor(lab_config())
     text = ex.render(HostCommand("h", "echo 'hi' && id"))
-    assert text == "sudo -n sh -c 'echo '\"'\"'hi'\"'\"' && id'"
-    assert shlex.split(text) == ["sudo", "-n", "sh", "-c", "echo 'hi' && id"]
+    assert text == "sudo -n timeout -k 5 60 sh -c 'echo '\"'\"'hi'\"'\"' && id'"
+    assert shlex.split(text) == ["sudo", "-n", "timeout", "-k", "5", "60", "sh", "-c", "echo 'hi' && id"]
     assert ex.render(HostCommand("h", "id", sudo=False)) == "id"
 
 
@@ -51,7 +51,8 @@ def test_render_without_sudo_when_config_says_so():
     cfg = lab_config()
     cfg["ssh"] = dict(cfg["ssh"], sudo=False)
     ex = RemoteExecutor(cfg)
-    assert ex.render(HostCommand("h", "echo 'hi' && id")) == "echo 'hi' && id"
+    assert ex.render(HostCommand("h", "echo 'hi' && id")) == "timeout -k 5 60 sh -c 'echo '\"'\"'hi'\"'\"' && id'"
+    assert ex.render(HostCommand("h", "id", sudo=False, timeout=5)) == "id"
 
 
 def test_sudo_wrapped_script_runs_literally(tmp_path):
@@ -260,12 +261,32 @@ def test_reject_policy_when_not_accepting_new_host_keys(tmp_path, recording_para
     assert kw["timeout"] == 10 and kw["username"] == "ubuntu"
 
 
-def test_autoadd_policy_only_when_configured(tmp_path, recording_paramiko):
+def test_new_host_keys_appended_only_when_configured(tmp_path, recording_paramiko):
     ex = RemoteExecutor(_ssh_config(tmp_path, True))
+    (tmp_path / "known_hosts").write_text("@cert-authority *.lab ssh-ed25519 AAAAC3Nz\n")
     ex._client("10.9.0.11")
     client = recording_paramiko.instances[-1]
-    assert isinstance(client.policies[0], paramiko.AutoAddPolicy)
-    assert client.saved == [str(tmp_path / "known_hosts")]
+    policy = client.policies[0]
+    assert isinstance(policy, paramiko.MissingHostKeyPolicy)
+    assert not isinstance(policy, (paramiko.RejectPolicy, paramiko.AutoAddPolicy))
+    assert client.saved == []  # never rewrites the whole file
+    key = paramiko.Ed25519Key(data=bytes.fromhex(
+        "0000000b7373682d65643235353139000000200c55f8fcc54b5a6e6bb7b6e8b3f6d5a2f0b4bd0a1e4b3e2f8d9c1a2b3c4d5e6f"))
+
+    class Keys(dict):
+        def add(self, host, kind, k):
+            self[host] = (kind, k)
+
+    class Client:
+        keys = Keys()
+
+        def get_host_keys(self):
+            return self.keys
+
+    policy.missing_host_key(Client(), "10.9.0.11", key)
+    lines = (tmp_path / "known_hosts").read_text().splitlines()
+    assert lines[0] == "@cert-authority *.lab ssh-ed25519 AAAAC3Nz"      # kept as it was
+    assert lines[1] == f"10.9.0.11 ssh-ed25519 {key.get_base64()}"
 
 
 def test_connection_reused_per_host(tmp_path, recording_paramiko):

@@ -1,6 +1,6 @@
 """Every host script the product can generate is valid POSIX sh (dash) and bash.
 
-The scripts run under ``sudo -n sh -c`` on Debian/Ubuntu hosts, where sh is
+The scripts run under ``sudo -n timeout … sh -c`` on Debian/Ubuntu hosts, where sh is
 dash; a syntax error there would only show on a real cluster.
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ def all_commands() -> list:
         vlan_manager.vlan_up_command("n", 4000, "br-int", 400, "ens3"),
         vlan_manager.vlan_down_command("n", 100, "br-int"),
         vlan_manager.internet_up_command("n", inet, "br-int", [(1001, "52:54:00:03:e9:00", "10.60.7.101")]),
-        vlan_manager.internet_release_command("n", inet, "br-int", [1001], last_user=False),
-        vlan_manager.internet_release_command("n", inet, "br-int", [1001], last_user=True),
+        vlan_manager.internet_release_command("n", inet, "br-int", [1001]),
+        vlan_manager.internet_release_command("n", inet, "br-int", []),
         vlan_manager.scan_network_node_command("n", "br-int"),
         base_image_check("w", "~/vm_images", "base.img"),
         overlay_create("w", "~/vm_images", "base.img", "web-1_img.qcow2"),
@@ -63,4 +63,4 @@ def test_generated_script_parses(shell, index):
 def test_sudo_wraps_the_whole_script_once():
     cmd = vm_launcher.stop_vm_command(sample_vm(), "br-int")
     text = FakeExecutor().render(cmd)
-    assert text.startswith("sudo -n sh -c '") and text.count("sudo") == 1
+    assert text.startswith("sudo -n timeout -k 5 30 sh -c '") and text.count("sudo") == 1

@@ -38,10 +38,11 @@ def restart(tmp_path, db, config: dict = None, base_exists: bool = True):
 
 def script_of(text: str) -> str:
     """The shell script inside ``sudo -n sh -c '<script>'`` (or the text itself)."""
-    if text.startswith("sudo -n sh -c "):
+    if text.startswith("sudo -n timeout "):
         words = shlex.split(text)
-        assert words[:4] == ["sudo", "-n", "sh", "-c"] and len(words) == 5, text
-        return words[4]
+        assert words[:4] == ["sudo", "-n", "timeout", "-k"] and words[6:8] == ["sh", "-c"] \
+            and len(words) == 9, text
+        return words[8]
     return text
 
 
