@@ -1,0 +1,111 @@
+"""Races between sessions, interrupted operations and leftovers on hosts (FakeExecutor)."""
+from __future__ import annotations
+
+import os
+import signal
+
+from uhelpers import WORKERS, lab_config, make_api, ok, restart
+
+
+def _slice(api, vms=2, user="admin", name="s"):
+    sid = ok(api.create_slice(user, name))["slice_id"]
+    ids = [ok(api.add_vm_to_slice(user, sid, f"vm{i}", "cirros", 1))["vm_id"] for i in range(vms)]
+    return sid, ids
+
+
+def test_deploy_refused_while_another_session_deletes_the_design_slice(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid, _ = _slice(api)
+    other, _db2, _ex2 = restart(tmp_path, db)
+    seen = {}
+
+    real_exec = ex._exec
+
+    def exec_(host, text, timeout):
+        if "rm -f" in text and "deploy" not in seen:  # the other session acts while disks are deleted
+            seen["deploy"] = other.deploy_slice("admin", sid)
+            seen["add"] = other.add_vm_to_slice("admin", sid, "late", "cirros", 0)
+        return real_exec(host, text, timeout)
+
+    ex._exec = exec_
+    assert api.delete_slice("admin", sid) == (True, "Slice deleted")
+    assert seen["deploy"] == (False, "Slice is deleting in another session")
+    assert seen["add"][0] is False and "deleting" in seen["add"][1]
+    assert db.get_slice(sid) is None
+
+
+def test_ctrl_c_during_delete_keeps_the_slice_and_its_quota(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid, ids = _slice(api, vms=3)
+    real_exec = ex._exec
+
+    def exec_(host, text, timeout):
+        if "rm -f" in text:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while disks are deleted
+        return real_exec(host, text, timeout)
+
+    ex._exec = exec_
+    res = api.delete_slice("admin", sid)
+    assert res[0] is False and "interrupted (Ctrl-C)" in res[1] and "The slice is kept" in res[1]
+    s = db.get_slice(sid)
+    assert s is not None and s["status"] == "design" and "busy" not in s
+    assert db.get_user("admin")["used_vms"] == 3
+    ex._exec = real_exec
+    assert api.delete_slice("admin", sid) == (True, "Slice deleted")  # a retry finishes the job
+
+
+def test_a_leftover_file_at_the_documented_overlay_path_does_not_block_the_add(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid = ok(api.create_slice("admin", "s"))["slice_id"]
+    ex.on(r"qemu-img create .* vm1_img\.qcow2$", 17, err="vm1_img.qcow2 already exists")
+    vm = ok(api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0))
+    assert vm["qcow_image"] == f"~/vm_images/vm1_{vm['vm_id']}_img.qcow2"
+    assert db.get_slice(sid)["vms"][0]["qcow_image"] == vm["qcow_image"]
+    creates = [t for _h, t in ex.calls if "qemu-img create" in t]
+    assert creates[-1].endswith(f"vm1_{vm['vm_id']}_img.qcow2")
+
+
+def test_ctrl_c_after_the_overlay_was_made_removes_it_and_the_reservation(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid = ok(api.create_slice("admin", "s"))["slice_id"]
+    real_commit = db.transaction
+    calls = {"n": 0}
+
+    def transaction():
+        calls["n"] += 1
+        if calls["n"] == 2:  # the commit after the overlay exists
+            raise KeyboardInterrupt
+        return real_commit()
+
+    db.transaction = transaction
+    try:
+        api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0)
+        raise AssertionError("KeyboardInterrupt expected")
+    except KeyboardInterrupt:
+        pass
+    db.transaction = real_commit
+    assert any("rm -f" in t and "vm1_img.qcow2" in t for _h, t in ex.calls)
+    assert db.get_slice(sid)["vms"] == [] and db.get_user("admin")["used_vms"] == 0
+
+
+def test_stale_deploying_slice_of_a_dead_session_can_be_changed_again(tmp_path):
+    api, db, _ex = make_api(tmp_path)
+    sid, ids = _slice(api, vms=2)
+    with db.transaction() as data:
+        data["slices"][str(sid)]["status"] = "deploying"
+        data["slices"][str(sid)]["busy"] = {"pid": 999999, "host": os.uname().nodename, "start": "1",
+                                             "previous": "design"}
+    link = ok(api.create_link("admin", sid, ids[0], "eth1", ids[1], "eth1"))
+    assert link["vlan_id"] == 100
+    s = db.get_slice(sid)
+    assert s["status"] == "design" and "busy" not in s
+
+
+def test_orphan_overlays_only_by_this_systems_naming_and_never_a_base_image(tmp_path):
+    api, _db, ex = make_api(tmp_path, config=lab_config(flavor_images={"cirros": "/srv/images/base_img.qcow2"}))
+    ex.on(r'echo "overlay', 0,
+          "overlay my disk_img.qcow2\noverlay ghost_img.qcow2\noverlay base_img.qcow2\n", host=WORKERS[0])
+    ok_, orphans = api.find_orphans("admin")
+    assert ok_, orphans
+    names = [o.name for o in orphans if o.kind == "overlay"]
+    assert names == ["~/vm_images/ghost_img.qcow2"], names
