@@ -287,6 +287,8 @@ class CLI:
         ok, s = self.api.get_slice(self.username, slice_id)
         if not ok:
             return result(False, s)
+        if s.get("owner") != self.username:
+            return result(False, "Not authorized: only the owner can change a slice")
         if s.get("status") != "design":
             return result(False, self.api.not_editable_reason(s))
         vm_name = ask("VM name: ")
@@ -313,6 +315,8 @@ class CLI:
         if not ok:
             say(f"\n{ERR} Slice not found")
             return
+        if s.get("owner") != self.username:
+            return result(False, "Not authorized: only the owner can change a slice")
         if s.get("status") != "design":
             return result(False, self.api.not_editable_reason(s))
         for line in render_interfaces(s):

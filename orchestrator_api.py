@@ -7,11 +7,13 @@ through the ``RemoteExecutor``.  Nothing here prints: deploy and delete
 report each step to an optional ``progress`` callback.
 
 Database discipline: anything that reads then writes the database does it in
-one ``db.transaction()``.  Remote work never runs inside a transaction,
-except the teardown of the shared internet VLAN, which must not race with a
-deploy that starts using it.  A VM is first reserved (status ``pending``,
-quota, VNC port, worker, overlay name), then its overlay is made, then it is
-committed as ``design`` or the reservation is undone.
+one ``db.transaction()``.  Remote work never runs inside a transaction
+(except the admin's orphan cleanup, which must not race with a deploy).  A
+slice being deployed or deleted carries a ``busy`` mark (pid, host, status to
+go back to), so other sessions leave it alone, and a mark left by a dead
+session is recognised and undone.  A VM is first reserved (status
+``pending``, quota, VNC port, worker, overlay name), then its overlay is
+made, then it is committed as ``design`` or the reservation is undone.
 """
 from __future__ import annotations
 
