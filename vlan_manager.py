@@ -74,7 +74,8 @@ def _dhcp_namespace_down(bridge: str, vlan: int, keep_reservations: bool = False
 
 
 def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
-                       dnsmasq_range: str, router: str) -> list:
+                       dnsmasq_range: str, router: Optional[str]) -> list:
+    """Shell: namespace, veth and dnsmasq of VLAN ``vlan``; ``router=None`` sends no router option."""
     ns = naming.dhcp_namespace(vlan)
     outside, inside = naming.dhcp_veth(vlan)
     files = naming.dnsmasq_files(vlan)
@@ -82,7 +83,8 @@ def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
     dnsmasq = nsexec + [
         "dnsmasq", "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts", "--no-ping",
         f"--interface={inside}", "--bind-interfaces", "--except-interface=lo",
-        f"--dhcp-range={dnsmasq_range}", f"--dhcp-option=option:router,{router}",
+        f"--dhcp-range={dnsmasq_range}",
+        f"--dhcp-option=option:router,{router}" if router else "--dhcp-option=option:router",
         "--dhcp-authoritative", f"--dhcp-hostsdir={files['hostsdir']}",
         f"--dhcp-leasefile={files['leases']}", f"--pid-file={files['pid']}",
         f"--log-facility={files['log']}", "--log-dhcp"]
@@ -141,7 +143,12 @@ def isolation_rules(internet_vlan: int, uplink: str) -> str:
 
 
 def vlan_up_command(node: str, vlan: int, bridge: str, internet_vlan: int, uplink: str) -> HostCommand:
-    """Root script: gateway + fresh DHCP namespace for link VLAN ``vlan`` (idempotent)."""
+    """Root script: gateway + fresh DHCP namespace for link VLAN ``vlan`` (idempotent).
+
+    A link is an L2 segment: its DHCP sends no router option, so a VM's default
+    route is the internet VLAN's (when it has one), never a link gateway that
+    forwards nowhere.  The gateway ``.1`` still answers ping.
+    """
     net = naming.link_network(vlan)
     dhcp_range = f"{net['dhcp_start']},{net['dhcp_end']},255.255.255.0,12h"
     script = "\n".join(["set -e", f"mkdir -p {q(naming.STATE_DIR)}",
@@ -149,7 +156,7 @@ def vlan_up_command(node: str, vlan: int, bridge: str, internet_vlan: int, uplin
                         *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"]),
                         *_dhcp_namespace_down(bridge, vlan),
                         *_dhcp_namespace_up(bridge, vlan, net["dhcp_server_ip"], net["prefixlen"],
-                                            dhcp_range, net["gateway_ip"])])
+                                            dhcp_range, None)])
     return HostCommand(node, script, sudo=True, timeout=60, step=f"gateway and DHCP for VLAN {vlan}")
 
 

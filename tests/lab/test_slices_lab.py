@@ -129,6 +129,11 @@ def test_deploy_three_workers_links_internet_vnc_then_delete_leaves_nothing(lab,
     assert rc == 0, out
     rc, out = console(lab, vms[2], f"ping -c 5 -W 2 {got[(v2, mac(vms[1], 2))]}")
     assert rc == 0, out
+    # links are L2 segments: the only default route is the internet VLAN's
+    rc, out = console(lab, vms[0], "ip route")
+    assert "default via 10.60.7.1 dev eth0" in out and out.count("default") == 1, out
+    rc, out = console(lab, vms[1], "ip route")
+    assert rc == 0 and "default" not in out, out
     # internet through NAT: the internet host sees the network node's uplink address
     rc, out = console(lab, vms[0], fetch_internet(lab))
     assert rc == 0 and "you are 10.255.0.1" in out, out

@@ -70,7 +70,8 @@ def test_one_dnsmasq_per_vlan_with_own_files_never_pkill(tmp_path):
         assert f"--dhcp-leasefile=/run/cloud-repositorio/dnsmasq-vlan{vlan}.leases" in argv
         assert f"--interface=dhcp{vlan}-i" in argv
         assert f"--dhcp-range=192.168.{vlan}.10,192.168.{vlan}.250,255.255.255.0,12h" in argv
-        assert f"--dhcp-option=option:router,192.168.{vlan}.1" in argv
+        assert "--dhcp-option=option:router" in argv  # a link sends no default route
+        assert not [a for a in argv if a.startswith("--dhcp-option=option:router,")]
         assert f"ip addr replace 192.168.{vlan}.1/24 dev gw_vlan{vlan}" in s
         other = 101 if vlan == 100 else 100
         assert f"vlan{other}" not in s  # never touches the other VLAN
