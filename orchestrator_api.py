@@ -88,6 +88,14 @@ def _failures(report: StepReport) -> list:
     return [r for r in report.results if r is not None and not r.ok]
 
 
+def _quota(value) -> tuple:
+    """(True, quota) for a whole number from 0 to MAX_QUOTA, else (False, message)."""
+    ok, quota = _as_int(value, "Quota")
+    if ok and not 0 <= quota <= MAX_QUOTA:
+        return False, f"Quota must be between 0 and {MAX_QUOTA}"
+    return ok, quota
+
+
 def _as_int(value, what: str) -> tuple:
     try:
         if isinstance(value, bool):
@@ -153,6 +161,14 @@ class OrchestratorAPI:
             return "Only an admin can do this"
         return None
 
+    def _admin_target(self, data: dict, admin: str, username: str) -> tuple:
+        """(True, user dict) when ``admin`` is an admin and ``username`` exists."""
+        err = self._require_admin(data, admin)
+        if err:
+            return False, err
+        user = data["users"].get(username)
+        return (True, user) if user else (False, "User not found")
+
     def _check_new_password(self, password: str) -> Optional[str]:
         if not isinstance(password, str) or len(password) < 6:
             return "Password must have at least 6 characters"
@@ -182,11 +198,9 @@ class OrchestratorAPI:
             return False, f"Invalid username: {naming.USERNAME_RULE}"
         if role not in ("student", "admin"):
             return False, "Role must be student or admin"
-        ok, quota = _as_int(quota_vms, "Quota")
+        ok, quota = _quota(quota_vms)
         if not ok:
             return False, quota
-        if not 0 <= quota <= MAX_QUOTA:
-            return False, f"Quota must be between 0 and {MAX_QUOTA}"
         err = self._check_new_password(password)
         if err:
             return False, err
@@ -202,18 +216,13 @@ class OrchestratorAPI:
 
     def set_quota(self, admin: str, username: str, quota_vms) -> tuple:
         """Admin: change a user's VM quota (not below the VMs they hold)."""
-        ok, quota = _as_int(quota_vms, "Quota")
+        ok, quota = _quota(quota_vms)
         if not ok:
             return False, quota
-        if not 0 <= quota <= MAX_QUOTA:
-            return False, f"Quota must be between 0 and {MAX_QUOTA}"
         with self.db.transaction() as data:
-            err = self._require_admin(data, admin)
-            if err:
-                return False, err
-            user = data["users"].get(username)
-            if not user:
-                return False, "User not found"
+            ok, user = self._admin_target(data, admin, username)
+            if not ok:
+                return False, user
             if quota < int(user.get("used_vms", 0)):
                 return False, f"{username} already uses {user['used_vms']} VMs: the quota cannot go below that"
             user["quota_vms"] = quota
@@ -226,12 +235,9 @@ class OrchestratorAPI:
             return False, err
         password_hash = passwords.hash_password(new_password)
         with self.db.transaction() as data:
-            err = self._require_admin(data, admin)
-            if err:
-                return False, err
-            user = data["users"].get(username)
-            if not user:
-                return False, "User not found"
+            ok, user = self._admin_target(data, admin, username)
+            if not ok:
+                return False, user
             user["password_hash"] = password_hash
         return True, f"Password of {username} reset"
 
