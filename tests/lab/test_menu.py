@@ -7,65 +7,23 @@ and deletes whatever it deployed, even when an assertion fails.
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 import signal
-import sys
 from pathlib import Path
 
-import pexpect
 import pytest
 import yaml
 from labtools import LAB_DIR, host_footprint, host_of, kill_manager_mid_deploy, make_api, sh
+from menu_driver import CHOICE, REPO, MenuSession
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = REPO / "cli.py"
-PY = sys.executable
-CHOICE = "\nChoice: "
 DEPLOY_TIMEOUT = 60
 ADD_VM_TIMEOUT = 30
 
 
-class Menu:
-    """One cli.py in a pseudo-terminal, with the full transcript of its screen."""
-
-    def __init__(self, config: Path, db: Path, log: Path, timeout: float = 20):
-        self.log = log
-        self.buf = io.StringIO()
-        env = dict(os.environ, TERM="dumb", PYTHONUNBUFFERED="1")
-        env.pop("CLOUD_CONFIG", None)
-        env.pop("CLOUD_DB", None)
-        self.p = pexpect.spawn(PY, [str(CLI), "--config", str(config), "--db", str(db)], env=env,
-                               cwd=str(db.parent), encoding="utf-8", codec_errors="replace",
-                               timeout=timeout, dimensions=(60, 200))
-        self.p.logfile_read = self.buf
-
-    @property
-    def transcript(self) -> str:
-        return self.buf.getvalue().replace("\r\n", "\n")
-
-    def wait(self, pattern, timeout: float = -1) -> str:
-        try:
-            if isinstance(pattern, str):
-                self.p.expect_exact(pattern, timeout=timeout)
-            else:
-                self.p.expect(pattern, timeout=timeout)
-        except (pexpect.TIMEOUT, pexpect.EOF) as e:
-            raise AssertionError(f"waited for {pattern!r}, got {type(e).__name__}; screen ends with:\n"
-                                 f"{self.transcript[-3000:]}") from None
-        after = self.p.after if isinstance(self.p.after, str) else ""
-        return (self.p.before + after).replace("\r\n", "\n")
-
-    def send(self, line: str, until=CHOICE, timeout: float = -1) -> str:
-        self.p.sendline(line)
-        return self.wait(until, timeout)
-
-    def login(self, user: str, password: str) -> str:
-        self.wait("Username: ")
-        self.send(user, "Password: ")
-        return self.send(password)
+class Menu(MenuSession):
+    """The shared menu driver, with the lab's design steps (add a VM, link two)."""
 
     def add_vm(self, slice_id: int, name: str, flavor: str = "1", interfaces: str = "1",
                internet: str = "n") -> str:
@@ -84,19 +42,6 @@ class Menu:
         self.send(if1, "Second VM ID: ")
         self.send(vm2, "Second VM interface (e.g., eth1): ")
         return listing, self.send(if2)
-
-    def assert_no_traceback(self) -> None:
-        assert "Traceback" not in self.transcript, self.transcript
-        assert "Unexpected error" not in self.transcript, self.transcript
-        log = self.log.read_text() if self.log.exists() else ""
-        assert "Traceback" not in log, f"the log holds a traceback (an unexpected error):\n{log[-3000:]}"
-
-    def exit(self) -> str:
-        rest = self.send("0", pexpect.EOF)
-        self.p.close()
-        assert self.p.exitstatus == 0, f"exit status {self.p.exitstatus} (signal {self.p.signalstatus})"
-        self.assert_no_traceback()
-        return rest
 
 
 @pytest.fixture
@@ -204,8 +149,7 @@ def test_documented_flow_design_deploy_view_delete(lab, site):
 
         # Ctrl-C at the main menu (the original deleted the current slice): nothing happens
         before = db.read_bytes()
-        m.p.sendintr()
-        screen = m.wait(CHOICE)
+        screen = m.intr()
         assert "nothing was changed" in screen
         assert m.p.isalive()
         assert db.read_bytes() == before

@@ -9,12 +9,11 @@ with the real ``OrchestratorAPI`` over the recording ``FakeExecutor``.
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 import subprocess
-import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +21,12 @@ import pexpect
 import pytest
 import yaml
 from fakes import FakeExecutor
+from menu_driver import CHOICE, CLI, PY, REPO, MenuSession
 
 from database import Database
 from deployment_api import DeploymentAPI
 from orchestrator_api import OrchestratorAPI
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = REPO / "cli.py"
-PY = sys.executable
-
-CHOICE = "\nChoice: "
 CANCELLED = "Cancelled: nothing changed."
 MENU_COMMON = [
     "1. View quota and resources",
@@ -64,73 +59,20 @@ class Site:
     def data(self) -> dict:
         return yaml.safe_load(self.db.read_text())
 
+    @contextmanager
+    def unchanged(self):
+        """Check that the database holds the same bytes at the end of the block as at its start."""
+        before = self.db_bytes()
+        yield
+        assert self.db_bytes() == before
 
-class Menu:
-    """One cli.py in a pseudo-terminal, with the full transcript of its screen."""
 
-    def __init__(self, site: Site, argv: list = None, timeout: float = 15):
+class Menu(MenuSession):
+    """The shared menu driver on a :class:`Site` (its config, database, log and folder)."""
+
+    def __init__(self, site: Site, timeout: float = 15):
         self.site = site
-        self.buf = io.StringIO()
-        env = dict(os.environ, TERM="dumb", PYTHONUNBUFFERED="1")
-        env.pop("CLOUD_CONFIG", None)
-        env.pop("CLOUD_DB", None)
-        argv = argv if argv is not None else ["--config", str(site.cfg), "--db", str(site.db)]
-        self.p = pexpect.spawn(PY, [str(CLI), *argv], env=env, cwd=str(site.dir), encoding="utf-8",
-                               codec_errors="replace", timeout=timeout, dimensions=(60, 200))
-        self.p.logfile_read = self.buf
-
-    @property
-    def transcript(self) -> str:
-        return self.buf.getvalue().replace("\r\n", "\n")
-
-    def wait(self, pattern, timeout: float = -1) -> str:
-        """Wait for ``pattern`` (exact text, or pexpect.EOF); return the screen since the last wait."""
-        try:
-            if isinstance(pattern, str):
-                self.p.expect_exact(pattern, timeout=timeout)
-            else:
-                self.p.expect(pattern, timeout=timeout)
-        except (pexpect.TIMEOUT, pexpect.EOF) as e:
-            raise AssertionError(f"waited for {pattern!r}, got {type(e).__name__}; screen ends with:\n"
-                                 f"{self.transcript[-2500:]}") from None
-        after = self.p.after if isinstance(self.p.after, str) else ""
-        return (self.p.before + after).replace("\r\n", "\n")
-
-    def send(self, line: str, until=CHOICE, timeout: float = -1) -> str:
-        self.p.sendline(line)
-        return self.wait(until, timeout)
-
-    def intr(self, until=CHOICE) -> str:
-        self.p.sendintr()
-        return self.wait(until)
-
-    def eof(self, until=CHOICE) -> str:
-        self.p.sendeof()
-        return self.wait(until)
-
-    def login(self, user: str, password: str) -> str:
-        self.wait("Username: ")
-        self.send(user, "Password: ")
-        return self.send(password, CHOICE)
-
-    def finish(self, status: int = 0) -> str:
-        """Wait for the program to end; check its status and that no traceback ever showed."""
-        rest = "" if self.p.eof() else self.wait(pexpect.EOF)
-        self.p.close()
-        assert self.p.exitstatus == status, f"exit status {self.p.exitstatus} (signal {self.p.signalstatus})"
-        self.assert_no_traceback()
-        return rest
-
-    def assert_no_traceback(self) -> None:
-        assert "Traceback" not in self.transcript, self.transcript
-        log = self.site.log.read_text() if self.site.log.exists() else ""
-        assert "Traceback" not in log, f"the log holds a traceback (an unexpected error):\n{log[-3000:]}"
-        assert "Unexpected error" not in self.transcript, self.transcript
-
-    def exit(self) -> str:
-        rest = self.send("0", pexpect.EOF)
-        self.finish(0)
-        return rest
+        super().__init__(site.cfg, site.db, site.log, cwd=site.dir, timeout=timeout)
 
 
 def menu_items(screen: str) -> list:
@@ -178,14 +120,77 @@ def seed_api(site: Site) -> OrchestratorAPI:
     return OrchestratorAPI(Database(str(site.db)), DeploymentAPI(ex), ex.config)
 
 
-def seed_slice_with_vms(site: Site, owner: str = "admin", names=("web", "db"), interfaces: int = 2) -> int:
+def seed_slice_with_vms(site: Site, owner: str = "admin", names=("web", "db"), interfaces: int = 2,
+                        slice_name: str = "seeded") -> int:
     api = seed_api(site)
-    ok, s = api.create_slice(owner, "seeded")
+    ok, s = api.create_slice(owner, slice_name)
     assert ok, s
     for name in names:
         ok, vm = api.add_vm_to_slice(owner, s["slice_id"], name, "cirros", interfaces, False)
         assert ok, vm
     return s["slice_id"]
+
+
+def admin_menu(spawn) -> Menu:
+    """A new menu with admin logged in, at the main menu."""
+    m = spawn()
+    m.login("admin", "admin")
+    return m
+
+
+def admin_with_slice(spawn, name: str) -> Menu:
+    """A new menu with admin logged in, who has just made the slice ``name`` (ID 1000)."""
+    m = admin_menu(spawn)
+    create_slice(m, name)
+    return m
+
+
+def create_slice(m: Menu, name: str) -> str:
+    """Option 2 with ``name``; the screen up to the next main menu."""
+    m.send("2", "Slice name: ")
+    return m.send(name)
+
+
+def deploy_slice(m: Menu, answer: str, until=CHOICE, timeout: float = -1) -> str:
+    """Option 6, answering ``answer`` to the slice ID; the screen up to ``until``."""
+    m.send("6", "Slice ID to deploy: ")
+    return m.send(answer, until, timeout)
+
+
+def delete_slice(m: Menu, answer: str, until=CHOICE) -> str:
+    """Option 7, answering ``answer`` to the slice ID; the screen up to ``until``."""
+    m.send("7", "Slice ID: ")
+    return m.send(answer, until)
+
+
+def cancel(m: Menu, key: str) -> str:
+    """Leave the current prompt by an empty answer, Ctrl-C or Ctrl-D; the screen up to the main menu."""
+    if key == "empty":
+        return m.send("")
+    if key == "ctrl-c":
+        return m.intr()
+    return m.eof()
+
+
+USER_ACTIONS = {  # option 11: the action's number and the prompt that follows the username
+    "create": ("1", "Password (6+ characters): "),
+    "quota": ("2", "New VM quota: "),
+    "password": ("3", "New password (6+ characters): "),
+}
+
+
+def manage_user(m: Menu, action: str, user: str) -> str:
+    """Option 11, ``action`` (see USER_ACTIONS) for ``user``; the screen up to the prompt after the username."""
+    number, prompt = USER_ACTIONS[action]
+    m.send("11", "Choice (1-3): ")
+    m.send(number, "Username: ")
+    return m.send(user, prompt)
+
+
+def relogin(m: Menu, user: str, password: str, until=CHOICE) -> str:
+    """Option 9 (logout), then ``user`` and ``password`` at the login screen; the screen up to ``until``."""
+    m.send("9", "Username: ")
+    return m.type_credentials(user, password, until)
 
 
 # --- login --------------------------------------------------------------------------------
@@ -195,12 +200,10 @@ def test_login_screen_bad_password_hidden_retry_welcome_and_menu(spawn, site):
     m = spawn()
     screen = m.wait("Username: ")
     assert "=" * 50 + "\n  SLICE MANAGER - LOGIN\n" + "=" * 50 + "\n" in screen
-    m.send("admin", "Password: ")
-    screen = m.send("Wr0ng-Secret-77", "Username: ")
+    screen = m.type_credentials("admin", "Wr0ng-Secret-77", "Username: ")
     assert "Invalid credentials!" in screen
     assert "SLICE MANAGER - LOGIN" in screen, "a failed login must show the login screen again"
-    m.send("admin", "Password: ")
-    screen = m.send("admin", CHOICE)
+    screen = m.type_credentials("admin", "admin", CHOICE)
     assert "Welcome, admin!" in screen
     assert "default password" in screen and "change it" in screen
     assert menu_items(screen) == ADMIN_MENU
@@ -216,12 +219,9 @@ def test_login_screen_bad_password_hidden_retry_welcome_and_menu(spawn, site):
 def test_unknown_user_and_empty_username_are_invalid_credentials(spawn):
     m = spawn()
     m.wait("Username: ")
-    m.send("nobody", "Password: ")
-    assert "Invalid credentials!" in m.send("whatever", "Username: ")
-    m.send("", "Password: ")
-    assert "Invalid credentials!" in m.send("", "Username: ")
-    m.send("student", "Password: ")
-    screen = m.send("admin", "Username: ")
+    assert "Invalid credentials!" in m.type_credentials("nobody", "whatever", "Username: ")
+    assert "Invalid credentials!" in m.type_credentials("", "", "Username: ")
+    screen = m.type_credentials("student", "admin", "Username: ")
     assert "Invalid credentials!" in screen, "admin's password must not open student's account"
     m.eof(pexpect.EOF)
     m.finish(0)
@@ -263,13 +263,11 @@ def test_student_menu_quota_and_refusals(spawn, site):
     screen = m.send("5")
     assert "No Slices found." in screen
     assert f"Slice {slice_id}" not in screen
-    m.send("7", "Slice ID: ")
-    screen = m.send(str(slice_id))
+    screen = delete_slice(m, str(slice_id))
     assert "Slice not found or not authorized" in screen
     m.send("4", "Slice ID: ")
     assert "Slice not found" in m.send(str(slice_id))
-    m.send("6", "Slice ID to deploy: ")
-    assert "Slice not found or not authorized" in m.send(str(slice_id))
+    assert "Slice not found or not authorized" in deploy_slice(m, str(slice_id))
     assert site.db_bytes() == before
     m.exit()
 
@@ -278,17 +276,14 @@ def test_student_menu_quota_and_refusals(spawn, site):
 
 
 def test_zero_exits_with_status_0(spawn):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     rest = m.exit()
     assert "Goodbye!" in rest
 
 
 def test_ctrl_d_at_main_menu_exits_with_status_0(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    assert "Slice created! ID: 1000" in m.send("keepme")
+    m = admin_menu(spawn)
+    assert "Slice created! ID: 1000" in create_slice(m, "keepme")
     before = site.db_bytes()
     m.p.sendeof()
     rest = m.finish(0)
@@ -298,10 +293,8 @@ def test_ctrl_d_at_main_menu_exits_with_status_0(spawn, site):
 
 
 def test_ctrl_c_at_main_menu_neither_exits_nor_deletes(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    assert "Slice created! ID: 1000" in m.send("keepme")
+    m = admin_menu(spawn)
+    assert "Slice created! ID: 1000" in create_slice(m, "keepme")
     before = site.db_bytes()
     for _ in range(2):
         screen = m.intr()
@@ -319,8 +312,7 @@ BAD_CHOICES = ["abc", "42", "", "-1", "1 2", "99999999999999999999", "\u00e9", "
 
 
 def test_bad_main_menu_choices_are_refused_and_change_nothing(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
     for choice in BAD_CHOICES:
         screen = m.send(choice)
@@ -331,13 +323,11 @@ def test_bad_main_menu_choices_are_refused_and_change_nothing(spawn, site):
 
 
 def test_logout_returns_to_login_screen(spawn):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     screen = m.send("9", "Username: ")
     assert "SLICE MANAGER - LOGIN" in screen
     assert m.p.isalive()
-    m.send("student", "Password: ")
-    screen = m.send("student")
+    screen = m.type_credentials("student", "student")
     assert "Welcome, student!" in screen
     assert "Quota: 0/6 VMs used" in m.send("1")
     m.send("9", "Username: ")
@@ -349,11 +339,9 @@ def test_logout_returns_to_login_screen(spawn):
 
 
 def test_create_slice_and_view_it(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     assert "No Slices found." in m.send("5")
-    m.send("2", "Slice name: ")
-    screen = m.send("lab1")
+    screen = create_slice(m, "lab1")
     assert "Slice created! ID: 1000" in screen
     screen = m.send("5")
     assert "Slice 1000 (lab1) [design]: 0 VMs, 0 Links, VLAN pool: 100-119" in screen
@@ -373,12 +361,10 @@ BAD_NAMES = ["a;rm -rf ~", "$(reboot)", "x y", "`id`", "a|b", "../etc", "-x", "1
 
 
 def test_slice_names_with_shell_metacharacters_are_refused(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
     for name in BAD_NAMES:
-        m.send("2", "Slice name: ")
-        screen = m.send(name)
+        screen = create_slice(m, name)
         assert "Invalid slice name" in screen, (name, screen)
         assert "Slice created" not in screen
     assert site.db_bytes() == before
@@ -388,30 +374,20 @@ def test_slice_names_with_shell_metacharacters_are_refused(spawn, site):
 
 
 def test_duplicate_slice_name_is_refused(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    assert "Slice created! ID: 1000" in m.send("twin")
-    before = site.db_bytes()
-    m.send("2", "Slice name: ")
-    screen = m.send("twin")
-    assert "already have a slice named twin" in screen
-    assert site.db_bytes() == before
+    m = admin_menu(spawn)
+    assert "Slice created! ID: 1000" in create_slice(m, "twin")
+    with site.unchanged():
+        screen = create_slice(m, "twin")
+        assert "already have a slice named twin" in screen
     m.exit()
 
 
 @pytest.mark.parametrize("key", ["empty", "ctrl-c", "ctrl-d"])
 def test_cancel_at_slice_name_prompt(spawn, site, key):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
     m.send("2", "Slice name: ")
-    if key == "empty":
-        screen = m.send("")
-    elif key == "ctrl-c":
-        screen = m.intr()
-    else:
-        screen = m.eof()
+    screen = cancel(m, key)
     assert CANCELLED in screen
     assert site.db_bytes() == before
     assert "Quota: 0/10 VMs used" in m.send("1")
@@ -425,28 +401,26 @@ ADD_PROMPTS = ["Slice ID: ", "VM name: ", "Choose flavor (1-2): ", "Number of da
 GOOD_ANSWERS = ["1000", "vm1", "1", "1", "n"]
 
 
-def _go_to(m: Menu, prompt_index: int) -> None:
-    """Choose 3 and answer correctly up to (not including) prompt ``prompt_index``."""
+def _go_to(m: Menu, prompt_index: int, answers=GOOD_ANSWERS) -> None:
+    """Choose 3 and give ``answers`` in order up to (not including) prompt ``prompt_index``."""
     m.send("3", ADD_PROMPTS[0])
     for i in range(prompt_index):
-        m.send(GOOD_ANSWERS[i], ADD_PROMPTS[i + 1])
+        m.send(answers[i], ADD_PROMPTS[i + 1])
+
+
+def add_vm(m: Menu, answers, timeout: float = -1) -> str:
+    """Choose 3 and give all ``answers`` (one a prompt of ADD_PROMPTS); the screen up to the main menu."""
+    _go_to(m, len(ADD_PROMPTS) - 1, answers)
+    return m.send(answers[-1], timeout=timeout)
 
 
 @pytest.mark.parametrize("index", range(len(ADD_PROMPTS)))
 @pytest.mark.parametrize("key", ["empty", "ctrl-c", "ctrl-d"])
 def test_add_vm_cancel_at_every_prompt(spawn, site, index, key):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    m.send("s1")
+    m = admin_with_slice(spawn, "s1")
     before = site.db_bytes()
     _go_to(m, index)
-    if key == "empty":
-        screen = m.send("")
-    elif key == "ctrl-c":
-        screen = m.intr()
-    else:
-        screen = m.eof()
+    screen = cancel(m, key)
     assert CANCELLED in screen
     assert "Creating the VM disk" not in screen
     assert site.db_bytes() == before
@@ -465,10 +439,7 @@ def test_add_vm_cancel_at_every_prompt(spawn, site, index, key):
     (4, "maybe", "Answer y or n"),
 ])
 def test_add_vm_bad_answers_are_refused_three_times_then_cancel(spawn, site, index, bad, message):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    m.send("s1")
+    m = admin_with_slice(spawn, "s1")
     before = site.db_bytes()
     _go_to(m, index)
     screen = m.send(bad, ADD_PROMPTS[index])
@@ -482,21 +453,14 @@ def test_add_vm_bad_answers_are_refused_three_times_then_cancel(spawn, site, ind
 
 
 def test_add_vm_unknown_slice_and_bad_vm_names(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    m.send("s1")
+    m = admin_with_slice(spawn, "s1")
     before = site.db_bytes()
     m.send("3", "Slice ID: ")
     screen = m.send("42")
     assert "Slice not found or not authorized" in screen
     assert "VM name" not in screen
     for name in ["a;reboot", "$(id)", "x y", "v" * 40]:
-        _go_to(m, 1)
-        m.send(name, ADD_PROMPTS[2])
-        m.send("1", ADD_PROMPTS[3])
-        m.send("1", ADD_PROMPTS[4])
-        screen = m.send("n")
+        screen = add_vm(m, ["1000", name, "1", "1", "n"])
         assert "Invalid VM name" in screen
         assert "VM added" not in screen
     assert site.db_bytes() == before
@@ -504,35 +468,21 @@ def test_add_vm_unknown_slice_and_bad_vm_names(spawn, site):
 
 
 def test_add_vm_over_quota_is_refused(spawn, site):
-    api = seed_api(site)
-    ok, s = api.create_slice("student", "full")
-    assert ok, s
-    for i in range(6):
-        ok, vm = api.add_vm_to_slice("student", s["slice_id"], f"v{i}", "cirros", 0, False)
-        assert ok, vm
+    slice_id = seed_slice_with_vms(site, owner="student", names=[f"v{i}" for i in range(6)], interfaces=0,
+                                   slice_name="full")
     m = spawn()
     m.login("student", "student")
     assert "Quota: 6/6 VMs used" in m.send("1")
-    before = site.db_bytes()
-    m.send("3", "Slice ID: ")
-    m.send(str(s["slice_id"]), ADD_PROMPTS[1])
-    m.send("extra", ADD_PROMPTS[2])
-    m.send("1", ADD_PROMPTS[3])
-    m.send("1", ADD_PROMPTS[4])
-    screen = m.send("n")
-    assert "Quota exceeded" in screen
-    assert site.db_bytes() == before
+    with site.unchanged():
+        screen = add_vm(m, [str(slice_id), "extra", "1", "1", "n"])
+        assert "Quota exceeded" in screen
     m.exit()
 
 
 def test_add_vm_to_unreachable_worker_fails_cleanly(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    m.send("s1")
+    m = admin_with_slice(spawn, "s1")
     before = site.data()
-    _go_to(m, 4)
-    screen = m.send("n", timeout=30)
+    screen = add_vm(m, GOOD_ANSWERS, timeout=30)
     assert "VM creation failed on 127.0.0.1" in screen
     after = site.data()
     assert after["slices"]["1000"]["vms"] == []
@@ -543,10 +493,17 @@ def test_add_vm_to_unreachable_worker_fails_cleanly(spawn, site):
 # --- option 4: links, option 5: topology -----------------------------------------------------------
 
 
+def link_answers(m: Menu, vm1: str, if1: str, vm2: str, if2: str) -> str:
+    """At option 4's 'First VM ID: ': answer the four questions; the screen up to the main menu."""
+    m.send(vm1, "First VM interface (e.g., eth1): ")
+    m.send(if1, "Second VM ID: ")
+    m.send(vm2, "Second VM interface (e.g., eth1): ")
+    return m.send(if2)
+
+
 def test_link_listing_errors_and_topology_view(spawn, site):
     slice_id = seed_slice_with_vms(site, owner="admin", names=("web", "db"), interfaces=2)
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
 
     m.send("4", "Slice ID: ")
@@ -559,20 +516,14 @@ def test_link_listing_errors_and_topology_view(spawn, site):
     assert ("\nAvailable VMs and interfaces:\n  VM 1001: web\n    - eth1 (unconnected)\n    - eth2 (unconnected)\n"
             "  VM 1002: db\n    - eth1 (unconnected)\n    - eth2 (unconnected)\n") in screen
     assert "eth0" not in screen
-    m.send("vm1", "First VM interface (e.g., eth1): ")
-    m.send("eth1", "Second VM ID: ")
-    m.send("vm2", "Second VM interface (e.g., eth1): ")
-    screen = m.send("eth1")
+    screen = link_answers(m, "vm1", "eth1", "vm2", "eth1")
     assert "VM IDs must be numbers (e.g., 1025, not 'vm1')" in screen
     assert site.db_bytes() == before
 
     def link(a, ai, b, bi) -> str:
         m.send("4", "Slice ID: ")
         m.send(str(slice_id), "First VM ID: ")
-        m.send(a, "First VM interface (e.g., eth1): ")
-        m.send(ai, "Second VM ID: ")
-        m.send(b, "Second VM interface (e.g., eth1): ")
-        return m.send(bi)
+        return link_answers(m, a, ai, b, bi)
 
     assert "eth0 is the management interface" in link("1001", "eth0", "1002", "eth1")
     assert "VM 1099 is not in slice" in link("1001", "eth1", "1099", "eth1")
@@ -607,15 +558,12 @@ def test_link_listing_errors_and_topology_view(spawn, site):
 
 def test_deploy_to_unreachable_host_is_a_clear_error_and_slice_stays_design(spawn, site):
     slice_id = seed_slice_with_vms(site, owner="admin", names=("web",), interfaces=1)
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("6", "Slice ID to deploy: ")
-    screen = m.send("abc", "Slice ID to deploy: ")
+    m = admin_menu(spawn)
+    screen = deploy_slice(m, "abc", "Slice ID to deploy: ")
     assert "Slice ID must be a number" in screen
     screen = m.send("42")
     assert "Slice not found or not authorized" in screen
-    m.send("6", "Slice ID to deploy: ")
-    screen = m.send(str(slice_id), timeout=60)
+    screen = deploy_slice(m, str(slice_id), timeout=60)
     assert "Deploy failed at step 'connect' on 127.0.0.1" in screen
     assert "Slice deployed" not in screen
     assert site.data()["slices"][str(slice_id)]["status"] == "design"
@@ -625,10 +573,8 @@ def test_deploy_to_unreachable_host_is_a_clear_error_and_slice_stays_design(spaw
 
 def test_deploy_failing_before_anything_was_created_does_not_claim_leftovers(spawn, site):
     slice_id = seed_slice_with_vms(site, owner="admin", names=("web",), interfaces=1)
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("6", "Slice ID to deploy: ")
-    screen = m.send(str(slice_id), timeout=60)
+    m = admin_menu(spawn)
+    screen = deploy_slice(m, str(slice_id), timeout=60)
     assert "Deploy failed at step 'connect' on 127.0.0.1" in screen
     assert "could not be removed" not in screen, screen
     assert "still in design" in screen, screen
@@ -636,15 +582,10 @@ def test_deploy_failing_before_anything_was_created_does_not_claim_leftovers(spa
 
 
 def test_deploy_empty_slice_is_refused(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    m.send("empty")
-    before = site.db_bytes()
-    m.send("6", "Slice ID to deploy: ")
-    screen = m.send("1000")
-    assert "Slice has no VMs" in screen
-    assert site.db_bytes() == before
+    m = admin_with_slice(spawn, "empty")
+    with site.unchanged():
+        screen = deploy_slice(m, "1000")
+        assert "Slice has no VMs" in screen
     m.exit()
 
 
@@ -652,28 +593,20 @@ def test_deploy_empty_slice_is_refused(spawn, site):
 
 
 def test_delete_asks_confirmation_and_deletes(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("2", "Slice name: ")
-    m.send("gone")
+    m = admin_with_slice(spawn, "gone")
     before = site.db_bytes()
-    m.send("7", "Slice ID: ")
-    assert "Slice not found or not authorized" in m.send("42")
-    m.send("7", "Slice ID: ")
-    m.send("1000", "? (y/n): ")
+    assert "Slice not found or not authorized" in delete_slice(m, "42")
+    delete_slice(m, "1000", "? (y/n): ")
     screen = m.send("maybe", "? (y/n): ")
     assert "Answer y or n" in screen
     screen = m.send("n")
     assert CANCELLED in screen
-    m.send("7", "Slice ID: ")
-    m.send("1000", "? (y/n): ")
+    delete_slice(m, "1000", "? (y/n): ")
     assert CANCELLED in m.intr()
-    m.send("7", "Slice ID: ")
-    m.send("1000", "? (y/n): ")
+    delete_slice(m, "1000", "? (y/n): ")
     assert CANCELLED in m.eof()
     assert site.db_bytes() == before
-    m.send("7", "Slice ID: ")
-    screen = m.send("1000", "? (y/n): ")
+    screen = delete_slice(m, "1000", "? (y/n): ")
     assert "Delete slice 1000 (gone, design, 0 VMs)" in screen
     screen = m.send("y")
     assert "Slice deleted" in screen
@@ -686,11 +619,9 @@ def test_delete_asks_confirmation_and_deletes(spawn, site):
 
 def test_delete_with_unreachable_worker_keeps_the_slice(spawn, site):
     slice_id = seed_slice_with_vms(site, owner="admin", names=("web",), interfaces=1)
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.data()
-    m.send("7", "Slice ID: ")
-    m.send(str(slice_id), "? (y/n): ")
+    delete_slice(m, str(slice_id), "? (y/n): ")
     screen = m.send("y", timeout=30)
     assert "Delete incomplete" in screen and "127.0.0.1" in screen
     assert "Slice deleted" not in screen
@@ -701,13 +632,11 @@ def test_delete_with_unreachable_worker_keeps_the_slice(spawn, site):
 
 
 def test_cleanup_as_admin_with_unreachable_hosts_is_a_clear_error(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
-    before = site.db_bytes()
-    screen = m.send("8", timeout=30)
-    assert "Cannot scan" in screen
-    assert "Cleanup completed" not in screen
-    assert site.db_bytes() == before
+    m = admin_menu(spawn)
+    with site.unchanged():
+        screen = m.send("8", timeout=30)
+        assert "Cannot scan" in screen
+        assert "Cleanup completed" not in screen
     m.exit()
 
 
@@ -716,8 +645,7 @@ def test_cleanup_as_admin_with_unreachable_hosts_is_a_clear_error(spawn, site):
 
 def test_legacy_admin_hash_is_upgraded_to_scrypt_at_first_login(spawn, site):
     assert site.data()["users"]["admin"]["password_hash"] == LEGACY_ADMIN_HASH
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     m.exit()
     stored = site.data()["users"]["admin"]["password_hash"]
     assert stored.startswith("scrypt$")
@@ -731,11 +659,8 @@ def test_legacy_admin_hash_is_upgraded_to_scrypt_at_first_login(spawn, site):
 
 def test_admin_creates_user_who_can_log_in(spawn, site):
     secret = "Kr4ken-Tide-51"
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("11", "Choice (1-3): ")
-    m.send("1", "Username: ")
-    m.send("carol", "Password (6+ characters): ")
+    m = admin_menu(spawn)
+    manage_user(m, "create", "carol")
     m.send(secret, "VM quota: ")
     m.send("4", "Admin role? (y/n): ")
     screen = m.send("n")
@@ -743,11 +668,8 @@ def test_admin_creates_user_who_can_log_in(spawn, site):
     screen = m.send("11", "Choice (1-3): ")
     assert re.search(r"\n  carol +student +quota 0/4", screen), screen
     assert CANCELLED in m.intr()
-    m.send("9", "Username: ")
-    m.send("carol", "Password: ")
-    m.send("wrong-pass", "Username: ")
-    m.send("carol", "Password: ")
-    screen = m.send(secret)
+    relogin(m, "carol", "wrong-pass", "Username: ")
+    screen = m.type_credentials("carol", secret)
     assert "Welcome, carol!" in screen
     assert "default password" not in screen
     assert menu_items(screen) == STUDENT_MENU
@@ -761,8 +683,7 @@ def test_admin_creates_user_who_can_log_in(spawn, site):
 
 
 def test_admin_manage_users_refuses_bad_values(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
     screen = m.send("11", "Choice (1-3): ")
     assert "Users:" in screen and "student" in screen
@@ -773,9 +694,7 @@ def test_admin_manage_users_refuses_bad_values(spawn, site):
     assert CANCELLED in m.intr()  # leave that round at its first prompt
 
     def create(name, password, quota="3", admin="n") -> str:
-        m.send("11", "Choice (1-3): ")
-        m.send("1", "Username: ")
-        m.send(name, "Password (6+ characters): ")
+        manage_user(m, "create", name)
         m.send(password, "VM quota: ")
         m.send(quota, "Admin role? (y/n): ")
         return m.send(admin)
@@ -785,32 +704,22 @@ def test_admin_manage_users_refuses_bad_values(spawn, site):
     assert "already exists" in create("student", "secret-123")
     assert "at least 6 characters" in create("dave", "abc")
     # quota out of range / not a number: asked again, then cancelled
-    m.send("11", "Choice (1-3): ")
-    m.send("1", "Username: ")
-    m.send("erin", "Password (6+ characters): ")
+    manage_user(m, "create", "erin")
     m.send("secret-123", "VM quota: ")
     assert "Enter a number from 0 to 1000" in m.send("5000", "VM quota: ")
     assert "Enter a number from 0 to 1000" in m.send("abc", "VM quota: ")
     screen = m.send("-3")
     assert CANCELLED in screen
     # set quota: unknown user, bad numbers
-    m.send("11", "Choice (1-3): ")
-    m.send("2", "Username: ")
-    m.send("nobody", "New VM quota: ")
+    manage_user(m, "quota", "nobody")
     assert "User not found" in m.send("3")
-    m.send("11", "Choice (1-3): ")
-    m.send("2", "Username: ")
-    m.send("student", "New VM quota: ")
+    manage_user(m, "quota", "student")
     assert "Enter a number from 0 to 1000" in m.send("lots", "New VM quota: ")
     assert CANCELLED in m.eof()
     # reset password: unknown user, too short
-    m.send("11", "Choice (1-3): ")
-    m.send("3", "Username: ")
-    m.send("nobody", "New password (6+ characters): ")
+    manage_user(m, "password", "nobody")
     assert "User not found" in m.send("secret-123")
-    m.send("11", "Choice (1-3): ")
-    m.send("3", "Username: ")
-    m.send("student", "New password (6+ characters): ")
+    manage_user(m, "password", "student")
     assert "at least 6 characters" in m.send("abc")
     assert site.db_bytes() == before
     m.exit()
@@ -819,21 +728,13 @@ def test_admin_manage_users_refuses_bad_values(spawn, site):
 
 def test_admin_resets_password_and_sets_quota(spawn, site):
     new = "Fresh-Pass-93"
-    m = spawn()
-    m.login("admin", "admin")
-    m.send("11", "Choice (1-3): ")
-    m.send("3", "Username: ")
-    m.send("student", "New password (6+ characters): ")
+    m = admin_menu(spawn)
+    manage_user(m, "password", "student")
     assert "Password of student reset" in m.send(new)
-    m.send("11", "Choice (1-3): ")
-    m.send("2", "Username: ")
-    m.send("student", "New VM quota: ")
+    manage_user(m, "quota", "student")
     assert "Quota of student set to 3" in m.send("3")
-    m.send("9", "Username: ")
-    m.send("student", "Password: ")
-    assert "Invalid credentials!" in m.send("student", "Username: ")
-    m.send("student", "Password: ")
-    screen = m.send(new)
+    assert "Invalid credentials!" in relogin(m, "student", "student", "Username: ")
+    screen = m.type_credentials("student", new)
     assert "Welcome, student!" in screen
     assert "Quota: 0/3 VMs used" in m.send("1")
     m.exit()
@@ -844,25 +745,16 @@ def test_admin_resets_password_and_sets_quota(spawn, site):
 
 
 def test_set_quota_below_used_vms_is_refused(spawn, site):
-    api = seed_api(site)
-    ok, s = api.create_slice("student", "two")
-    assert ok, s
-    for name in ("a1", "a2"):
-        assert api.add_vm_to_slice("student", s["slice_id"], name, "cirros", 0, False)[0]
-    m = spawn()
-    m.login("admin", "admin")
-    before = site.db_bytes()
-    m.send("11", "Choice (1-3): ")
-    m.send("2", "Username: ")
-    m.send("student", "New VM quota: ")
-    assert "cannot go below" in m.send("1")
-    assert site.db_bytes() == before
+    seed_slice_with_vms(site, owner="student", names=("a1", "a2"), interfaces=0, slice_name="two")
+    m = admin_menu(spawn)
+    with site.unchanged():
+        manage_user(m, "quota", "student")
+        assert "cannot go below" in m.send("1")
     m.exit()
 
 
 def test_change_own_password(spawn, site):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
 
     def change(old, new, again) -> str:
@@ -878,9 +770,7 @@ def test_change_own_password(spawn, site):
     assert CANCELLED in m.intr()
     assert site.db_bytes() == before
     assert "Password changed" in change("admin", "Better-Pass-1", "Better-Pass-1")
-    m.send("9", "Username: ")
-    m.send("admin", "Password: ")
-    screen = m.send("Better-Pass-1")
+    screen = relogin(m, "admin", "Better-Pass-1")
     assert "Welcome, admin!" in screen
     assert "default password" not in screen
     m.exit()
@@ -889,15 +779,12 @@ def test_change_own_password(spawn, site):
 
 @pytest.mark.parametrize("option", ["10", "11"])
 def test_ctrl_d_at_a_password_prompt_in_the_menu_cancels(spawn, site, option):
-    m = spawn()
-    m.login("admin", "admin")
+    m = admin_menu(spawn)
     before = site.db_bytes()
     if option == "10":
         m.send("10", "Current password: ")
     else:
-        m.send("11", "Choice (1-3): ")
-        m.send("1", "Username: ")
-        m.send("frank", "Password (6+ characters): ")
+        manage_user(m, "create", "frank")
     screen = m.eof()
     assert CANCELLED in screen
     assert "Unexpected error" not in screen
