@@ -127,6 +127,8 @@ class StepReport:
 class OrchestratorAPI:
     """Slices, VMs, links, deploy and delete for logged-in users."""
 
+    max_parallel = 12  # host commands of one phase in flight at once (1: one after another)
+
     def __init__(self, db: Database, deployment_api: DeploymentAPI, config=None):
         self.db = db
         self.deployment = deployment_api
@@ -523,7 +525,7 @@ class OrchestratorAPI:
                           "message": res.message()})
             return res
 
-        pool = ThreadPoolExecutor(max_workers=min(12, len(cmds)), thread_name_prefix=phase)
+        pool = ThreadPoolExecutor(max_workers=min(self.max_parallel, len(cmds)), thread_name_prefix=phase)
         futures = [pool.submit(one, i, c) for i, c in enumerate(cmds)]
         try:
             while True:
@@ -558,7 +560,7 @@ class OrchestratorAPI:
         """Reach every host first (in parallel): fail before anything is created."""
         if not hosts:
             return None
-        with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="connect") as pool:
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(hosts)), thread_name_prefix="connect") as pool:
             results = list(pool.map(self.executor.check, hosts))
         failed = None
         for res in results:

@@ -12,6 +12,13 @@ DHCP lease.  For each run it measures, with the real product over real SSH:
 * delete: delete_slice of the running slice
 * SSH connections opened and commands run in each phase
 
+Each run measures the project twice on the same lab, one right after the
+other: as built (one reused SSH connection per host, the hosts' commands in
+parallel) and as a baseline that keeps everything else but works like the
+original did: one command at a time, a new SSH connection for every command.
+The speed-up column is measured in this one run; the original's own figures
+(SPEC §8, measured in a lab like this one) are printed beside them.
+
 Usage (as root, the lab is brought up if needed):
     .venv/bin/python bench/deploy.py [--runs 3] [--json out.json]
 """
@@ -55,11 +62,29 @@ def snapshot(executor: RemoteExecutor) -> tuple:
     return executor.stats.connections, executor.stats.commands + executor.stats.files_copied
 
 
-def one_run(config_path: str) -> dict:
+class OneConnectionPerCommand(RemoteExecutor):
+    """Baseline transport: a new SSH connection for every command (as the original's ssh processes)."""
+
+    def run(self, cmd):
+        try:
+            return super().run(cmd)
+        finally:
+            self.close()
+
+    def put_file(self, *args, **kw):
+        try:
+            return super().put_file(*args, **kw)
+        finally:
+            self.close()
+
+
+def one_run(config_path: str, baseline: bool = False) -> dict:
     config = ClusterConfig.load(config_path)
-    executor = RemoteExecutor(config)
+    executor = OneConnectionPerCommand(config) if baseline else RemoteExecutor(config)
     tmp = tempfile.mkdtemp(prefix="bench-")
     api = OrchestratorAPI(Database(os.path.join(tmp, "database.yaml")), DeploymentAPI(executor), config)
+    if baseline:
+        api.max_parallel = 1
     r: dict = {}
     c0 = snapshot(executor)
     t = time.monotonic()
@@ -128,38 +153,39 @@ def main() -> int:
         print("bench/deploy.py drives the local lab: run it as root", file=sys.stderr)
         return 2
     subprocess.run([os.path.join(LAB, "up.sh")], check=True, stdout=subprocess.DEVNULL)
-    runs = []
+    runs, bases = [], []
     for n in range(args.runs):
-        r = one_run(args.config)
-        runs.append(r)
-        print(f"run {n + 1}: design {r['design_s']:.2f} s, deploy {r['deploy_s']:.2f} s "
-              f"(phases {r['phases']}), leases {r['leases']}/{r['nics']} after {r['leases_s']:.1f} s, "
-              f"delete {r['delete_s']:.2f} s", flush=True)
+        for baseline, store in ((True, bases), (False, runs)):
+            r = one_run(args.config, baseline)
+            store.append(r)
+            print(f"run {n + 1} {'baseline' if baseline else 'project '}: design {r['design_s']:.2f} s, "
+                  f"deploy {r['deploy_s']:.2f} s (phases {r['phases']}), leases {r['leases']}/{r['nics']} "
+                  f"after {r['leases_s']:.1f} s, delete {r['delete_s']:.2f} s", flush=True)
 
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+    def med(key: str, rs: list = runs) -> float:
+        return statistics.median(r[key] for r in rs)
 
-    rows = [
-        ("design (create + 6 adds, overlays)", f"{ORIGINAL['design_s']} s, 18 ssh processes",
-         f"{med('design_s'):.2f} s, {med('design_conn'):.0f} connections, {med('design_cmds'):.0f} commands",
-         ORIGINAL["design_s"] / med("design_s")),
-        ("deploy_slice returns", f"{ORIGINAL['deploy_s']} s, 78 ssh processes",
-         f"{med('deploy_s'):.2f} s, {med('deploy_conn'):.0f} connections, {med('deploy_cmds'):.0f} commands",
-         ORIGINAL["deploy_s"] / med("deploy_s")),
-        ("delete_slice", f"{ORIGINAL['delete_s']} s, 33 ssh processes",
-         f"{med('delete_s'):.2f} s, {med('delete_conn'):.0f} connections, {med('delete_cmds'):.0f} commands",
-         ORIGINAL["delete_s"] / med("delete_s")),
-        ("NICs that got a DHCP lease", "2 of 12", f"{med('leases'):.0f} of {runs[0]['nics']}", None),
-        ("every NIC leased (guest boot, TCG)", "-", f"{med('leases_s'):.1f} s after deploy started", None),
-    ]
+    def cell(rs: list, phase: str) -> str:
+        return (f"{med(phase + '_s', rs):.2f} s, {med(phase + '_conn', rs):.0f} conn, "
+                f"{med(phase + '_cmds', rs):.0f} cmds")
+
     print(f"\nMedian of {len(runs)} run(s), reference slice: 6 VMs / 3 workers / 5 links / 2 internet")
-    print(f"{'phase':<38} {'original (SPEC §8)':<28} {'this project':<50} speed-up")
-    for name, orig, ours, ratio in rows:
-        print(f"{name:<38} {orig:<28} {ours:<50} {'' if ratio is None else f'{ratio:.1f}x'}")
-    print(f"failed commands: {sum(r['failed_cmds'] for r in runs)}")
+    print(f"{'phase':<28} {'original (SPEC §8)':<26} {'baseline (this run)':<30} {'project (this run)':<30} "
+          f"{'vs baseline':>11} {'vs original':>11}")
+    for name, phase, orig in (("design (create + 6 adds)", "design", "4.9 s, 18 ssh processes"),
+                              ("deploy_slice returns", "deploy", "42.9 s, 78 ssh processes"),
+                              ("delete_slice", "delete", "9.1 s, 33 ssh processes")):
+        ours = med(phase + "_s")
+        print(f"{name:<28} {orig:<26} {cell(bases, phase):<30} {cell(runs, phase):<30} "
+              f"{med(phase + '_s', bases) / ours:>10.1f}x {ORIGINAL[phase + '_s'] / ours:>10.1f}x")
+    print(f"{'NICs that got a DHCP lease':<28} {'2 of 12':<26} {med('leases', bases):.0f} of {bases[0]['nics']:<25} "
+          f"{med('leases'):.0f} of {runs[0]['nics']}")
+    leased = f"{med('leases_s', bases):.1f} s"
+    print(f"{'every NIC leased (TCG boot)':<28} {'-':<26} {leased:<30} {med('leases_s'):.1f} s")
+    print(f"failed commands: {sum(r['failed_cmds'] for r in runs + bases)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(runs, f, indent=2)
+            json.dump({"project": runs, "baseline": bases}, f, indent=2)
     return 0
 
 
