@@ -289,8 +289,9 @@ class CLI:
             return result(False, s)
         if s.get("owner") != self.username:
             return result(False, "Not authorized: only the owner can change a slice")
-        if s.get("status") != "design":
-            return result(False, self.api.not_editable_reason(s))
+        reason = self.api.not_editable_reason(s)
+        if reason:
+            return result(False, reason)
         vm_name = ask("VM name: ")
         say("\nAvailable flavors:")
         say("1. cirros (1 core, 0.5GB RAM, 1GB disk)")
@@ -317,8 +318,9 @@ class CLI:
             return
         if s.get("owner") != self.username:
             return result(False, "Not authorized: only the owner can change a slice")
-        if s.get("status") != "design":
-            return result(False, self.api.not_editable_reason(s))
+        reason = self.api.not_editable_reason(s)
+        if reason:
+            return result(False, reason)
         for line in render_interfaces(s):
             say(line)
         vm1 = ask("\nFirst VM ID: ")

@@ -218,4 +218,4 @@ PIDFILE_RE = re.compile(r"^vm(\d+)\.pid$")
 GW_RE = re.compile(r"^gw_vlan(\d+)$")
 DHCP_NS_RE = re.compile(r"^ns-dhcp-vlan(\d+)$")
 DHCP_VETH_RE = re.compile(r"^dhcp(\d+)-[oi]$")
-OVERLAY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}_img\.qcow2$")
+OVERLAY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:_\d+)?_img\.qcow2")  # use fullmatch

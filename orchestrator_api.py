@@ -41,7 +41,6 @@ log = logging.getLogger("cloudrepo.orchestrator")
 
 MAX_DATA_INTERFACES = 8
 MAX_QUOTA = 1000
-LIVE = ("running", "deploying", "deleting")
 
 Progress = Callable[[dict], None]
 
@@ -293,6 +292,8 @@ class OrchestratorAPI:
 
     def not_editable_reason(self, s: dict) -> str:
         """Why a slice cannot be changed now ("" when it can)."""
+        s = copy.deepcopy(s)
+        _normalise_stale(s)
         return self._editable(s) or ""
 
     def _editable_slice(self, data: dict, username: str, slice_id) -> tuple:
@@ -428,11 +429,13 @@ class OrchestratorAPI:
                 fallback_overlay_file=fallback if fallback != overlay_file else None)
             if ok:
                 vm_dict = vm.to_dict()
+                found = False
                 with self.db.transaction() as data:
                     stored = data["slices"].get(str(s["slice_id"]))
                     if stored is not None:
                         stored["vms"] = [vm_dict if v["vm_id"] == vm_id else v for v in stored["vms"]]
-                        committed = True
+                        found = True
+                committed = found  # only once the file is written
         finally:
             if not committed:  # failure, Ctrl-C, or the slice was deleted meanwhile: leave nothing
                 with _sigint_ignored():
@@ -692,12 +695,21 @@ class OrchestratorAPI:
                 n["status"] = "running"
 
     def _finish(self, sid: int, status: str) -> None:
-        """Leave a slice in ``status`` and drop this session's busy mark (if it still exists)."""
+        """Leave a slice in ``status`` and drop this session's busy mark (if it still exists).
+
+        Back to ``design`` means nothing runs: its VMs and networks say so too.
+        """
         with self.db.transaction() as data:
             s = data["slices"].get(str(sid))
             if s is not None:
                 s["status"] = status
                 s.pop("busy", None)
+                if status == "design":
+                    for vm in s.get("vms", []):
+                        if vm.get("status") == "running":
+                            vm["status"], vm["pid"] = "design", None
+                    for n in s.get("networks", []):
+                        n["status"] = "pending"
 
     def _rollback(self, snapshot: dict, progress: Optional[Progress], t0: float) -> bool:
         """Undo a failed deploy: remove everything of the slice from the hosts; back to design."""
@@ -719,18 +731,19 @@ class OrchestratorAPI:
             status = s.get("status")
             if status in ("deploying", "deleting") and _marker_alive(s.get("busy")):
                 return False, f"Slice is {status} in another session"
-            was_live = status in LIVE  # a dead session's deploy may have left things on the hosts
+            _normalise_stale(s)
+            restore = s["status"]  # what the slice is if this delete does not finish
             s["status"] = "deleting"
-            s["busy"] = _session_marker("running" if was_live else "design")
+            s["busy"] = _session_marker(restore)
             snapshot = copy.deepcopy(s)
         sid = int(snapshot["slice_id"])
         failures: list = []
         disks = [self.deployment.delete_vm_command(vm) for vm in snapshot["vms"] if vm.get("qcow_image")]
-        if was_live:  # VMs first; then their disks together with the network node's teardown
-            stops, node = self.teardown_commands(snapshot)
-            phases = [("stop", stops), ("teardown", node + disks)]
-        else:
-            phases = [("disks", disks)]
+        # Always the whole teardown, whatever the status says: a session that died may have
+        # left VMs or VLANs of a design slice (every step is idempotent). VMs first; then
+        # their disks together with the network node's teardown.
+        stops, node = self.teardown_commands(snapshot)
+        phases = [("stop", stops), ("teardown", node + disks)]
         try:
             for phase, cmds in phases:
                 report = self._run_phase(cmds, progress, t0, phase, threading.Event())
@@ -746,7 +759,7 @@ class OrchestratorAPI:
             if s is None:
                 return False, "Slice was already deleted"
             if failures:
-                s["status"] = "running" if was_live else "design"
+                s["status"] = restore
                 s.pop("busy", None)
                 f = failures[0]
                 where = f" on {f.host}" if f.host != "-" else ""

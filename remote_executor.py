@@ -19,6 +19,7 @@ unknown host key, timeout, non-zero exit).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import socket
@@ -142,7 +143,11 @@ def _append_new_host_key(paramiko, known_hosts: str):
             client.get_host_keys().add(hostname, key.get_name(), key)
             line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
             try:
-                with _KNOWN_HOSTS_LOCK, open(known_hosts, "a", encoding="ascii") as f:
+                with _KNOWN_HOSTS_LOCK, open(known_hosts, "a+", encoding="ascii") as f:
+                    if f.tell() > 0:
+                        f.seek(f.tell() - 1)
+                        if f.read(1) != "\n":
+                            line = "\n" + line
                     f.write(line)
             except OSError as e:
                 log.warning("could not record the new host key of %s in %s: %s", hostname, known_hosts, e)
@@ -188,8 +193,7 @@ class RemoteExecutor:
                                        error=f"timed out after {timeout:g} s on {cmd.host}")
             except ExecutorError as e:
                 result = CommandResult(cmd.host, text, -1, step=cmd.step, error=str(e))
-            except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
-                self._forget(cmd.host)
+            except Exception as e:  # noqa: BLE001 - last resort: a failure is a result, never an exception
                 result = CommandResult(cmd.host, text, -1, step=cmd.step,
                                        error=f"SSH session to {cmd.host} failed: {e or type(e).__name__}")
         result.duration = time.monotonic() - start
@@ -222,7 +226,8 @@ class RemoteExecutor:
         """
         if not cmd.sudo:
             return cmd.script
-        limit = f"timeout -k 5 {int(self._timeout(cmd))} sh -c {q(cmd.script)}"
+        host_limit = max(1, math.ceil(self._timeout(cmd)) - 3)  # the host gives up before the manager
+        limit = f"timeout -k 2 {host_limit} sh -c {q(cmd.script)}"
         return f"sudo -n {limit}" if self.config.ssh.sudo else limit
 
     def _timeout(self, cmd: HostCommand) -> float:
@@ -272,7 +277,9 @@ class RemoteExecutor:
             except TimeoutError:
                 result = CommandResult(host, desc, -1, step="copy",
                                        error=f"copy to {host} timed out after {timeout:g} s")
-            except Exception as e:  # noqa: BLE001 - OSError, ExecutorError, paramiko's SSHException...
+            except (OSError, ExecutorError) as e:
+                result = CommandResult(host, desc, -1, step="copy", error=f"copy to {host} failed: {e}")
+            except Exception as e:  # noqa: BLE001 - paramiko's SSHException...: the connection is broken
                 self._forget(host)
                 result = CommandResult(host, desc, -1, step="copy", error=f"copy to {host} failed: {e}")
         result.duration = time.monotonic() - start
@@ -299,10 +306,13 @@ class RemoteExecutor:
 
     # internals (a fake executor in the tests overrides _exec and _put) --------
 
-    def _forget(self, host: str) -> None:
-        """Drop a connection that failed, so the next command reconnects."""
+    def _forget(self, host: str, transport=None) -> None:
+        """Drop a host's connection (only if it still is the one on ``transport``), to reconnect."""
         with self._lock:
-            client = self._clients.pop(host, None)
+            client = self._clients.get(host)
+            if client is None or (transport is not None and client.get_transport() is not transport):
+                return
+            del self._clients[host]
         if client is not None:
             try:
                 client.close()
@@ -414,8 +424,11 @@ class RemoteExecutor:
                 if not got:
                     time.sleep(0.002)
             status = chan.recv_exit_status()
-        except socket.timeout:
+        except (socket.timeout, TimeoutError):
             raise TimeoutError from None
+        except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
+            self._forget(host, chan.get_transport())
+            raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
         finally:
             chan.close()
         return status, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")

@@ -42,8 +42,8 @@ def test_home_path():
 def test_render_with_sudo():
     ex = RemoteExecutor(lab_config())
     text = ex.render(HostCommand("h", "echo 'hi' && id"))
-    assert text == "sudo -n timeout -k 5 60 sh -c 'echo '\"'\"'hi'\"'\"' && id'"
-    assert shlex.split(text) == ["sudo", "-n", "timeout", "-k", "5", "60", "sh", "-c", "echo 'hi' && id"]
+    assert text == "sudo -n timeout -k 2 57 sh -c 'echo '\"'\"'hi'\"'\"' && id'"
+    assert shlex.split(text) == ["sudo", "-n", "timeout", "-k", "2", "57", "sh", "-c", "echo 'hi' && id"]
     assert ex.render(HostCommand("h", "id", sudo=False)) == "id"
 
 
@@ -51,7 +51,7 @@ def test_render_without_sudo_when_config_says_so():
     cfg = lab_config()
     cfg["ssh"] = dict(cfg["ssh"], sudo=False)
     ex = RemoteExecutor(cfg)
-    assert ex.render(HostCommand("h", "echo 'hi' && id")) == "timeout -k 5 60 sh -c 'echo '\"'\"'hi'\"'\"' && id'"
+    assert ex.render(HostCommand("h", "echo 'hi' && id")) == "timeout -k 2 57 sh -c 'echo '\"'\"'hi'\"'\"' && id'"
     assert ex.render(HostCommand("h", "id", sudo=False, timeout=5)) == "id"
 
 
@@ -357,6 +357,9 @@ class _BrokenChannel:
 
     def exec_command(self, text):
         raise paramiko.SSHException("Channel closed.")
+
+    def get_transport(self):
+        return None
 
     def close(self):
         pass

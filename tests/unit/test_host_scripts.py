@@ -63,4 +63,4 @@ def test_generated_script_parses(shell, index):
 def test_sudo_wraps_the_whole_script_once():
     cmd = vm_launcher.stop_vm_command(sample_vm(), "br-int")
     text = FakeExecutor().render(cmd)
-    assert text.startswith("sudo -n timeout -k 5 30 sh -c '") and text.count("sudo") == 1
+    assert text.startswith("sudo -n timeout -k 2 27 sh -c '") and text.count("sudo") == 1

@@ -6,6 +6,9 @@ import signal
 
 from uhelpers import WORKERS, lab_config, make_api, ok, restart
 
+import naming
+from database import DatabaseError
+
 
 def _slice(api, vms=2, user="admin", name="s"):
     sid = ok(api.create_slice(user, name))["slice_id"]
@@ -109,3 +112,78 @@ def test_orphan_overlays_only_by_this_systems_naming_and_never_a_base_image(tmp_
     assert ok_, orphans
     names = [o.name for o in orphans if o.kind == "overlay"]
     assert names == ["~/vm_images/ghost_img.qcow2"], names
+
+
+def _make_stale(db, sid):
+    with db.transaction() as data:
+        data["slices"][str(sid)]["status"] = "deploying"
+        data["slices"][str(sid)]["busy"] = {"pid": 999999, "host": os.uname().nodename, "start": "1",
+                                             "previous": "design"}
+
+
+def test_delete_after_a_dead_deploy_tears_everything_down_even_once_edited(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid, ids = _slice(api, vms=2)
+    _make_stale(db, sid)
+    link = ok(api.create_link("admin", sid, ids[0], "eth1", ids[1], "eth1"))   # back to design
+    ex.calls.clear()
+    ok(api.delete_slice("admin", sid))
+    texts = [t for _h, t in ex.calls]
+    for vm_id in ids:
+        assert any(f"-name cr-vm{vm_id}," in t and "kill -9" in t for t in texts), vm_id
+    assert any(f"ip netns del ns-dhcp-vlan{link['vlan_id']}" in t for t in texts)
+
+
+def test_failed_delete_of_a_dead_deploy_goes_back_to_design_not_running(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid, _ids = _slice(api, vms=1)
+    _make_stale(db, sid)
+    ex.down_hosts.update(WORKERS)
+    assert api.delete_slice("admin", sid)[0] is False
+    s = db.get_slice(sid)
+    assert s["status"] == "design" and "busy" not in s
+
+
+def test_a_failed_commit_of_a_new_vm_leaves_no_pending_vm_and_no_disk(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid = ok(api.create_slice("admin", "s"))["slice_id"]
+    real_write, writes = db._write_file, {"n": 0}
+
+    def write(data):
+        writes["n"] += 1
+        if writes["n"] == 2:  # 1: the reservation; 2: the commit after the overlay exists
+            raise DatabaseError("disk full")
+        return real_write(data)
+
+    db._write_file = write
+    try:
+        api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0)
+        raise AssertionError("DatabaseError expected")
+    except DatabaseError:
+        pass
+    assert db.get_slice(sid)["vms"] == [] and db.get_user("admin")["used_vms"] == 0
+    assert any(t.startswith("rm -f") and "vm1_img.qcow2" in t for _h, t in ex.calls)
+
+
+def test_ctrl_c_right_after_the_slice_is_marked_running_leaves_a_consistent_design(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    sid, ids = _slice(api, vms=2)
+    real = api._mark_running
+
+    def mark_then_interrupt(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    api._mark_running = mark_then_interrupt
+    res = api.deploy_slice("admin", sid)
+    assert res[0] is False and "interrupted (Ctrl-C)" in res[1]
+    s = db.get_slice(sid)
+    assert s["status"] == "design" and all(v["status"] == "design" and v["pid"] is None for v in s["vms"])
+    api._mark_running = real
+    ok(api.deploy_slice("admin", sid))
+
+
+def test_overlay_names_with_the_id_fallback_are_recognised_for_the_longest_names():
+    assert naming.OVERLAY_RE.fullmatch("a" * 32 + "_1025_img.qcow2")
+    assert naming.OVERLAY_RE.fullmatch("a" * 32 + "_img.qcow2")
+    assert not naming.OVERLAY_RE.fullmatch("labvm.qcow2")
