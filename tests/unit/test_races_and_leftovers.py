@@ -4,10 +4,24 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from uhelpers import WORKERS, lab_config, make_api, ok, restart
 
 import naming
 from database import DatabaseError
+
+
+def fail_on_second_call(obj, name: str, exc) -> None:
+    """Make the second call of ``obj.name`` raise ``exc`` (the first and later ones work)."""
+    real, calls = getattr(obj, name), {"n": 0}
+
+    def wrapper(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise exc
+        return real(*args, **kw)
+
+    setattr(obj, name, wrapper)
 
 
 def _slice(api, vms=2, user="admin", name="s"):
@@ -71,22 +85,10 @@ def test_a_leftover_file_at_the_documented_overlay_path_does_not_block_the_add(t
 def test_ctrl_c_after_the_overlay_was_made_removes_it_and_the_reservation(tmp_path):
     api, db, ex = make_api(tmp_path)
     sid = ok(api.create_slice("admin", "s"))["slice_id"]
-    real_commit = db.transaction
-    calls = {"n": 0}
-
-    def transaction():
-        calls["n"] += 1
-        if calls["n"] == 2:  # the commit after the overlay exists
-            raise KeyboardInterrupt
-        return real_commit()
-
-    db.transaction = transaction
-    try:
+    fail_on_second_call(db, "transaction", KeyboardInterrupt)  # the commit after the overlay exists
+    with pytest.raises(KeyboardInterrupt):
         api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0)
-        raise AssertionError("KeyboardInterrupt expected")
-    except KeyboardInterrupt:
-        pass
-    db.transaction = real_commit
+    del db.transaction
     assert any("rm -f" in t and "vm1_img.qcow2" in t for _h, t in ex.calls)
     assert db.get_slice(sid)["vms"] == [] and db.get_user("admin")["used_vms"] == 0
 
@@ -147,20 +149,10 @@ def test_failed_delete_of_a_dead_deploy_goes_back_to_design_not_running(tmp_path
 def test_a_failed_commit_of_a_new_vm_leaves_no_pending_vm_and_no_disk(tmp_path):
     api, db, ex = make_api(tmp_path)
     sid = ok(api.create_slice("admin", "s"))["slice_id"]
-    real_write, writes = db._write_file, {"n": 0}
-
-    def write(data):
-        writes["n"] += 1
-        if writes["n"] == 2:  # 1: the reservation; 2: the commit after the overlay exists
-            raise DatabaseError("disk full")
-        return real_write(data)
-
-    db._write_file = write
-    try:
+    fail_on_second_call(db, "_write_file", DatabaseError("disk full"))  # 1: reservation, 2: commit
+    with pytest.raises(DatabaseError):
         api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0)
-        raise AssertionError("DatabaseError expected")
-    except DatabaseError:
-        pass
+    del db._write_file
     assert db.get_slice(sid)["vms"] == [] and db.get_user("admin")["used_vms"] == 0
     assert any(t.startswith("rm -f") and "vm1_img.qcow2" in t for _h, t in ex.calls)
 
