@@ -36,6 +36,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def yaml_error_where(error: Exception) -> str:
+    """`` (line L, column C)`` of a YAML parse error, for a one-line message."""
+    mark = getattr(error, "problem_mark", None)
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+
+
 class ConfigError(Exception):
     """The cluster config is missing or malformed."""
 
@@ -124,9 +130,7 @@ class ClusterConfig:
         except OSError as e:
             raise ConfigError(f"cannot read cluster config {path}: {e}") from e
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError(f"cluster config {path} is not valid YAML{where}") from e
+            raise ConfigError(f"cluster config {path} is not valid YAML{yaml_error_where(e)}") from e
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"cluster config {path} is not a mapping")
         return cls.from_dict(data, path)

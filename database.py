@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore
 
 import naming
+from config import yaml_error_where
 
 HEADER = ("# Cloud Repositorio database. Written by the program (atomic saves under a lock):\n"
           "# read it freely; edit it by hand only while no menu is running.\n")
@@ -81,9 +82,7 @@ class Database:
         except OSError as e:
             raise DatabaseError(f"cannot read {self.path}: {e}") from e
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise DatabaseError(f"{self.path} is not valid YAML{where}") from e
+            raise DatabaseError(f"{self.path} is not valid YAML{yaml_error_where(e)}") from e
         if data is None:
             return default_data()
         if not isinstance(data, dict):
