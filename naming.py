@@ -211,11 +211,6 @@ def dnsmasq_files(vlan: int) -> dict:
 FORWARD_CHAIN = "CR-FORWARD"
 INPUT_CHAIN = "CR-INPUT"
 
-# Patterns that recognise what this system created (used by orphan cleanup).
+# Names this system gives, recognised by the orphan cleanup (use fullmatch).
 TAP_RE = re.compile(r"^tap(\d+)_(\d+)$")
-QEMU_NAME_RE = re.compile(r"-name\s+cr-vm(\d+)")
-PIDFILE_RE = re.compile(r"^vm(\d+)\.pid$")
-GW_RE = re.compile(r"^gw_vlan(\d+)$")
-DHCP_NS_RE = re.compile(r"^ns-dhcp-vlan(\d+)$")
-DHCP_VETH_RE = re.compile(r"^dhcp(\d+)-[oi]$")
-OVERLAY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:_\d+)?_img\.qcow2")  # use fullmatch
+OVERLAY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:_\d+)?_img\.qcow2")

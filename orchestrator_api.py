@@ -112,7 +112,6 @@ class Orphan:
     kind: str
     name: str
     key: tuple
-    detail: str = ""
 
 
 @dataclass
@@ -578,20 +577,6 @@ class OrchestratorAPI:
 
     # === deploy ===============================================================
 
-    def _internet_users(self, data: dict, exclude: Optional[int] = None) -> list:
-        """(vm_id, mac, ip) of VMs on the internet VLAN in live slices."""
-        vlan = self.config.internet_vlan
-        out = []
-        for s in data["slices"].values():
-            if int(s["slice_id"]) == exclude:
-                continue
-            if _is_live(s):
-                for vm in s.get("vms", []):
-                    for i in vm.get("interfaces", []):
-                        if i.get("vlan_id") == vlan and i.get("ip_config"):
-                            out.append((vm["vm_id"], i["mac"], i["ip_config"]["ip"]))
-        return out
-
     def deploy_commands(self, s: dict) -> tuple:
         """(network node commands, worker commands) that deploy slice ``s``."""
         sl = Slice.from_dict(s)
@@ -787,10 +772,9 @@ class OrchestratorAPI:
             if live:
                 sl = Slice.from_dict(s)
                 vlans.update(sl.link_vlans())
+                reservations.update(int(vm_id) for vm_id, _mac, _ip in self._reservations_of(s))
                 if sl.uses_internet(self.config.internet_vlan):
                     internet = True
-        for vm_id, _mac, _ip in self._internet_users(data):
-            reservations.add(int(vm_id))
         if internet:
             vlans.add(self.config.internet_vlan)
         return {"vms": vms, "vlans": vlans, "overlays": overlays, "reservations": reservations}

@@ -290,11 +290,3 @@ class VLANManager:
 
     def scan_command(self) -> HostCommand:
         return scan_network_node_command(self.node, self.bridge)
-
-    def create_vlan_with_gateway(self, vlan_id: int) -> bool:
-        """Set up one link VLAN now (gateway and DHCP)."""
-        return self.executor.run(self.up_command(vlan_id)).ok
-
-    def delete_vlan(self, vlan_id: int) -> bool:
-        """Tear one link VLAN down now."""
-        return self.executor.run(self.down_command(vlan_id)).ok

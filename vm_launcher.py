@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 import naming
-from remote_executor import ExecutorError, HostCommand, RemoteExecutor, home_path, join, q
+from remote_executor import HostCommand, RemoteExecutor, home_path, join, q
 
 STOP_WAIT_S = 5
 
@@ -169,21 +169,6 @@ class VMLauncher:
 
     def stop_command(self, vm: dict) -> HostCommand:
         return stop_vm_command(vm, self.bridge)
-
-    def launch_vm(self, worker_ip: str, vm_dict: dict) -> tuple:
-        """Start one VM: ``(True, pid)`` or ``(False, reason)``."""
-        try:
-            cmd = self.launch_command(dict(vm_dict, worker_ip=worker_ip))
-        except ExecutorError as e:
-            return False, str(e)
-        res = self.executor.run(cmd)
-        if not res.ok:
-            return False, res.message()
-        return True, res.stdout.strip().splitlines()[-1]
-
-    def stop_vm(self, worker_ip: str, vm_dict: dict) -> bool:
-        """Stop one VM and remove its TAPs (idempotent)."""
-        return self.executor.run(self.stop_command(dict(vm_dict, worker_ip=worker_ip))).ok
 
     def kill_orphan_qemu_command(self, worker: str, vm_id: int) -> HostCommand:
         return kill_orphan_qemu_command(worker, vm_id)
