@@ -15,9 +15,10 @@ import logging
 from typing import Optional
 
 import naming
+from hostcmd import HostCommand
 from models import VM, Interface
 from qcow_manager import OVERLAY_EXISTS, QCOWManager, overlay_delete
-from remote_executor import HostCommand, RemoteExecutor
+from remote_executor import RemoteExecutor
 
 log = logging.getLogger("cloudrepo.deployment")
 

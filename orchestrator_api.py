@@ -32,8 +32,9 @@ import naming
 import passwords
 from database import Database
 from deployment_api import DeploymentAPI
+from hostcmd import CommandResult, HostCommand
 from models import Flavor, Link, Network, Slice, User
-from remote_executor import CommandResult, ExecutorError, HostCommand
+from remote_executor import ExecutorError
 from vlan_manager import VLANManager
 from vm_launcher import VMLauncher
 

@@ -14,20 +14,12 @@ import os
 from typing import Optional
 
 import naming
-from remote_executor import HostCommand, RemoteExecutor, chain, join, q
+from hostcmd import HostCommand, chain, join, q, shell_path
+from remote_executor import RemoteExecutor
 
 log = logging.getLogger("cloudrepo.qcow")
 
 OVERLAY_EXISTS = 17
-TILDE = '"$HOME"'
-
-
-def shell_path(path: str) -> str:
-    """Quote a path for a non-root command, keeping a leading ``~/`` live."""
-    if path.startswith("~/"):
-        return f"{TILDE}/{q(path[2:])}"
-    return q(path)
-
 
 def base_image_check(worker: str, base_dir: str, base_name: str) -> HostCommand:
     """Is the base image already on the worker?  Prints exists/missing."""

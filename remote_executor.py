@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
 import socket
 import stat
 import threading
@@ -29,76 +28,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Union
 
 from config import ClusterConfig
+from hostcmd import CommandResult, HostCommand, q
+
+__all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "configure_logging"]
 
 log = logging.getLogger("cloudrepo.remote")
-
-
-# --- quoting -----------------------------------------------------------------
-
-def q(arg: object) -> str:
-    """Quote one argument for a POSIX shell."""
-    return shlex.quote(str(arg))
-
-
-def join(argv: Sequence[object]) -> str:
-    """One shell command from an argv list, every word quoted."""
-    return " ".join(q(a) for a in argv)
-
-
-def chain(*parts: str) -> str:
-    """Join shell commands so that the first failure stops the script."""
-    return " && ".join(p for p in parts if p)
-
-
-def home_path(path: str, home: str) -> str:
-    """Resolve a leading ``~/`` against a host's home directory."""
-    if path == "~":
-        return home
-    if path.startswith("~/"):
-        return home.rstrip("/") + "/" + path[2:]
-    return path
-
-
-# --- values -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HostCommand:
-    """What to run on which host.  ``step`` names it for progress and logs."""
-
-    host: str
-    script: str
-    sudo: bool = True
-    timeout: Optional[float] = None
-    step: str = ""
-
-
-@dataclass
-class CommandResult:
-    host: str
-    script: str
-    exit_status: int
-    stdout: str = ""
-    stderr: str = ""
-    duration: float = 0.0
-    error: str = ""
-    step: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0 and not self.error
-
-    def message(self) -> str:
-        """A one-line reason for a failure, fit for a user."""
-        if self.ok:
-            return "ok"
-        if self.error:
-            return self.error
-        detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        tail = detail[-1] if detail else ""
-        return f"exit status {self.exit_status}" + (f": {tail}" if tail else "")
 
 
 class ExecutorError(Exception):
@@ -183,19 +120,19 @@ class RemoteExecutor:
         if self.dry_run:
             with self._lock:
                 self.plan.append(cmd)
-            result = CommandResult(cmd.host, text, 0, step=cmd.step)
+            result = CommandResult(cmd.host, text, 0, step=cmd.step, action=cmd.action, target=cmd.target)
         else:
             try:
-                status, out, err = self._exec(cmd.host, text, timeout)
-                result = CommandResult(cmd.host, text, status, out, err, step=cmd.step)
+                status, out, err = self._transport(cmd, text, timeout)
+                result = CommandResult(cmd.host, text, status, out, err, step=cmd.step,
+                                       action=cmd.action, target=cmd.target)
             except TimeoutError:
-                result = CommandResult(cmd.host, text, -1, step=cmd.step,
-                                       error=f"timed out after {timeout:g} s on {cmd.host}")
+                result = CommandResult.failed(cmd, f"timed out after {timeout:g} s on {cmd.host}", text)
             except ExecutorError as e:
-                result = CommandResult(cmd.host, text, -1, step=cmd.step, error=str(e))
+                result = CommandResult.failed(cmd, str(e), text)
             except Exception as e:  # noqa: BLE001 - last resort: a failure is a result, never an exception
-                result = CommandResult(cmd.host, text, -1, step=cmd.step,
-                                       error=f"SSH session to {cmd.host} failed: {e or type(e).__name__}")
+                result = CommandResult.failed(cmd, f"SSH session to {cmd.host} failed: {e or type(e).__name__}",
+                                              text)
         result.duration = time.monotonic() - start
         self._count(result)
         level = logging.INFO if result.ok else logging.WARNING
@@ -304,7 +241,11 @@ class RemoteExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # internals (a fake executor in the tests overrides _exec and _put) --------
+    # internals (a fake executor in the tests overrides _transport and _put) ----
+
+    def _transport(self, cmd: HostCommand, text: str, timeout: float) -> tuple:
+        """Send ``text`` (the rendered ``cmd``) to its host: (exit status, stdout, stderr)."""
+        return self._exec(cmd.host, text, timeout)
 
     def _forget(self, host: str, transport=None) -> None:
         """Drop a host's connection (only if it still is the one on ``transport``), to reconnect."""

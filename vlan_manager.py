@@ -25,7 +25,8 @@ import ipaddress
 from typing import Optional
 
 import naming
-from remote_executor import HostCommand, RemoteExecutor, join, q
+from hostcmd import HostCommand, join, q
+from remote_executor import RemoteExecutor
 
 
 def _stop_dnsmasq(vlan: int) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Optional
 
 import naming
-from remote_executor import HostCommand, RemoteExecutor, home_path, join, q
+from hostcmd import HostCommand, home_path, join, q
+from remote_executor import RemoteExecutor
 
 STOP_WAIT_S = 5
 

@@ -12,8 +12,9 @@ from uhelpers import lab_config, make_api, ok
 
 import remote_executor
 from config import ClusterConfig
-from qcow_manager import overlay_delete, shell_path
-from remote_executor import CommandResult, HostCommand, RemoteExecutor, chain, home_path, join, q
+from hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
+from qcow_manager import overlay_delete
+from remote_executor import RemoteExecutor
 
 NASTY = ["plain", "with space", "it's", 'dq"x', "$(touch /tmp/pwned)", "`id`", "a;b", "a&&b",
          "x|y", "back\\slash", "new\nline", "*", "~", "-n", "", "tab\tx", "é"]

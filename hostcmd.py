@@ -1,0 +1,126 @@
+"""Host commands as values: what to run on which host, and how to quote it.
+
+Pure: no I/O, no SSH.  Every builder (``qcow_manager``, ``vm_launcher``,
+``vlan_manager``, ...) returns ``HostCommand`` values made with the helpers
+below; ``remote_executor`` runs them.  A command carries, besides its
+script, the *action* it performs and its *target* (a VM ID, a VLAN...), so
+that progress lines, logs and the tests' fake executor can tell steps apart
+without reading shell text.
+
+Shell conventions of every script:
+* POSIX ``sh`` (dash on Debian/Ubuntu); every argument goes through ``q()``
+  or ``join()``.
+* A process this system started is recognised by its pid file *and* its
+  command line (``pid_guard``), never by name alone.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+
+def q(arg: object) -> str:
+    """Quote one argument for a POSIX shell."""
+    return shlex.quote(str(arg))
+
+
+def join(argv: Sequence[object]) -> str:
+    """One shell command from an argv list, every word quoted."""
+    return shlex.join(str(a) for a in argv)
+
+
+def chain(*parts: str) -> str:
+    """Join shell commands so that the first failure stops the script."""
+    return " && ".join(p for p in parts if p)
+
+
+def home_path(path: str, home: str) -> str:
+    """Resolve a leading ``~/`` against a host's home directory."""
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return home.rstrip("/") + "/" + path[2:]
+    return path
+
+
+def shell_path(path: str) -> str:
+    """Quote a path for a shell, keeping a leading ``~/`` live (``"$HOME"/...``)."""
+    if path.startswith("~/"):
+        return f'"$HOME"/{q(path[2:])}'
+    return q(path)
+
+
+def pid_guard(pidfile: str, marker: str, then: str, otherwise: str = ":") -> str:
+    """Shell: if ``pidfile`` names a live process whose command line contains ``marker``, run ``then``.
+
+    Inside ``then`` the pid is ``$pid``.  This is the one check that a pid file
+    still belongs to the process this system started (a recycled pid, or a
+    stale file, never gets a signal).
+    """
+    return (f"pid=$(cat {q(pidfile)} 2>/dev/null || true); "
+            f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {q(marker)}; "
+            f"then {then}; else {otherwise}; fi")
+
+
+def stop_by_pidfile(pidfile: str, marker: str, signal: str = "TERM", wait_s: float = 5) -> str:
+    """Shell: stop the guarded process of ``pidfile`` (``signal``, then KILL), wait, remove the file."""
+    ticks = int(wait_s * 20)
+    then = (f"kill -{signal} \"$pid\" 2>/dev/null || true; n=0; "
+            f"while [ -d /proc/$pid ] && [ $n -lt {ticks} ]; do sleep 0.05; n=$((n+1)); done; "
+            "kill -9 \"$pid\" 2>/dev/null || true; "
+            "n=0; while [ -d /proc/$pid ] && [ $n -lt 40 ]; do sleep 0.05; n=$((n+1)); done")
+    return f"{pid_guard(pidfile, marker, then)}; rm -f {q(pidfile)}"
+
+
+@dataclass(frozen=True)
+class HostCommand:
+    """What to run on which host.
+
+    ``step`` names it for people (progress lines, logs); ``action`` and
+    ``target`` name it for programs (e.g. ``"start_vm"``, ``1001``).
+    """
+
+    host: str
+    script: str
+    sudo: bool = True
+    timeout: Optional[float] = None
+    step: str = ""
+    action: str = ""
+    target: object = None
+
+
+@dataclass
+class CommandResult:
+    """What a host answered to one command (never an exception)."""
+
+    host: str
+    script: str
+    exit_status: int
+    stdout: str = ""
+    stderr: str = ""
+    duration: float = 0.0
+    error: str = ""
+    step: str = ""
+    action: str = ""
+    target: object = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.error
+
+    def message(self) -> str:
+        """A one-line reason for a failure, fit for a user."""
+        if self.ok:
+            return "ok"
+        if self.error:
+            return self.error
+        detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        tail = detail[-1] if detail else ""
+        return f"exit status {self.exit_status}" + (f": {tail}" if tail else "")
+
+    @classmethod
+    def failed(cls, cmd: HostCommand, error: str, text: str = "") -> CommandResult:
+        """A result for ``cmd`` that never reached the host (cancelled, unreachable...)."""
+        return cls(cmd.host, text or cmd.script, -1, error=error, step=cmd.step,
+                   action=cmd.action, target=cmd.target)
