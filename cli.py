@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from models import Flavor
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("cloudrepo.cli")
 
@@ -82,14 +84,19 @@ def ask_secret(prompt: str) -> str:
         raise Cancel() from None
 
 
+def is_number(text: str) -> bool:
+    """Only ASCII digits make a number (not '²', '①' or '٣')."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_int(lo: int, hi: int) -> Callable[[str], Optional[int]]:
     def parse(text: str) -> Optional[int]:
-        return int(text) if text.isdigit() and lo <= int(text) <= hi else None
+        return int(text) if is_number(text) and lo <= int(text) <= hi else None
     return parse
 
 
 def parse_number(text: str) -> Optional[int]:
-    return int(text) if text.isdigit() else None
+    return int(text) if is_number(text) else None
 
 
 def parse_yes_no(text: str) -> Optional[bool]:
@@ -134,6 +141,27 @@ def render_slices(slices: list, show_owner: bool) -> list:
                          f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})")
     lines.append(WIDE)
     return lines
+
+
+def render_flavors() -> list:
+    """The numbered flavor list of Add VM, from ``Flavor.FLAVORS``."""
+    lines = []
+    for n, (name, spec) in enumerate(Flavor.FLAVORS.items(), start=1):
+        cores = spec["cores"]
+        lines.append(f"{n}. {name} ({cores} core{'s' if cores != 1 else ''}, {spec['ram_gb']}GB RAM, "
+                     f"{spec['disk_gb']}GB disk)")
+    return lines
+
+
+def choose_message(n: int) -> str:
+    return "Choose 1 or 2" if n == 2 else f"Choose a number from 1 to {n}"
+
+
+def parse_choice(options: list) -> Callable[[str], Optional[str]]:
+    """Parse a 1-based number into one of ``options``."""
+    def parse(text: str) -> Optional[str]:
+        return options[int(text) - 1] if is_number(text) and 1 <= int(text) <= len(options) else None
+    return parse
 
 
 def render_interfaces(s: dict) -> list:
@@ -284,20 +312,15 @@ class CLI:
 
     def add_vm(self) -> None:
         slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
-        ok, s = self.api.get_slice(self.username, slice_id)
+        ok, s = self.api.check_editable(self.username, slice_id)
         if not ok:
             return result(False, s)
-        if s.get("owner") != self.username:
-            return result(False, "Not authorized: only the owner can change a slice")
-        reason = self.api.not_editable_reason(s)
-        if reason:
-            return result(False, reason)
         vm_name = ask("VM name: ")
         say("\nAvailable flavors:")
-        say("1. cirros (1 core, 0.5GB RAM, 1GB disk)")
-        say("2. ubuntu (1 core, 0.5GB RAM, 2.2GB disk)")
-        flavor = ask_valid("Choose flavor (1-2): ", lambda t: {"1": "cirros", "2": "ubuntu"}.get(t),
-                           "Choose 1 or 2")
+        names = Flavor.names()
+        for line in render_flavors():
+            say(line)
+        flavor = ask_valid(f"Choose flavor (1-{len(names)}): ", parse_choice(names), choose_message(len(names)))
         count = ask_valid("Number of data interfaces (eth1, eth2, ...): ", parse_int(0, 8),
                           "Enter a number from 0 to 8")
         internet = ask_valid("Enable internet access (eth0 in VLAN 400)? (y/n): ", parse_yes_no,
@@ -312,15 +335,9 @@ class CLI:
 
     def create_link(self) -> None:
         slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
-        ok, s = self.api.get_slice(self.username, slice_id)
+        ok, s = self.api.check_editable(self.username, slice_id)
         if not ok:
-            say(f"\n{ERR} Slice not found")
-            return
-        if s.get("owner") != self.username:
-            return result(False, "Not authorized: only the owner can change a slice")
-        reason = self.api.not_editable_reason(s)
-        if reason:
-            return result(False, reason)
+            return result(False, s)
         for line in render_interfaces(s):
             say(line)
         vm1 = ask("\nFirst VM ID: ")
@@ -458,12 +475,8 @@ def build(config_path: str, db_path: str, dry_run: bool = False):
 
 
 def print_plan(api, executor, slice_id: int) -> int:
-    """Dry run: show, per host, the commands a deploy would run."""
-    s = api.db.get_slice(slice_id)
-    if s is None:
-        print(f"{ERR} Slice {slice_id} not found", file=sys.stderr)
-        return 1
-    ok, cmds = api.plan_deploy(s["owner"], slice_id)
+    """Dry run: show, per host, the exact commands a deploy would run (the hosts' facts are read, nothing changes)."""
+    ok, cmds = api.plan_deploy(None, slice_id)
     if not ok:
         print(f"{ERR} {cmds}", file=sys.stderr)
         return 1
@@ -485,7 +498,7 @@ def main(argv: Optional[list] = None) -> int:
     from database import DatabaseError
 
     try:
-        api, executor = build(args.config, args.db, dry_run=args.plan is not None)
+        api, executor = build(args.config, args.db)
     except (ConfigError, DatabaseError, OSError) as e:
         print(f"{ERR} Cannot start: {e}", file=sys.stderr)
         return 2

@@ -29,25 +29,43 @@ Subnets (SPEC §4.2)
 On a worker, per VM ``vm_id``
     overlay     ``~/vm_images/{vm_name}_img.qcow2`` (the documented path), or
                 ``~/vm_images/{vm_name}_{vm_id}_img.qcow2`` when another VM on
-                that worker already uses the documented one
-    base image  ``~/vm_images/<basename of the flavor image>``
-    QEMU        ``-name cr-vm{vm_id},process=cr-vm{vm_id}``
-    pid file    ``/run/cloud-repositorio/vm{vm_id}.pid``
-    serial log  ``/run/cloud-repositorio/vm{vm_id}.serial`` (socket ``.sock``)
-    TAPs        ``tap{vm_id}_{i}`` for interface ``eth{i}`` (15 chars at most)
+                that worker already uses the documented one; beside it the
+                marker ``<overlay>.owner`` (``cloud-repositorio vm {vm_id}``):
+                only overlays with a marker are this system's
+    base image  ``~/vm_images/<basename of the flavor image>`` (never touched)
+    QEMU        ``-name cr-vm{vm_id},process=cr-vm{vm_id}`` and
+                ``-pidfile /run/cloud-repositorio/vm{vm_id}.pid``
+    state files ``/run/cloud-repositorio/vm{vm_id}.{pid,serial,sock,qmp,seed.img,console.lock}``:
+                pid file, serial log (everything the guest printed since it
+                started), serial console socket, QMP monitor socket, NoCloud
+                seed disk, console lock (one console session at a time)
+    TAPs        ``tap{vm_id}_{i}`` for interface ``eth{i}`` (15 chars at most);
+                on ``br-int`` with ``external_ids:cloud-repositorio=vm{vm_id}``
+    OpenFlow    rules on ``br-int`` with cookie ``0x4352000000000000 | vm_id``
     VNC         TCP ``vnc_port`` = display ``vnc_port - 5900``; ports come from
-                5901 up, unique among the VMs in the database
+                5901 up, unique among the VMs in the database; password = the
+                VM's password
 
 On the network node, per link VLAN V
-    gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V
+    gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V, MAC
+                ``02:43:52:00:{V>>8:02x}:{V&255:02x}``,
+                ``external_ids:cloud-repositorio=vlan{V}``
     DHCP        namespace ``ns-dhcp-vlan{V}``, veth ``dhcp{V}-o`` (on br-int,
-                tag V) / ``dhcp{V}-i`` (inside), dnsmasq with
+                tag V, same external_ids) / ``dhcp{V}-i`` (inside), dnsmasq with
                 ``/run/cloud-repositorio/dnsmasq-vlan{V}.{pid,leases,log}`` and
-                reservations in ``dnsmasq-vlan{V}.hosts.d/``
-    isolation   iptables chains ``CR-FORWARD`` (forwarding only VLAN 400 <->
-                uplink, nothing between gateways) and ``CR-INPUT`` (from a
-                gateway port only ICMP and replies reach the node itself)
+                reservations in ``dnsmasq-vlan{V}.hosts.d/vm{vm_id}``; the marker
+                ``/run/cloud-repositorio/vlan{V}.owner`` says the VLAN is this system's
+    isolation   iptables and ip6tables chains ``CR-FORWARD`` (forwarding only
+                VLAN 400 <-> uplink, nothing between gateways) and ``CR-INPUT``
+                (from a gateway port only ICMP to that port's own address, and
+                replies, reach the node itself)
+    NAT         ``POSTROUTING -s <internet cidr> -o <uplink> -j MASQUERADE`` with
+                the comment ``cloud-repositorio``
     locks       ``/run/cloud-repositorio/{iptables,vlan400}.lock`` (flock)
+
+Everything above is what the orphan scan recognises; things that merely look
+alike (a user's ``thesis_img.qcow2`` without a marker, a ``gw_vlan3999`` port
+without the external id) are never touched.
 """
 from __future__ import annotations
 
@@ -63,6 +81,8 @@ POOL_BASE = 100
 MAX_VLAN = 4094
 INTERNET_VLAN = 400
 STATE_DIR = "/run/cloud-repositorio"
+MARK = "cloud-repositorio"          # OVS external_ids key, marker files, iptables comments
+FLOW_COOKIE_BASE = 0x4352000000000000
 IMAGE_DIR = "~/vm_images"
 IFNAMSIZ = 15
 
@@ -168,6 +188,34 @@ def vm_serial_socket(vm_id: int) -> str:
     return f"{STATE_DIR}/vm{vm_id}.sock"
 
 
+def vm_qmp_socket(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.qmp"
+
+
+def vm_seed_image(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.seed.img"
+
+
+def vm_console_lock(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.console.lock"
+
+
+def vm_state_files(vm_id: int) -> list[str]:
+    """Every file of a VM in the state folder (see the table above)."""
+    return [vm_pidfile(vm_id), vm_serial_log(vm_id), vm_serial_socket(vm_id), vm_qmp_socket(vm_id),
+            vm_seed_image(vm_id), vm_console_lock(vm_id)]
+
+
+def vm_mark(vm_id: int) -> str:
+    """The value of ``external_ids:cloud-repositorio`` on a VM's TAP ports."""
+    return f"vm{vm_id}"
+
+
+def vm_flow_cookie(vm_id: int) -> int:
+    """The OpenFlow cookie of a VM's rules on br-int."""
+    return FLOW_COOKIE_BASE | int(vm_id)
+
+
 def tap_name(vm_id: int, index: int) -> str:
     """TAP device of interface ``eth{index}`` of VM ``vm_id``."""
     name = f"tap{vm_id}_{index}"
@@ -183,6 +231,11 @@ def overlay_path(vm_name: str, vm_id: Optional[int] = None) -> str:
     return f"{IMAGE_DIR}/{vm_name}_{vm_id}_img.qcow2"
 
 
+def overlay_marker(overlay: str) -> str:
+    """The marker file beside an overlay this system made."""
+    return f"{overlay}.owner"
+
+
 def vnc_display(vnc_port: int) -> int:
     return vnc_port - VNC_BASE
 
@@ -191,6 +244,20 @@ def vnc_display(vnc_port: int) -> int:
 
 def gateway_port(vlan: int) -> str:
     return f"gw_vlan{vlan}"
+
+
+def gateway_mac(vlan: int) -> str:
+    """A fixed, locally administered MAC for ``gw_vlan{vlan}`` (never a VM's 52:54:00:...)."""
+    return f"02:43:52:00:{(vlan >> 8) & 0xFF:02x}:{vlan & 0xFF:02x}"
+
+
+def vlan_mark(vlan: int) -> str:
+    """The value of ``external_ids:cloud-repositorio`` on a VLAN's ports."""
+    return f"vlan{vlan}"
+
+
+def vlan_marker_file(vlan: int) -> str:
+    return f"{STATE_DIR}/vlan{vlan}.owner"
 
 
 def dhcp_namespace(vlan: int) -> str:
@@ -211,6 +278,14 @@ def dnsmasq_files(vlan: int) -> dict:
 FORWARD_CHAIN = "CR-FORWARD"
 INPUT_CHAIN = "CR-INPUT"
 
-# Names this system gives, recognised by the orphan cleanup (use fullmatch).
-TAP_RE = re.compile(r"^tap(\d+)_(\d+)$")
+NAT_COMMENT = MARK
+
+# The forms the host scans recognise (use fullmatch).
+TAP_RE = re.compile(r"tap(\d+)_(\d+)")
 OVERLAY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:_\d+)?_img\.qcow2")
+OVERLAY_GLOB = "*_img.qcow2"
+VM_STATE_RE = re.compile(r"vm(\d+)\.(?:pid|serial|sock|qmp|seed\.img|console\.lock)")
+GATEWAY_RE = re.compile(r"gw_vlan(\d+)")
+NETNS_RE = re.compile(r"ns-dhcp-vlan(\d+)")
+DNSMASQ_PID_RE = re.compile(r"dnsmasq-vlan(\d+)\.pid")
+RESERVATION_RE = re.compile(r"vm(\d+)")

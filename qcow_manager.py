@@ -5,7 +5,9 @@ the worker, copy it from the manager when missing (SFTP, to a temporary name
 then renamed, so a partial copy never counts as present), then
 ``qemu-img create -f qcow2 -b <base> -F qcow2 <vm_name>_img.qcow2`` inside
 ``~/vm_images``.  Unlike the original, an existing file is never overwritten:
-the create fails instead (exit status ``OVERLAY_EXISTS``).
+the create fails instead (exit status ``OVERLAY_EXISTS``), and a marker file
+``<overlay>.owner`` is written beside each overlay: only marked files are
+this system's (the orphan scan never touches a user's own ``*_img.qcow2``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Optional
 import naming
 from hostcmd import HostCommand, chain, join, q, shell_path
 from remote_executor import RemoteExecutor
+from resources import Found, HostContext, Key, Kind, register
 
 log = logging.getLogger("cloudrepo.qcow")
 
@@ -25,24 +28,62 @@ def base_image_check(worker: str, base_dir: str, base_name: str) -> HostCommand:
     """Is the base image already on the worker?  Prints exists/missing."""
     target = shell_path(f"{base_dir}/{base_name}")
     return HostCommand(worker, f"test -f {target} && echo exists || echo missing",
-                       sudo=False, step="check base image")
+                       sudo=False, step="check base image", action="check_base_image", target=base_name)
 
 
-def overlay_create(worker: str, base_dir: str, base_name: str, overlay_file: str) -> HostCommand:
-    """Create the overlay next to its base; refuse to overwrite an existing file."""
+def overlay_create(worker: str, base_dir: str, base_name: str, overlay_file: str,
+                   owner: str = naming.MARK) -> HostCommand:
+    """Create the overlay next to its base, with its marker; refuse to overwrite an existing file."""
+    marker = naming.overlay_marker(overlay_file)
     script = chain(
         f"mkdir -p {shell_path(base_dir)}",
         f"cd {shell_path(base_dir)}",
         f"if [ -e {q(overlay_file)} ]; then echo {q(overlay_file + ' already exists')} >&2; "
         f"exit {OVERLAY_EXISTS}; fi",
-        join(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base_name, "-F", "qcow2", overlay_file]),
+        f"printf '%s\\n' {q(owner)} > {q(marker)}",
+        join(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base_name, "-F", "qcow2", overlay_file])
+        + f" || {{ rc=$?; rm -f {q(marker)}; exit $rc; }}",
     )
-    return HostCommand(worker, script, sudo=False, step="create overlay")
+    return HostCommand(worker, script, sudo=False, step="create overlay", action="create_overlay",
+                       target=overlay_file)
 
 
 def overlay_delete(worker: str, image_path: str) -> HostCommand:
-    """Remove an overlay (no error when it is already gone)."""
-    return HostCommand(worker, f"rm -f {shell_path(image_path)}", sudo=False, step="delete overlay")
+    """Remove an overlay and its marker (no error when they are already gone)."""
+    script = f"rm -f {shell_path(image_path)} {shell_path(naming.overlay_marker(image_path))}"
+    return HostCommand(worker, script, sudo=False, step="delete overlay", action="delete_overlay",
+                       target=os.path.basename(image_path))
+
+
+@register
+class Overlay(Kind):
+    """A VM's disk: a qcow2 overlay in the worker's image folder, with its ``.owner`` marker."""
+
+    name = "overlay"
+    label = "overlay"
+
+    def scan(self, ctx: HostContext, host: str) -> str:
+        folder = q(ctx.image_dir(host))
+        return (f"for f in {folder}/{naming.OVERLAY_GLOB}; do [ -f \"$f\" ] && [ -f \"$f.owner\" ] "
+                "&& echo \"overlay ${f##*/}\"; done; true")
+
+    def parse(self, host, fields):
+        name = " ".join(fields)
+        return Found(Key(self.name, host, name=name)) if naming.OVERLAY_RE.fullmatch(name) else None
+
+    def owned(self, view):
+        return (Key(self.name, vm["worker_ip"], name=os.path.basename(vm["qcow_image"]))
+                for vm in view.all_vms() if vm.get("qcow_image"))
+
+    def expected(self, view):
+        return {k: "" for k in self.owned(view)}
+
+    def remove(self, ctx, host, keys):
+        folder = ctx.image_dir(host)
+        return ["rm -f " + " ".join(q(f"{folder}/{k.name}{suffix}") for suffix in ("", ".owner")) for k in keys]
+
+    def describe(self, key):
+        return f"overlay {key.name}"
 
 
 class QCOWManager:
@@ -73,7 +114,7 @@ class QCOWManager:
 
     def create_backing_image(self, worker_ip: str, vm_name: str, base_image_path: str,
                              vlan_ids: Optional[list] = None,
-                             overlay_file: Optional[str] = None) -> tuple:
+                             overlay_file: Optional[str] = None, owner: str = naming.MARK) -> tuple:
         """Make ``<vm_name>_img.qcow2`` (or ``overlay_file``) backed by the base image.
 
         Returns ``(True, "~/vm_images/<file>")`` or ``(False, None)``; the
@@ -86,7 +127,7 @@ class QCOWManager:
             return False, None
         overlay_file = overlay_file or f"{vm_name}_img.qcow2"
         res = self.executor.run(overlay_create(worker_ip, self.base_dir,
-                                               os.path.basename(base_image_path), overlay_file))
+                                               os.path.basename(base_image_path), overlay_file, owner))
         if not res.ok:
             self.last_error = f"creating {overlay_file} on {worker_ip}: {res.message()}"
             self.last_exit = res.exit_status

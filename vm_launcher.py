@@ -1,24 +1,29 @@
-"""What runs on a worker for a VM: TAPs on br-int, QEMU, and their removal.
+"""What runs on a worker for a VM: QEMU, its TAPs on br-int, its state files.
 
 A VM is known on its worker only by its ID (see ``naming``): QEMU runs with
 ``-name cr-vm{id},process=cr-vm{id}`` and ``-pidfile``, is stopped by that
 pid after checking the pid still is that VM, and its TAPs are
 ``tap{id}_{i}``.  Every guest NIC exists, in order (eth0, eth1, ...), each
 on its own TAP; a TAP whose interface has a VLAN is on ``br-int`` with that
-tag, one without a VLAN is attached to nothing.
+tag (and this system's external id), one without a VLAN is attached to
+nothing.
 
-Launching is one SSH command that first removes leftovers of the same VM ID
-(from a crash), so a retry is always possible.
+The kinds of worker objects a VM has (``QEMU``, ``TAP``, ``OVS port``, state
+files) are described below, each with its scan, parser and removal; the
+launch script first removes the VM's leftovers with those same removals
+(a crash never blocks a retry), then starts QEMU and wires the TAPs.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import naming
-from hostcmd import HostCommand, home_path, join, q
-from remote_executor import RemoteExecutor
+from hostcmd import HostCommand, home_path, join, q, stop_by_pidfile
+from resources import Found, HostContext, Key, Kind, int_or_none, register
 
 STOP_WAIT_S = 5
+
+OVS_DOWN_EXIT = 69
 
 
 def qemu_value(text: str) -> str:
@@ -32,6 +37,17 @@ def accel_args(accel: str) -> list:
     for a in accel.split(":"):
         args += ["-accel", a]
     return args
+
+
+def ovs_preflight(host: str) -> str:
+    """Shell: fail at once, saying so, when Open vSwitch does not answer on this host."""
+    msg = f"Open vSwitch is not running on {host}"
+    return f"ovs-vsctl --timeout=5 show >/dev/null 2>&1 || {{ echo {q(msg)} >&2; exit {OVS_DOWN_EXIT}; }}"
+
+
+def ovs_alive() -> str:
+    """Shell: set ``ovs_ok`` to 1 when Open vSwitch answers (removals skip OVS calls otherwise)."""
+    return "if ovs-vsctl --timeout=5 show >/dev/null 2>&1; then ovs_ok=1; else ovs_ok=0; fi"
 
 
 def qemu_argv(vm: dict, overlay_abs: str, accel: str) -> list:
@@ -58,23 +74,191 @@ def qemu_argv(vm: dict, overlay_abs: str, accel: str) -> list:
     return argv
 
 
-def _kill_vm_by_pidfile(vm_id: int) -> str:
-    """Shell: SIGKILL the VM's QEMU if the pid file still names that VM; wait until gone."""
-    pidfile = q(naming.vm_pidfile(vm_id))
-    marker = q(f"-name {naming.qemu_name(vm_id)},")
-    return (f"if [ -f {pidfile} ]; then pid=$(cat {pidfile}); "
-            f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {marker}; then "
-            f"kill -9 \"$pid\" 2>/dev/null || true; n=0; while [ -d /proc/$pid ] && [ $n -lt {STOP_WAIT_S * 20} ]; do "
-            f"sleep 0.05; n=$((n+1)); done; fi; rm -f {pidfile}; fi")
+def _qemu_marker(vm_id: int) -> str:
+    return f"-name {naming.qemu_name(vm_id)},"
 
 
-def _remove_taps(vm_id: int, count: int, bridge: str) -> str:
+# --- kinds -----------------------------------------------------------------------------
+
+def _running_vms(view) -> Iterable[dict]:
+    return view.running_vms()
+
+
+def _vm_interfaces(vm: dict) -> list:
+    return vm.get("interfaces") or []
+
+
+@register
+class QemuProcess(Kind):
+    """A VM's QEMU process, recognised by its command line (``-name cr-vm{id},``)."""
+
+    name = "qemu"
+    label = "QEMU of VM"
+
+    def scan(self, ctx: HostContext, host: str) -> str:
+        return (f"pgrep -a -f -- {q(qemu_pattern())} "
+                "| sed -n 's/^\\([0-9]*\\) .*-name cr-vm\\([0-9]*\\),.*/qemu \\2 \\1/p' || true")
+
+    def parse(self, host, fields):
+        vm_id = int_or_none(fields[0]) if fields else None
+        return Found(Key(self.name, host, vm_id=vm_id), fields[1] if len(fields) > 1 else "") \
+            if vm_id is not None else None
+
+    def owned(self, view):
+        return (Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"])) for vm in view.all_vms())
+
+    def expected(self, view):
+        return {Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"])): "" for vm in _running_vms(view)}
+
+    def remove(self, ctx, host, keys):
+        return [kill_vm_everywhere(k.vm_id) for k in keys]
+
+    def describe(self, key):
+        return f"QEMU of VM {key.vm_id}"
+
+
+@register
+class VMStateFiles(Kind):
+    """A VM's files in the state folder (pid file, serial log and socket, monitor, seed, console lock)."""
+
+    name = "vmfiles"
+    label = "files of VM"
+
+    def scan(self, ctx, host):
+        return (f"for f in {q(naming.STATE_DIR)}/vm[0-9]*.*; do [ -e \"$f\" ] || continue; "
+                "echo \"vmfiles ${f##*/}\"; done")
+
+    def parse(self, host, fields):
+        m = naming.VM_STATE_RE.fullmatch(fields[0]) if fields else None
+        return Found(Key(self.name, host, vm_id=int(m.group(1)))) if m else None
+
+    def owned(self, view):
+        return (Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"])) for vm in view.all_vms())
+
+    def expected(self, view):
+        return {Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"])): "" for vm in _running_vms(view)}
+
+    def remove(self, ctx, host, keys):
+        return [remove_vm_files(k.vm_id) for k in keys]
+
+    def describe(self, key):
+        return f"state files of VM {key.vm_id}"
+
+
+@register
+class Tap(Kind):
+    """A TAP device ``tap{vm_id}_{i}`` (made by QEMU)."""
+
+    name = "tap"
+    label = "TAP"
+
+    def scan(self, ctx, host):
+        return ("ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' "
+                "| grep -E '^tap[0-9]+_[0-9]+$' | sed 's/^/tap /' || true")
+
+    def parse(self, host, fields):
+        m = naming.TAP_RE.fullmatch(fields[0]) if fields else None
+        return Found(Key(self.name, host, vm_id=int(m.group(1)), name=fields[0])) if m else None
+
+    def owned(self, view):
+        for vm in view.all_vms():
+            for i in range(max(len(_vm_interfaces(vm)), 1)):
+                yield Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"]), name=naming.tap_name(vm["vm_id"], i))
+
+    def expected(self, view):
+        return {Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"]), name=naming.tap_name(vm["vm_id"], i)): ""
+                for vm in _running_vms(view) for i in range(len(_vm_interfaces(vm)))}
+
+    def remove(self, ctx, host, keys):
+        return [f"ip link del {q(k.name)} 2>/dev/null || true" for k in keys]
+
+
+@register
+class TapPort(Kind):
+    """A VM's TAP as a port of br-int (tag = the interface's VLAN), marked with this system's external id."""
+
+    name = "port"
+    label = "OVS port"
+
+    def scan(self, ctx, host):
+        return marked_ports_scan(ctx.config.bridge, "port", "tap")
+
+    def parse(self, host, fields):
+        m = naming.TAP_RE.fullmatch(fields[0]) if fields else None
+        if not m:
+            return None
+        return Found(Key(self.name, host, vm_id=int(m.group(1)), name=fields[0]), fields[1] if len(fields) > 1 else "")
+
+    def owned(self, view):
+        return Tap.owned(self, view)
+
+    def expected(self, view):
+        out = {}
+        for vm in _running_vms(view):
+            for i, iface in enumerate(_vm_interfaces(vm)):
+                if iface.get("vlan_id") is not None:
+                    out[Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"]),
+                            name=naming.tap_name(vm["vm_id"], i))] = str(iface["vlan_id"])
+        return out
+
+    def remove(self, ctx, host, keys):
+        return [del_ports(ctx.config.bridge, [k.name for k in keys])]
+
+    def describe(self, key):
+        return f"OVS port {key.name}"
+
+
+def marked_ports_scan(bridge: str, kind_name: str, prefix: str) -> str:
+    """Shell: ``<kind_name> <port> <tag|->`` for each port of ``bridge`` named ``prefix*`` with our mark."""
+    return (f"ovs-vsctl --timeout=5 --format=csv --data=bare --no-headings --columns=name,tag,external_ids "
+            f"find port external_ids:{naming.MARK}!=none 2>/dev/null "
+            f"| awk -F, -v k={q(kind_name)} -v p={q(prefix)} "
+            "'index($1, p) == 1 { t = ($2 == \"\") ? \"-\" : $2; print k, $1, t }' || true")
+
+
+# --- scripts ------------------------------------------------------------------------------
+
+def del_ports(bridge: str, ports: list) -> str:
+    """Shell: remove ports from the bridge (skipped when Open vSwitch is down: ``ovs_ok=0``)."""
+    argv = ["ovs-vsctl", "--timeout=5"]
+    for port in ports:
+        argv += ["--", "--if-exists", "del-port", bridge, port]
+    return f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true"
+
+
+def kill_vm(vm_id: int) -> str:
+    """Shell: SIGKILL the VM's QEMU named by its pid file (checked against its command line); wait."""
+    return stop_by_pidfile(naming.vm_pidfile(vm_id), _qemu_marker(vm_id), signal="KILL", wait_s=STOP_WAIT_S)
+
+
+def qemu_pattern(vm_id: Optional[int] = None) -> str:
+    """``pgrep -f`` pattern of this system's QEMU processes (of one VM, or of any)."""
+    vm = str(int(vm_id)) if vm_id is not None else "[0-9]+"
+    return f"^qemu-system[^ ]* .*-name cr-vm{vm},.*-pidfile {naming.STATE_DIR}/vm"
+
+
+def kill_vm_everywhere(vm_id: int) -> str:
+    """Shell: SIGKILL every QEMU running as this VM, pid file or not (orphan cleanup); wait."""
+    return (f"for p in $(pgrep -f -- {q(qemu_pattern(vm_id))}); do kill -9 \"$p\" 2>/dev/null; "
+            f"n=0; while [ -d /proc/$p ] && [ $n -lt {STOP_WAIT_S * 20} ]; do sleep 0.05; n=$((n+1)); done; done; "
+            + kill_vm(vm_id))
+
+
+def remove_vm_files(vm_id: int) -> str:
+    return "rm -f " + " ".join(q(f) for f in naming.vm_state_files(vm_id))
+
+
+def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None) -> list:
+    """Shell lines that remove everything of a VM on its worker except its disk (idempotent)."""
+    vm_id = int(vm["vm_id"])
+    count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
     taps = [naming.tap_name(vm_id, i) for i in range(count)]
-    ovs = ["ovs-vsctl"]
-    for tap in taps:
-        ovs += ["--", "--if-exists", "del-port", bridge, tap]
-    dels = "; ".join(f"{{ ip link del {q(t)} 2>/dev/null || true; }}" for t in taps)
-    return f"{{ {join(ovs)} || true; }}; {dels}"
+    return [
+        kill_vm(vm_id),
+        del_ports(bridge, taps),
+        *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps),
+        remove_vm_files(vm_id),
+    ]
 
 
 def launch_vm_command(vm: dict, home: str, bridge: str, accel: str) -> HostCommand:
@@ -83,96 +267,38 @@ def launch_vm_command(vm: dict, home: str, bridge: str, accel: str) -> HostComma
     Prints the QEMU pid as its last line.
     """
     vm_id = int(vm["vm_id"])
+    worker = vm["worker_ip"]
     overlay = home_path(vm["qcow_image"], home)
-    ifaces = vm["interfaces"]
-    ovs = ["ovs-vsctl"]
+    ifaces = _vm_interfaces(vm)
+    ovs = ["ovs-vsctl", "--timeout=10"]
     for idx, iface in enumerate(ifaces):
         if iface.get("vlan_id") is not None:
             tap = naming.tap_name(vm_id, idx)
             ovs += ["--", "--if-exists", "del-port", bridge, tap,
-                    "--", "add-port", bridge, tap, f"tag={int(iface['vlan_id'])}"]
-    ups = "\n".join(f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(ifaces)))
+                    "--", "add-port", bridge, tap, f"tag={int(iface['vlan_id'])}",
+                    "--", "set", "port", tap, f"external_ids:{naming.MARK}={naming.vm_mark(vm_id)}"]
+    ups = [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(ifaces))]
     pidfile = q(naming.vm_pidfile(vm_id))
     script = "\n".join([
         "set -e",
+        ovs_preflight(worker),
         f"mkdir -p {q(naming.STATE_DIR)}",
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
-        _kill_vm_by_pidfile(vm_id),
-        _remove_taps(vm_id, len(ifaces), bridge),
-        f"rm -f {q(naming.vm_serial_socket(vm_id))} {q(naming.vm_serial_log(vm_id))}",
+        *vm_teardown(vm, bridge),
         join(qemu_argv(vm, overlay, accel)),
-        join(ovs) if len(ovs) > 1 else ":",
-        ups,
+        join(ovs) if len(ovs) > 2 else ":",
+        *ups,
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
         'echo "$pid"',
     ])
-    return HostCommand(vm["worker_ip"], script, sudo=True, timeout=60,
-                       step=f"start VM {vm_id} ({vm['name']})")
+    return HostCommand(worker, script, sudo=True, timeout=60,
+                       step=f"start VM {vm_id} ({vm['name']})", action="start_vm", target=vm_id)
 
 
 def stop_vm_command(vm: dict, bridge: str) -> HostCommand:
-    """Root script: kill the VM by its pid file, remove its TAPs and console files."""
+    """Root script: kill the VM, remove its TAPs and state files (idempotent; works with OVS down)."""
     vm_id = int(vm["vm_id"])
-    script = "\n".join([
-        _kill_vm_by_pidfile(vm_id),
-        _remove_taps(vm_id, len(vm.get("interfaces") or []) or 1, bridge),
-        f"rm -f {q(naming.vm_serial_socket(vm_id))} {q(naming.vm_serial_log(vm_id))}",
-    ])
+    script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge)])
     return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30,
-                       step=f"stop VM {vm_id} ({vm['name']})")
-
-
-def kill_orphan_qemu_command(worker: str, vm_id: int) -> HostCommand:
-    """Root script: SIGKILL every QEMU that runs as ``cr-vm{vm_id}`` (pid file or not)."""
-    marker = q(f"-name {naming.qemu_name(vm_id)},")
-    script = ("for d in /proc/[0-9]*; do c=$(tr '\\0' ' ' 2>/dev/null < $d/cmdline) || continue; "
-              f"case \"$c\" in qemu-system*) echo \"$c\" | grep -q -- {marker} && kill -9 ${{d#/proc/}};; esac; "
-              "done; true")
-    return HostCommand(worker, script, sudo=True, timeout=30, step=f"kill orphan QEMU of VM {vm_id}")
-
-
-def scan_worker_command(worker: str, bridge: str, image_dir: str) -> HostCommand:
-    """Root script listing what this system may have left on a worker.
-
-    Output lines: ``pidfile <vm_id> <pid|->``, ``qemu <pid> <vm_id>``,
-    ``tap <name>``, ``port <name>``, ``overlay <file>``.
-    """
-    state = q(naming.STATE_DIR)
-    images = q(image_dir)
-    script = "\n".join([
-        f"for f in {state}/vm*.pid; do [ -f \"$f\" ] || continue; b=${{f##*/}}; id=${{b#vm}}; id=${{id%.pid}}; "
-        "p=$(cat \"$f\" 2>/dev/null); [ -d /proc/\"$p\" ] || p=-; echo \"pidfile $id $p\"; done",
-        "for d in /proc/[0-9]*; do c=$(tr '\\0' ' ' 2>/dev/null < $d/cmdline) || continue; "
-        "case \"$c\" in qemu-system*'-name cr-vm'*) id=${c#*-name cr-vm}; id=${id%%,*}; "
-        "echo \"qemu ${d#/proc/} $id\";; esac; done",
-        "ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^tap[0-9]+_[0-9]+$' "
-        "| sed 's/^/tap /' || true",
-        f"ovs-vsctl list-ports {q(bridge)} 2>/dev/null | grep -E '^tap[0-9]+_[0-9]+$' | sed 's/^/port /' || true",
-        f"for f in {images}/*_img.qcow2; do [ -f \"$f\" ] && echo \"overlay ${{f##*/}}\"; done; true",
-    ])
-    return HostCommand(worker, script, sudo=True, timeout=30, step="scan worker")
-
-
-class VMLauncher:
-    """Starts and stops a slice's VMs on their workers."""
-
-    def __init__(self, remote_executor: RemoteExecutor, bridge: Optional[str] = None,
-                 accel: Optional[str] = None):
-        self.executor = remote_executor
-        config = remote_executor.config
-        self.bridge = bridge or config.bridge
-        self.accel = accel or config.qemu_accel
-        self.image_dir = config.worker_image_dir
-
-    def launch_command(self, vm: dict) -> HostCommand:
-        return launch_vm_command(vm, self.executor.home(vm["worker_ip"]), self.bridge, self.accel)
-
-    def stop_command(self, vm: dict) -> HostCommand:
-        return stop_vm_command(vm, self.bridge)
-
-    def kill_orphan_qemu_command(self, worker: str, vm_id: int) -> HostCommand:
-        return kill_orphan_qemu_command(worker, vm_id)
-
-    def scan_command(self, worker: str) -> HostCommand:
-        return scan_worker_command(worker, self.bridge, home_path(self.image_dir, self.executor.home(worker)))
+                       step=f"stop VM {vm_id} ({vm['name']})", action="stop_vm", target=vm_id)

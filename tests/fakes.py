@@ -1,13 +1,22 @@
 """A recording fake of the RemoteExecutor's transport, for fast unit tests.
 
-It overrides only ``_exec`` and ``_put``: rendering, sudo, logging and
-statistics are the real executor's, so tests read the exact command text
-that would have gone to each host.
+It overrides only ``_transport`` and ``_put``: rendering, sudo, logging and
+statistics are the real executor's, so tests can still read the exact text
+that would have gone to each host (``calls``).  Answers are chosen by the
+*step* a command belongs to (its ``action``, ``target`` and host), never by
+fragments of shell text.
+
+The fake also keeps a small model of what exists on the hosts (``world``):
+each successful command applies its effect (``start_vm`` makes a VM,
+``stop_vm`` removes it, ``vlan_up``/``vlan_down``, reservations, overlays),
+so a test can check that nothing made is left after a rollback, and scans
+report the world in the format of the real scans.
 """
 from __future__ import annotations
 
-import re
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 from config import ClusterConfig
 from remote_executor import ExecutorError, RemoteExecutor
@@ -22,41 +31,120 @@ LAB_LIKE = {
     "log_file": "/tmp/cloudrepo-unit-tests.log",
 }
 
+ANY = object()
+
+
+@dataclass
+class Rule:
+    action: str
+    target: object
+    host: Optional[str]
+    answer: tuple  # (status, stdout, stderr)
+    times: Optional[int] = None  # None: always; n: the next n matching commands
+
+    def matches(self, cmd) -> bool:
+        return (cmd.action == self.action and (self.target is ANY or cmd.target == self.target)
+                and (self.host is None or cmd.host == self.host) and self.times != 0)
+
 
 class FakeExecutor(RemoteExecutor):
-    """Records (host, text) of every command; answers from rules."""
+    """Records every command; answers from rules keyed on the step; models what exists."""
 
     def __init__(self, config=None, base_exists: bool = True):
         super().__init__(ClusterConfig.from_dict(config or LAB_LIKE))
-        self.calls: list = []
-        self.puts: list = []
-        self.rules: list = []          # (host regex or None, text regex, (status, out, err))
+        self.calls: list = []          # (host, text) in order
+        self.commands: list = []       # HostCommand in order
+        self.rules: list = []
         self.down_hosts: set = set()
         self.base_exists = base_exists
+        self.puts: list = []
+        self.world: set = set()        # ("vm"|"vlan"|"reservation"|"overlay", host, id)
+        self.hooks: dict = {}          # action -> callable(cmd) run before answering (e.g. inject Ctrl-C)
         self._calls_lock = threading.Lock()
 
-    def on(self, pattern: str, status: int = 0, out: str = "", err: str = "", host: str = None) -> None:
-        """Answer commands matching ``pattern`` (first matching rule wins)."""
-        self.rules.insert(0, (host, re.compile(pattern, re.S), (status, out, err)))
+    # --- configuring answers -------------------------------------------------------------
+
+    def answer(self, action: str, target=ANY, host: Optional[str] = None, status: int = 0, out: str = "",
+               err: str = "", times: Optional[int] = None) -> None:
+        """Commands of ``action`` (and ``target``/``host`` if given) get this answer (newest rule first)."""
+        self.rules.insert(0, Rule(action, target, host, (status, out, err), times))
+
+    def fail(self, action: str, target=ANY, host: Optional[str] = None, status: int = 1, err: str = "failed",
+             times: Optional[int] = None) -> None:
+        self.answer(action, target, host, status, "", err, times)
+
+    def actions(self, host: Optional[str] = None) -> list:
+        return [(c.action, c.target) for c in self.commands if host is None or c.host == host]
 
     def texts(self, host: str = None) -> list:
         return [t for h, t in self.calls if host is None or h == host]
 
-    def _exec(self, host, text, timeout):
-        if host in self.down_hosts:
-            raise ExecutorError(f"cannot connect to {host}:22: [Errno 113] No route to host")
+    # --- the transport -------------------------------------------------------------------
+
+    def _transport(self, cmd, text, timeout):
+        if cmd.host in self.down_hosts:
+            raise ExecutorError(f"cannot connect to {cmd.host}:22: [Errno 113] No route to host")
         with self._calls_lock:
-            self.calls.append((host, text))
-        for h, rx, answer in self.rules:
-            if (h is None or h == host) and rx.search(text):
-                return answer
-        if text == 'printf %s "$HOME"':
+            self.calls.append((cmd.host, text))
+            self.commands.append(cmd)
+        hook = self.hooks.get(cmd.action)
+        if hook:
+            hook(cmd)
+        with self._calls_lock:
+            rule = next((r for r in self.rules if r.matches(cmd)), None)
+            if rule is not None and rule.times is not None:
+                rule.times -= 1
+        answer = rule.answer if rule else self._default(cmd)
+        if answer[0] == 0:
+            with self._calls_lock:
+                self._apply(cmd)
+        return answer
+
+    def _default(self, cmd) -> tuple:
+        if cmd.action == "connect":
             return 0, "/home/ubuntu", ""
-        if "echo exists || echo missing" in text:
+        if cmd.action == "check_base_image":
             return 0, "exists\n" if self.base_exists else "missing\n", ""
-        if "qemu-system-x86_64" in text and "-daemonize" in text:
+        if cmd.action == "start_vm":
             return 0, "4242\n", ""
+        if cmd.action == "scan":
+            return 0, self.scan_output(cmd.host), ""
         return 0, "", ""
+
+    def _apply(self, cmd) -> None:
+        """What a successful command changed on its host."""
+        a, t, h = cmd.action, cmd.target, cmd.host
+        if a == "start_vm":
+            self.world.add(("vm", h, t))
+        elif a == "stop_vm":
+            self.world.discard(("vm", h, t))
+        elif a in ("vlan_up", "internet_up"):
+            self.world.add(("vlan", h, t))
+        elif a == "vlan_down":
+            self.world.discard(("vlan", h, t))
+        elif a == "internet_release":
+            self.world.discard(("vlan", h, t))
+        elif a == "create_overlay":
+            self.world.add(("overlay", h, t))
+        elif a == "delete_overlay":
+            self.world.discard(("overlay", h, t))
+
+    def made(self, kind: Optional[str] = None) -> set:
+        """What the world holds (of one kind)."""
+        return {w for w in self.world if kind is None or w[0] == kind}
+
+    def scan_output(self, host: str) -> str:
+        lines = []
+        for kind, h, ident in sorted(self.world, key=str):
+            if h != host:
+                continue
+            if kind == "vm":
+                lines += [f"qemu {ident} 4242", f"tap tap{ident}_0", f"vmfiles vm{ident}.pid"]
+            elif kind == "vlan":
+                lines += [f"vlan {ident}", f"gateway {ident} -", f"namespace {ident}", f"dnsmasq {ident} alive"]
+            elif kind == "overlay":
+                lines.append(f"overlay {ident}")
+        return "\n".join(lines) + "\n"
 
     def _put(self, host, local_path, remote_path, timeout):
         if host in self.down_hosts:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import LAB_DIR, host_footprint, host_of, kill_manager_mid_deploy, make_api, sh
+from labtools import LAB_DIR, forget_slice_by_hand, host_footprint, host_of, kill_manager_mid_deploy, make_api, sh
 from menu_driver import CHOICE, REPO, MenuSession
 
 DEPLOY_TIMEOUT = 60
@@ -265,12 +265,15 @@ def test_cleanup_menu_lists_orphans_of_a_killed_manager_and_removes_them(lab, si
     m.send("9", "Username: ")
     m.send("admin", "Password: ")
     m.send("admin")
+    screen = m.send("8", timeout=DEPLOY_TIMEOUT)
+    assert "Nothing to clean" in screen, screen  # the slice is still in the database: nothing is an orphan
+    forget_slice_by_hand(api.db, s["slice_id"])  # then an instructor removes it from database.yaml
     m.send("8", "Are you sure? (yes/no): ", timeout=DEPLOY_TIMEOUT)
     screen = m.p.before.replace("\r\n", "\n")
     assert "created by Cloud Repositorio that no slice owns" in screen, screen
-    assert f"namespace ns-dhcp-vlan{link['vlan_id']}" in screen
+    assert f"DHCP namespace of VLAN {link['vlan_id']}" in screen
     assert f"QEMU of VM {vms[0]['vm_id']}" in screen or f"QEMU of VM {vms[1]['vm_id']}" in screen, screen
-    assert "_img.qcow2" not in screen  # the design slice's disks are not orphans
+    assert "overlay c0_img.qcow2" in screen  # the forgotten slice's disks are orphans too
     screen = m.send("yes", timeout=DEPLOY_TIMEOUT)
     assert "Cleanup completed" in screen, screen
     for vm in vms:

@@ -18,6 +18,7 @@ from labtools import (
     STATE,
     assert_clean,
     console,
+    forget_slice_by_hand,
     host_of,
     kill_manager_mid_deploy,
     leases,
@@ -360,39 +361,50 @@ def test_orphans_of_a_killed_manager_are_found_and_only_they_are_removed(lab, ap
     keep_sid, keep_vms, _ = build_slice(api, "admin", "keep", 1, [])
     ok, msg = api.deploy_slice("admin", keep_sid)
     assert ok, msg
-    # something that is not ours: it must survive the cleanup
-    sh(lab, "worker1", "ip tuntap add mode tap name tapother && touch /home/ubuntu/vm_images/notes.txt")
+    # something that is not ours: it must survive the cleanup, even when its name looks like ours
+    sh(lab, "worker1", "ip tuntap add mode tap name tapother && touch /home/ubuntu/vm_images/notes.txt "
+                       "/home/ubuntu/vm_images/students_thesis_img.qcow2")
+    sh(lab, "netnode", "ovs-vsctl add-port br-int gw_vlan3999 -- set interface gw_vlan3999 type=internal")
     api.executor.close()
     assert kill_manager_mid_deploy(api.db.path, "admin", sid) == -signal.SIGKILL
     assert api.db.get_slice(sid)["status"] == "deploying"  # the dead session's mark
+    vm_ids, vlan = {vm["vm_id"] for vm in vms}, links[0]["vlan_id"]
 
+    # the slice is still in the database: nothing of it is an orphan, and its real status is written back
     ok, orphans = api.find_orphans("admin")
     assert ok, orphans
-    kinds = {(o.kind, o.key[0]) for o in orphans}
-    assert ("VLAN", "vlan") in kinds and ("VM", "vm") in kinds, orphans
-    assert all(o.key[2] != keep_vms[0]["vm_id"] for o in orphans if o.key[0] == "vm")
-    assert not [o for o in orphans if "tapother" in o.name or "notes" in o.name]
+    assert not [o for o in orphans if o.key.vm_id in vm_ids or o.key.vlan == vlan], orphans
+    assert api.db.get_slice(sid)["status"] == "design"
+
+    forget_slice_by_hand(api.db, sid)
+    ok, orphans = api.find_orphans("admin")
+    assert ok, orphans
+    kinds = {o.key.kind for o in orphans}
+    assert {"qemu", "tap", "vmfiles", "overlay", "vlan", "gateway", "namespace", "dnsmasq"} <= kinds, orphans
+    assert not [o for o in orphans if o.key.vm_id == keep_vms[0]["vm_id"]]
+    assert not [o for o in orphans if "tapother" in o.name or "notes" in o.name or "thesis" in o.name
+                or o.key.vlan == 3999]
     ok, msg = api.find_orphans("student")
     assert not ok and "admin" in msg
 
     ok, msg = api.cleanup_orphans("admin", orphans)
     assert ok, msg
-    fp_vlan = links[0]["vlan_id"]
-    assert f"ns-dhcp-vlan{fp_vlan}" not in sh(lab, "netnode", "ip netns list")
+    assert f"ns-dhcp-vlan{vlan}" not in sh(lab, "netnode", "ip netns list")
     for vm in vms:
         h = host_of(lab, vm["worker_ip"])
         assert f"cr-vm{vm['vm_id']}," not in sh(lab, h, "pgrep -af '^qemu-system' || true")
+        assert os.path.basename(vm["qcow_image"]) not in sh(lab, h, "ls /home/ubuntu/vm_images")
     keep_host = host_of(lab, keep_vms[0]["worker_ip"])
     assert f"cr-vm{keep_vms[0]['vm_id']}," in sh(lab, keep_host, "pgrep -af '^qemu-system' || true")
     assert "tapother" in sh(lab, "worker1", "ip -o link show")
     assert "notes.txt" in sh(lab, "worker1", "ls /home/ubuntu/vm_images")
-    sh(lab, "worker1", "ip link del tapother; rm -f /home/ubuntu/vm_images/notes.txt")
+    assert "students_thesis_img.qcow2" in sh(lab, "worker1", "ls /home/ubuntu/vm_images")
+    assert "gw_vlan3999" in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
+    sh(lab, "worker1", "ip link del tapother; rm -f /home/ubuntu/vm_images/notes.txt "
+                       "/home/ubuntu/vm_images/students_thesis_img.qcow2")
+    sh(lab, "netnode", "ovs-vsctl del-port br-int gw_vlan3999")
     ok, orphans = api.find_orphans("admin")
     assert ok and orphans == [], orphans
-    # the interrupted slice deploys fine afterwards
-    ok, msg = api.deploy_slice("admin", sid)
+    ok, msg = api.delete_slice("admin", keep_sid)
     assert ok, msg
-    for s in (sid, keep_sid):
-        ok, msg = api.delete_slice("admin", s)
-        assert ok, msg
     assert_clean(lab)

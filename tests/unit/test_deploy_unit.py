@@ -6,8 +6,6 @@ import shlex
 import pytest
 from uhelpers import NODE, WORKERS, build_slice, make_api, ok, qemu_argv, script_of
 
-from orchestrator_api import Orphan
-
 
 def _is_launch(text):
     return "qemu-system-x86_64 " in text and "-daemonize" in text
@@ -147,7 +145,8 @@ def test_internet_reservation_file(linked):
            "/run/cloud-repositorio/dnsmasq-vlan400.hosts.d/vm1001" in s
     assert "vm1002" not in s  # vm2 has no internet
     assert "--pid-file=/run/cloud-repositorio/dnsmasq-vlan400.pid" in s
-    assert "iptables -w -t nat -A POSTROUTING -s 10.60.7.0/24 -o uplink0 -j MASQUERADE" in s
+    assert ("iptables -w -t nat -A POSTROUTING -s 10.60.7.0/24 -o uplink0 -m comment --comment cloud-repositorio "
+            "-j MASQUERADE") in s
 
 
 def test_isolation_rules_loaded_with_link_vlans(linked):
@@ -161,7 +160,7 @@ def test_isolation_rules_loaded_with_link_vlans(linked):
 
 def test_vm_start_failure_rolls_back(linked):
     api, db, ex, sid, _ids = linked
-    ex.on("qemu-system", 1, err="Could not open", host=WORKERS[1])
+    ex.fail("start_vm", host=WORKERS[1], err="Could not open")
     res = api.deploy_slice("admin", sid)
     assert res[0] is False
     assert res[1].startswith(f"Deploy failed at step 'start VM 1002 (vm2)' on {WORKERS[1]}: "
@@ -169,7 +168,8 @@ def test_vm_start_failure_rolls_back(linked):
     assert res[1].endswith("Everything this deploy created was removed; the slice is still in design.")
     first_fail = next(i for i, (h, t) in enumerate(ex.calls) if h == WORKERS[1] and _is_launch(t))
     after = [(h, script_of(t)) for h, t in ex.calls[first_fail + 1:]]
-    stops = {h for h, s in after if "qemu-system" not in s and "kill -9" in s and "/run/cloud-repositorio/vm100" in s}
+    stops = {h for h, s in after
+             if "qemu-system" not in s and "kill -KILL" in s and "/run/cloud-repositorio/vm100" in s}
     assert stops == {WORKERS[0], WORKERS[1]}
     assert all("qemu-system-x86_64 -name" not in s for _h, s in after)
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in s
@@ -188,7 +188,7 @@ def test_vm_start_failure_rolls_back(linked):
 
 def test_network_failure_rolls_back_before_vms(linked):
     api, db, ex, sid, _ids = linked
-    ex.on("gw_vlan100", 2, err="ovs-vsctl: database connection failed", host=NODE)
+    ex.fail("vlan_up", target=100, status=2, err="ovs-vsctl: database connection failed")
     res = api.deploy_slice("admin", sid)
     assert res[0] is False
     assert "step 'gateway and DHCP for VLAN 100' on 10.9.0.10: exit status 2: ovs-vsctl: database " \
@@ -246,12 +246,12 @@ def test_delete_running_slice(linked):
     assert api.delete_slice("admin", sid) == (True, "Slice deleted")
     texts = [(h, script_of(t)) for h, t in ex.calls]
     for vm_id, worker in ((1001, WORKERS[0]), (1002, WORKERS[1])):
-        assert any(h == worker and f"/run/cloud-repositorio/vm{vm_id}.pid" in s and "kill -9" in s
+        assert any(h == worker and f"/run/cloud-repositorio/vm{vm_id}.pid" in s and "kill -KILL" in s
                    and f"--if-exists del-port br-int tap{vm_id}_1" in s for h, s in texts)
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in s for h, s in texts)
-    assert (WORKERS[0], 'rm -f "$HOME"/vm_images/vm1_img.qcow2') in ex.calls
-    assert (WORKERS[1], 'rm -f "$HOME"/vm_images/vm2_img.qcow2') in ex.calls
-    stop_i = max(i for i, (h, s) in enumerate(texts) if h in WORKERS and "kill -9" in s)
+    assert (WORKERS[0], 'rm -f "$HOME"/vm_images/vm1_img.qcow2 "$HOME"/vm_images/vm1_img.qcow2.owner') in ex.calls
+    assert (WORKERS[1], 'rm -f "$HOME"/vm_images/vm2_img.qcow2 "$HOME"/vm_images/vm2_img.qcow2.owner') in ex.calls
+    stop_i = max(i for i, (h, s) in enumerate(texts) if h in WORKERS and "kill -KILL" in s)
     rm_i = min(i for i, (_h, s) in enumerate(texts) if s.startswith('rm -f "$HOME"/vm_images/'))
     assert stop_i < rm_i  # disks go after the VMs are stopped
     assert all("pkill" not in s for _h, s in texts)
@@ -295,120 +295,23 @@ def test_internet_vlan_last_user_is_decided_on_the_node_under_its_lock(tmp_path)
     assert "9>/run/cloud-repositorio/vlan400.lock" in release
     # teardown only when no reservation is left on the node, else a reload
     cond = release.index('if [ -z "$(ls -A /run/cloud-repositorio/dnsmasq-vlan400.hosts.d')
-    assert cond < release.index("ip netns del ns-dhcp-vlan400") < release.index("else") \
+    assert cond < release.index("ip netns del ns-dhcp-vlan400") < release.index("\nelse\n") \
         < release.index("kill -HUP")
-    assert "iptables -w -t nat -D POSTROUTING -s 10.60.7.0/24 -o uplink0 -j MASQUERADE" in release
+    assert ("iptables -w -t nat -D POSTROUTING -s 10.60.7.0/24 -o uplink0 -m comment --comment cloud-repositorio "
+            "-j MASQUERADE") in release
 
 
 def test_rollback_releases_only_its_own_internet_reservations(tmp_path):
     api, db, ex = make_api(tmp_path)
     s1, vm1 = _internet_slice(api, "a")
     s2, ids = build_slice(api, name="b", vms=(("bvm", 0, True),))
-    ex.on("qemu-system", 1, err="Could not open")
+    ex.fail("start_vm", err="Could not open")
     ex.calls.clear()
     assert api.deploy_slice("admin", s2)[0] is False
     releases = [s for s in _node_scripts(ex) if "dhcp_release" in s]
     assert len(releases) == 1
     assert f"hosts.d/vm{ids[0]}" in releases[0] and f"hosts.d/vm{vm1}" not in releases[0]
     assert db.get_slice(s1)["status"] == "running"
-
-
-# --- orphans ---------------------------------------------------------------------------------
-
-WORKER0_SCAN = "\n".join([
-    "pidfile 1001 4242", "qemu 4242 1001", "tap tap1001_0", "tap tap1001_1", "tap tap1001_2",
-    "port tap1001_1", "overlay vm1_img.qcow2",
-    "pidfile 1999 5555", "qemu 5555 1999", "tap tap1999_0", "port tap1999_1",
-    "overlay ghost_img.qcow2", ""])
-WORKER1_SCAN = "qemu 4243 1002\ntap tap1002_0\ntap tap1002_1\noverlay vm2_img.qcow2\n"
-NODE_SCAN = "\n".join(["gw 100", "veth 100", "ns 100", "dnsmasq 100 777", "gw 400", "ns 400",
-                       "dnsmasq 400 778", "reservation 400 1001",
-                       "gw 555", "ns 555", "veth 555", "dnsmasq 555 -", ""])
-
-
-def _script_scans(ex):
-    ex.on(r"\*_img\.qcow2", out=WORKER0_SCAN, host=WORKERS[0])
-    ex.on(r"\*_img\.qcow2", out=WORKER1_SCAN, host=WORKERS[1])
-    ex.on(r"ns-dhcp-vlan\\\(", out=NODE_SCAN, host=NODE)
-
-
-def test_scan_commands_match_their_output_format(tmp_path):
-    # the rules of _script_scans really match the scan scripts and nothing else of a deploy
-    api, _db, ex = make_api(tmp_path)
-    worker_scan = script_of(ex.render(api.vm_launcher.scan_command(WORKERS[0])))
-    node_scan = script_of(ex.render(api.vlan_manager.scan_command()))
-    assert "*_img.qcow2" in worker_scan and 'echo "overlay' in worker_scan and 'echo "qemu ' in worker_scan
-    assert "ns-dhcp-vlan\\(" in node_scan and "gw \\1" in node_scan and "reservation $v" in node_scan
-
-
-def test_find_orphans_lists_only_unowned(linked):
-    api, _db, ex, sid, _ids = linked
-    ok(api.deploy_slice("admin", sid))
-    _script_scans(ex)
-    orphans = ok(api.find_orphans("admin"))
-    keys = sorted({o.key for o in orphans})
-    assert keys == sorted([("vm", WORKERS[0], 1999), ("overlay", WORKERS[0], "ghost_img.qcow2"),
-                           ("vlan", NODE, 555)])
-    names = sorted((o.host, o.name) for o in orphans)
-    assert (WORKERS[0], "QEMU of VM 1999 (pid 5555)") in names
-    assert (WORKERS[0], "TAP tap1999_0") in names
-    assert (WORKERS[0], "~/vm_images/ghost_img.qcow2") in names
-    assert (NODE, "gateway port gw_vlan555") in names and (NODE, "namespace ns-dhcp-vlan555") in names
-    for o in orphans:
-        assert "1001" not in o.name and "1002" not in o.name
-        assert "vlan100" not in o.name and "vm1_img" not in o.name and "400" not in o.name
-
-
-def test_find_orphans_design_slice_processes_are_orphans(linked):
-    api, _db, ex, _sid, _ids = linked  # not deployed: its QEMU/VLANs should not exist
-    _script_scans(ex)
-    keys = {o.key for o in ok(api.find_orphans("admin"))}
-    assert ("vm", WORKERS[0], 1001) in keys and ("vlan", NODE, 100) in keys
-    assert ("overlay", WORKERS[0], "vm1_img.qcow2") not in keys  # its disk is still the design's
-
-
-def test_cleanup_orphans_only_removes_listed(linked):
-    api, _db, ex, sid, _ids = linked
-    ok(api.deploy_slice("admin", sid))
-    _script_scans(ex)
-    orphans = ok(api.find_orphans("admin"))
-    ex.calls.clear()
-    res = api.cleanup_orphans("admin", orphans)
-    assert res == (True, f"Cleanup completed: {len(orphans)} item(s) removed")
-    sent = [(h, script_of(t)) for h, t in ex.calls]
-    assert (WORKERS[0], 'rm -f "$HOME"/vm_images/ghost_img.qcow2') in ex.calls
-    assert any(h == WORKERS[0] and "/run/cloud-repositorio/vm1999.pid" in s for h, s in sent)
-    assert any(h == WORKERS[0] and "-name cr-vm1999," in s for h, s in sent)
-    assert any(h == NODE and "gw_vlan555" in s and "ns-dhcp-vlan555" in s for h, s in sent)
-    for _h, s in sent:
-        assert "1001" not in s and "1002" not in s, s
-        assert "vlan100" not in s and "vm1_img" not in s and "vm2_img" not in s
-        assert "gw_vlan400" not in s and "pkill" not in s and "killall" not in s
-    assert {h for h, _s in sent} == {WORKERS[0], NODE}
-
-
-def test_cleanup_with_empty_list_sends_nothing(linked):
-    api, _db, ex, _sid, _ids = linked
-    assert api.cleanup_orphans("admin", []) == (True, "Cleanup completed: 0 item(s) removed")
-    assert ex.calls == []
-
-
-def test_cleanup_skips_items_that_became_owned(linked):
-    api, _db, ex, sid, _ids = linked
-    ok(api.deploy_slice("admin", sid))
-    ex.calls.clear()
-    stale = [Orphan(WORKERS[0], "VM", "QEMU of VM 1001 (pid 1)", ("vm", WORKERS[0], 1001)),
-             Orphan(NODE, "VLAN", "gateway port gw_vlan100", ("vlan", NODE, 100))]
-    ok(api.cleanup_orphans("admin", stale))
-    assert ex.calls == []
-
-
-def test_find_orphans_scan_failure_reported(tmp_path):
-    api, _db, ex = make_api(tmp_path)
-    ex.down_hosts.add(WORKERS[2])
-    res = api.find_orphans("admin")
-    assert res[0] is False and WORKERS[2] in res[1]
-    assert res[1].startswith("Cannot scan the hosts: ")
 
 
 # --- idempotent steps, Ctrl-C ------------------------------------------------------------------
@@ -453,9 +356,9 @@ def test_ctrl_c_during_vm_start_rolls_back(tmp_path):
     class CtrlC(FakeExecutor):
         fired = False
 
-        def _exec(self, host, text, timeout):
-            res = super()._exec(host, text, timeout)
-            if _is_launch(text) and not CtrlC.fired:
+        def _transport(self, cmd, text, timeout):
+            res = super()._transport(cmd, text, timeout)
+            if cmd.action == "start_vm" and not CtrlC.fired:
                 CtrlC.fired = True
                 os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread, like a real Ctrl-C
                 time.sleep(0.3)
@@ -471,3 +374,4 @@ def test_ctrl_c_during_vm_start_rolls_back(tmp_path):
     assert api.db.get_slice(sid)["status"] == "design"
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in script_of(t) for h, t in ex.calls)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert ex.made("vm") == set() and ex.made("vlan") == set()  # nothing made is left

@@ -11,12 +11,21 @@ import subprocess
 import pytest
 from fakes import FakeExecutor
 
+import reconcile
+import resources
 import vlan_manager
 import vm_launcher
 from deployment_api import DeploymentAPI
 from qcow_manager import base_image_check, overlay_create, overlay_delete
+from resources import HostContext
 
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
+
+
+def _sample_keys(kind, config) -> list:
+    host = config.network_node if kind.role == "node" else config.workers[0]
+    return [resources.Key(kind.name, host, vm_id=1001, vlan=100, name="tap1001_0"),
+            resources.Key(kind.name, host, vm_id=1002, vlan=400, name="odd name's_img.qcow2")]
 
 
 def sample_vm(internet: bool = True) -> dict:
@@ -31,18 +40,20 @@ def sample_vm(internet: bool = True) -> dict:
 def all_commands() -> list:
     vm = sample_vm()
     inet = {"vlan": 400, "cidr": "10.60.7.0/24", "gateway": "10.60.7.1", "uplink": "ens3"}
-    return [
+    config = FakeExecutor().config
+    ctx = HostContext(config, {h: "/home/ubuntu" for h in config.hosts})
+    scans = [reconcile.scan_command(ctx, h) for h in (config.workers[0], config.network_node)]
+    every_key = [key for k in resources.kinds() for key in _sample_keys(k, config)]
+    removals = reconcile.removal_commands(ctx, every_key)
+    return scans + removals + [
         vm_launcher.launch_vm_command(vm, "/home/ubuntu", "br-int", "kvm:tcg"),
         vm_launcher.stop_vm_command(vm, "br-int"),
-        vm_launcher.scan_worker_command("w", "br-int", "/home/ubuntu/vm_images"),
-        vm_launcher.kill_orphan_qemu_command("w", 1001),
         vlan_manager.vlan_up_command("n", 100, "br-int", 400, "ens3"),
         vlan_manager.vlan_up_command("n", 4000, "br-int", 400, "ens3"),
         vlan_manager.vlan_down_command("n", 100, "br-int"),
         vlan_manager.internet_up_command("n", inet, "br-int", [(1001, "52:54:00:03:e9:00", "10.60.7.101")]),
         vlan_manager.internet_release_command("n", inet, "br-int", [1001]),
         vlan_manager.internet_release_command("n", inet, "br-int", []),
-        vlan_manager.scan_network_node_command("n", "br-int"),
         base_image_check("w", "~/vm_images", "base.img"),
         overlay_create("w", "~/vm_images", "base.img", "web-1_img.qcow2"),
         overlay_delete("w", "~/vm_images/web-1_img.qcow2"),

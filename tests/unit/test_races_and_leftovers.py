@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
-from uhelpers import WORKERS, lab_config, make_api, ok, restart
+from uhelpers import WORKERS, lab_config, make_api, ok, restart, script_of
 
 import naming
 from database import DatabaseError
@@ -36,15 +37,12 @@ def test_deploy_refused_while_another_session_deletes_the_design_slice(tmp_path)
     other, _db2, _ex2 = restart(tmp_path, db)
     seen = {}
 
-    real_exec = ex._exec
-
-    def exec_(host, text, timeout):
-        if "rm -f" in text and "deploy" not in seen:  # the other session acts while disks are deleted
+    def other_session_acts(_cmd):
+        if "deploy" not in seen:  # the other session acts while disks are deleted
             seen["deploy"] = other.deploy_slice("admin", sid)
             seen["add"] = other.add_vm_to_slice("admin", sid, "late", "cirros", 0)
-        return real_exec(host, text, timeout)
 
-    ex._exec = exec_
+    ex.hooks["delete_overlay"] = other_session_acts
     assert api.delete_slice("admin", sid) == (True, "Slice deleted")
     assert seen["deploy"] == (False, "Slice is deleting in another session")
     assert seen["add"][0] is False and "deleting" in seen["add"][1]
@@ -54,32 +52,28 @@ def test_deploy_refused_while_another_session_deletes_the_design_slice(tmp_path)
 def test_ctrl_c_during_delete_keeps_the_slice_and_its_quota(tmp_path):
     api, db, ex = make_api(tmp_path)
     sid, ids = _slice(api, vms=3)
-    real_exec = ex._exec
+    def ctrl_c(_cmd):  # the user presses Ctrl-C while disks are deleted (handled in the main thread)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
 
-    def exec_(host, text, timeout):
-        if "rm -f" in text:
-            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while disks are deleted
-        return real_exec(host, text, timeout)
-
-    ex._exec = exec_
+    ex.hooks["delete_overlay"] = ctrl_c
     res = api.delete_slice("admin", sid)
     assert res[0] is False and "interrupted (Ctrl-C)" in res[1] and "The slice is kept" in res[1]
     s = db.get_slice(sid)
     assert s is not None and s["status"] == "design" and "busy" not in s
     assert db.get_user("admin")["used_vms"] == 3
-    ex._exec = real_exec
+    ex.hooks.clear()
     assert api.delete_slice("admin", sid) == (True, "Slice deleted")  # a retry finishes the job
 
 
 def test_a_leftover_file_at_the_documented_overlay_path_does_not_block_the_add(tmp_path):
     api, db, ex = make_api(tmp_path)
     sid = ok(api.create_slice("admin", "s"))["slice_id"]
-    ex.on(r"qemu-img create .* vm1_img\.qcow2$", 17, err="vm1_img.qcow2 already exists")
+    ex.fail("create_overlay", target="vm1_img.qcow2", status=17, err="vm1_img.qcow2 already exists")
     vm = ok(api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0))
     assert vm["qcow_image"] == f"~/vm_images/vm1_{vm['vm_id']}_img.qcow2"
     assert db.get_slice(sid)["vms"][0]["qcow_image"] == vm["qcow_image"]
-    creates = [t for _h, t in ex.calls if "qemu-img create" in t]
-    assert creates[-1].endswith(f"vm1_{vm['vm_id']}_img.qcow2")
+    assert [t for a, t in ex.actions() if a == "create_overlay"] == ["vm1_img.qcow2", f"vm1_{vm['vm_id']}_img.qcow2"]
 
 
 def test_ctrl_c_after_the_overlay_was_made_removes_it_and_the_reservation(tmp_path):
@@ -106,14 +100,16 @@ def test_stale_deploying_slice_of_a_dead_session_can_be_changed_again(tmp_path):
     assert s["status"] == "design" and "busy" not in s
 
 
-def test_orphan_overlays_only_by_this_systems_naming_and_never_a_base_image(tmp_path):
+def test_orphan_overlays_only_by_this_systems_naming(tmp_path):
     api, _db, ex = make_api(tmp_path, config=lab_config(flavor_images={"cirros": "/srv/images/base_img.qcow2"}))
-    ex.on(r'echo "overlay', 0,
-          "overlay my disk_img.qcow2\noverlay ghost_img.qcow2\noverlay base_img.qcow2\n", host=WORKERS[0])
+    ex.answer("scan", host=WORKERS[0], out="overlay my disk_img.qcow2\noverlay ghost_img.qcow2\n")
     ok_, orphans = api.find_orphans("admin")
     assert ok_, orphans
     names = [o.name for o in orphans if o.kind == "overlay"]
-    assert names == ["~/vm_images/ghost_img.qcow2"], names
+    assert names == ["overlay ghost_img.qcow2"], names
+    # the scan itself lists only overlays with this system's marker beside them (a base image has none)
+    scan = next(script_of(t) for h, t in ex.calls if h == WORKERS[0] and "overlay" in t and "owner" in t)
+    assert '[ -f "$f.owner" ]' in scan
 
 
 def _make_stale(db, sid):
@@ -160,18 +156,19 @@ def test_a_failed_commit_of_a_new_vm_leaves_no_pending_vm_and_no_disk(tmp_path):
 def test_ctrl_c_right_after_the_slice_is_marked_running_leaves_a_consistent_design(tmp_path):
     api, db, ex = make_api(tmp_path)
     sid, ids = _slice(api, vms=2)
-    real = api._mark_running
+    real = api.lifecycle._mark_running
 
     def mark_then_interrupt(*args):
         real(*args)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # as if no Ctrl-C handler could be installed
 
-    api._mark_running = mark_then_interrupt
+    api.lifecycle._mark_running = mark_then_interrupt
     res = api.deploy_slice("admin", sid)
     assert res[0] is False and "interrupted (Ctrl-C)" in res[1]
     s = db.get_slice(sid)
     assert s["status"] == "design" and all(v["status"] == "design" and v["pid"] is None for v in s["vms"])
-    api._mark_running = real
+    assert ex.made("vm") == set()
+    api.lifecycle._mark_running = real
     ok(api.deploy_slice("admin", sid))
 
 

@@ -1,0 +1,282 @@
+"""Design mode: slices, VMs and links in the database, and what they are given.
+
+Allocation (all inside one database transaction, so concurrent menus never
+hand out the same thing twice): the slice's VLAN pool, the VM's ID, worker,
+VNC port, internet address and overlay file name.  A VM is first reserved
+(``pending``, with this session's mark and its quota taken), then its
+overlay is made on its worker, then it is committed as ``design`` or the
+reservation is undone.  A session that dies in between leaves a pending VM
+that ``inventory`` rolls back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import naming
+import sessions
+from access import as_int, owned_editable_slice
+from inventory import settle_in
+from models import Flavor, Link, Network, Slice, User
+from runner import interrupts_ignored
+from services import Services
+
+log = logging.getLogger("cloudrepo.design")
+
+MAX_DATA_INTERFACES = 8
+TOPOLOGY_TYPES = ("custom", "linear", "ring", "star", "mesh", "imported")
+
+
+def all_vms(data: dict) -> list:
+    return [vm for s in data["slices"].values() for vm in s.get("vms", [])]
+
+
+def free_vnc_port(data: dict) -> int:
+    """The lowest VNC port from 5901 that no VM in the database holds."""
+    used = {int(vm["vnc_port"]) for vm in all_vms(data) if vm.get("vnc_port")}
+    port = naming.FIRST_VNC_PORT
+    while port in used:
+        port += 1
+    return port
+
+
+def free_internet_ip(data: dict, internet: dict, vm_id: int) -> Optional[str]:
+    """The documented internet address of a VM, or the next one no VM in the database holds."""
+    used = {i["ip_config"]["ip"] for vm in all_vms(data) for i in vm.get("interfaces", []) if i.get("ip_config")}
+    return next((ip for ip in naming.internet_ip_candidates(vm_id, internet["cidr"], internet["gateway"])
+                 if ip not in used), None)
+
+
+def pick_worker(data: dict, workers: list) -> str:
+    """The worker holding the fewest VMs (config order breaks ties)."""
+    load = {w: 0 for w in workers}
+    for vm in all_vms(data):
+        if vm.get("worker_ip") in load:
+            load[vm["worker_ip"]] += 1
+    return min(workers, key=lambda w: (load[w], workers.index(w)))
+
+
+def overlay_file(data: dict, base_dir: str, worker: str, vm_name: str, vm_id: int) -> str:
+    """The documented ``<name>_img.qcow2``, or ``<name>_<id>_img.qcow2`` when a VM on that worker has it."""
+    documented = f"{base_dir}/{vm_name}_img.qcow2"
+    taken = any(vm.get("worker_ip") == worker and vm.get("qcow_image") == documented for vm in all_vms(data))
+    return os.path.basename(naming.overlay_path(vm_name, vm_id if taken else None))
+
+
+def check_vm_request(vm_name: str, flavor_name: str, data_interfaces_count) -> tuple:
+    """(True, (name, flavor dict, n)) for a valid Add VM request, else (False, message)."""
+    vm_name = (vm_name or "").strip() if isinstance(vm_name, str) else ""
+    if not naming.valid_name(vm_name):
+        return False, f"Invalid VM name: {naming.NAME_RULE}"
+    flavor = Flavor.get(flavor_name) if isinstance(flavor_name, str) else None
+    if flavor is None:
+        return False, "Invalid flavor"
+    ok, n_data = as_int(data_interfaces_count, "Number of data interfaces")
+    if not ok:
+        return False, n_data
+    if not 0 <= n_data <= MAX_DATA_INTERFACES:
+        return False, f"Number of data interfaces must be between 0 and {MAX_DATA_INTERFACES}"
+    return True, (vm_name, flavor, n_data)
+
+
+class Design:
+    """Design use cases; each returns ``(ok, payload_or_message)``."""
+
+    def __init__(self, services: Services):
+        self.s = services
+
+    @property
+    def config(self):
+        return self.s.config
+
+    def create_slice(self, username: str, slice_name: str, topology_type: str = "custom") -> tuple:
+        """A new empty slice in ``design`` with its own VLAN pool."""
+        slice_name = (slice_name or "").strip() if isinstance(slice_name, str) else ""
+        if not naming.valid_name(slice_name):
+            return False, f"Invalid slice name: {naming.NAME_RULE}"
+        if topology_type not in TOPOLOGY_TYPES:
+            return False, "Invalid topology type"
+        with self.s.db.transaction() as data:
+            user = data["users"].get(username)
+            if not user:
+                return False, "User not found"
+            if any(s.get("owner") == username and s.get("name") == slice_name for s in data["slices"].values()):
+                return False, f"You already have a slice named {slice_name}"
+            slice_id = int(data.get("next_vm_id", naming.FIRST_ID))
+            taken = [(int(s["vlan_pool_start"]), int(s["vlan_pool_end"])) for s in data["slices"].values()]
+            start = naming.allocate_vlan_pool(slice_id, taken, self.config.all_reserved_vlans)
+            if start is None:
+                return False, ("No free VLAN pool: every block of 20 VLANs is held by a slice. "
+                               "Delete slices that are no longer needed first.")
+            data["next_vm_id"] = slice_id + 1
+            s = Slice(slice_id, username, topology_type, slice_name, start)
+            data["slices"][str(slice_id)] = s.to_dict()
+            user.setdefault("slices", []).append(slice_id)
+        if start != naming.documented_pool_start(slice_id):
+            log.info("slice %s: documented VLAN pool taken, using %s-%s", slice_id, start, start + 19)
+        return True, {"slice_id": slice_id, "name": slice_name,
+                      "vlan_pool_start": start, "vlan_pool_end": start + naming.POOL_SIZE - 1}
+
+    def check_editable(self, username: str, slice_id) -> tuple:
+        """(True, slice) when the user may change this slice now; else why not."""
+        with self.s.db.transaction() as data:
+            dropped = settle_in(data, slice_key(slice_id))
+            result = owned_editable_slice(data, username, slice_id)
+        self._remove_disks(dropped)
+        return result
+
+    def _reserve_vm(self, username: str, slice_id, vm_name: str, flavor: dict, internet: bool) -> tuple:
+        """Take the VM's ID, quota, worker, VNC port, address and overlay name; store it ``pending``."""
+        with self.s.db.transaction() as data:
+            dropped = settle_in(data, slice_key(slice_id))
+            ok, s = owned_editable_slice(data, username, slice_id)
+            if not ok:
+                return False, s, dropped
+            if any(vm["name"] == vm_name for vm in s.get("vms", [])):
+                return False, f"Slice already has a VM named {vm_name}", dropped
+            user = User.from_dict(data["users"][username])
+            if not user.can_create_vms(1):
+                return False, "Quota exceeded", dropped
+            vm_id = int(data.get("next_vm_id", naming.FIRST_ID))
+            ip = free_internet_ip(data, self.config.internet, vm_id) if internet else None
+            if internet and ip is None:
+                return False, "No free internet address left", dropped
+            data["next_vm_id"] = vm_id + 1
+            worker = pick_worker(data, self.config.workers)
+            base_dir = self.s.deployment.qcow_manager.base_dir
+            placeholder = {"vm_id": vm_id, "name": vm_name, "owner": username, "worker_ip": worker,
+                           "vnc_port": free_vnc_port(data), "status": "pending", "pid": None,
+                           "qcow_image": f"{base_dir}/{overlay_file(data, base_dir, worker, vm_name, vm_id)}",
+                           "flavor": flavor, "interfaces": [], "busy": sessions.marker()}
+            s["vms"].append(placeholder)
+            data["users"][username]["used_vms"] = user.used_vms + 1
+            return True, (int(s["slice_id"]), placeholder, ip), dropped
+
+    def add_vm_to_slice(self, username: str, slice_id, vm_name: str, flavor_name: str,
+                        data_interfaces_count, internet_enabled: bool = False) -> tuple:
+        """Add a VM: checks, reservation, overlay on its worker, then commit or undo."""
+        ok, req = check_vm_request(vm_name, flavor_name, data_interfaces_count)
+        if not ok:
+            return False, req
+        vm_name, flavor, n_data = req
+        flavor["image"] = self.config.flavor_image(flavor_name, flavor)
+        ok, reserved, dropped = self._reserve_vm(username, slice_id, vm_name, flavor, bool(internet_enabled))
+        self._remove_disks(dropped)
+        if not ok:
+            return False, reserved
+        sid, placeholder, ip = reserved
+        return self._make_disk_and_commit(sid, placeholder, ip, n_data, bool(internet_enabled))
+
+    def _make_disk_and_commit(self, sid: int, placeholder: dict, ip, n_data: int, internet: bool) -> tuple:
+        vm_id, worker, name = placeholder["vm_id"], placeholder["worker_ip"], placeholder["name"]
+        fallback = os.path.basename(naming.overlay_path(name, vm_id))
+        chosen = os.path.basename(placeholder["qcow_image"])
+        vm, committed, vm_dict, made = None, False, None, False
+        try:
+            made, vm = self.s.deployment.create_vm_with_qcow(
+                sid, vm_id, name, placeholder["owner"], worker, placeholder["flavor"], n_data, internet,
+                vnc_port=placeholder["vnc_port"], ip=ip, overlay_file=chosen,
+                fallback_overlay_file=fallback if fallback != chosen else None)
+            if made:
+                vm_dict = vm.to_dict()
+                committed = self._commit_vm(sid, vm_dict)
+        finally:
+            if not committed:  # failure, Ctrl-C, or the slice was deleted meanwhile: leave nothing
+                with interrupts_ignored():
+                    if vm:
+                        self.s.deployment.delete_vm_dict(vm.to_dict())
+                    self._undo_reservation(sid, vm_id, placeholder["owner"])
+        if not made:
+            return False, f"VM creation failed on {worker}: {self.s.deployment.last_error or 'unknown error'}"
+        if not committed:
+            return False, "Slice was deleted meanwhile"
+        return True, vm_dict
+
+    def _commit_vm(self, sid: int, vm_dict: dict) -> bool:
+        """Replace the placeholder by the made VM; False when the slice is gone."""
+        with self.s.db.transaction() as data:
+            stored = data["slices"].get(str(sid))
+            if stored is None or not any(v["vm_id"] == vm_dict["vm_id"] for v in stored["vms"]):
+                return False
+            stored["vms"] = [vm_dict if v["vm_id"] == vm_dict["vm_id"] else v for v in stored["vms"]]
+            return True
+
+    def _undo_reservation(self, slice_id: int, vm_id: int, username: str) -> None:
+        with self.s.db.transaction() as data:
+            s = data["slices"].get(str(slice_id))
+            if s is not None and any(v["vm_id"] == vm_id for v in s["vms"]):
+                s["vms"] = [v for v in s["vms"] if v["vm_id"] != vm_id]
+                user = data["users"].get(username)
+                if user:
+                    user["used_vms"] = max(0, int(user.get("used_vms", 0)) - 1)
+
+    def _remove_disks(self, vms: list) -> None:
+        if vms:
+            from inventory import Inventory
+            Inventory(self.s).remove_disks(vms)
+
+    def create_link(self, username: str, slice_id, vm1_id, vm1_interface: str,
+                    vm2_id, vm2_interface: str) -> tuple:
+        """Join two data interfaces on the next VLAN of the slice's pool."""
+        ok1, v1 = as_int(vm1_id, "VM IDs")
+        ok2, v2 = as_int(vm2_id, "VM IDs")
+        if not (ok1 and ok2):
+            return False, "VM IDs must be numbers (e.g., 1025, not 'vm1')"
+        if1 = vm1_interface.strip() if isinstance(vm1_interface, str) else ""
+        if2 = vm2_interface.strip() if isinstance(vm2_interface, str) else ""
+        with self.s.db.transaction() as data:
+            dropped = settle_in(data, slice_key(slice_id))
+            result = add_link(data, username, slice_id, (v1, if1), (v2, if2))
+        self._remove_disks(dropped)
+        return result
+
+
+def slice_key(slice_id) -> set:
+    """The database key of a slice ID, as a set for ``settle_in`` (empty when not a number)."""
+    ok, sid = as_int(slice_id, "Slice ID")
+    return {str(sid)} if ok else set()
+
+
+def add_link(data: dict, username: str, slice_id, end1: tuple, end2: tuple) -> tuple:
+    """In a transaction's data: link two interfaces of the user's editable slice."""
+    ok, s = owned_editable_slice(data, username, slice_id)
+    if not ok:
+        return False, s
+    sl = Slice.from_dict(s)
+    ok, ends = link_ends(sl, (end1, end2))
+    if not ok:
+        return False, ends
+    vlan = sl.get_next_vlan()
+    if vlan is None:
+        return False, "VLAN pool exhausted"
+    link_id = max((link.link_id for link in sl.links), default=0) + 1
+    for iface in ends:
+        iface.vlan_id, iface.link_id = vlan, link_id
+    link = Link(link_id, vlan, end1[0], end1[1], end2[0], end2[1])
+    sl.links.append(link)
+    sl.networks.append(Network.for_link_vlan(vlan))
+    data["slices"][str(sl.slice_id)] = sl.to_dict()
+    return True, link.to_dict()
+
+
+def link_ends(sl: Slice, ends: tuple) -> tuple:
+    """(True, [Interface, Interface]) when both ends may be linked, else (False, message)."""
+    out = []
+    for vid, ifname in ends:
+        vm = sl.vm(vid)
+        if vm is None:
+            return False, f"VM {vid} is not in slice {sl.slice_id}"
+        if vm.status != "design":
+            return False, f"VM {vid} is not ready ({vm.status})"
+        iface = vm.interface(ifname)
+        if iface is None:
+            return False, f"VM {vid} has no interface {ifname!r}"
+        if iface.index == 0:
+            return False, "eth0 is the management interface: links join data interfaces (eth1 and above)"
+        if iface.link_id is not None:
+            return False, f"VM {vid} {ifname} is already connected to Link {iface.link_id}"
+        out.append(iface)
+    if ends[0] == ends[1]:
+        return False, "A link needs two different interfaces"
+    return True, out

@@ -1,0 +1,92 @@
+"""Reading slices as they really are: stale marks resolved, dead half-made VMs rolled back.
+
+Every reader (View, the menu's checks, deploy, delete, the orphan scan) sees
+a slice whose busy mark belongs to a dead session as what it was before the
+mark.  ``settle`` also writes that back (under the lock), so the file shows
+the real status, and rolls back VMs left ``pending`` by a session that died
+in the middle of Add VM: removed from the slice, quota returned, disk
+removed (best effort: a disk that cannot be removed now is an orphan that
+option 8 finds).
+"""
+from __future__ import annotations
+
+import logging
+
+import sessions
+from access import authorized_slice
+from services import Services
+
+log = logging.getLogger("cloudrepo.inventory")
+
+
+def needs_settling(s: dict, reap: bool = True) -> bool:
+    stale = s.get("status") in sessions.BUSY_STATUSES and not sessions.alive(s.get("busy"))
+    return stale or (reap and bool(sessions.dead_pending_vms(s)))
+
+
+def settle_in(data: dict, slice_ids=None, reap: bool = True) -> list:
+    """In a transaction's data: resolve stale marks and (``reap``) drop dead pending VMs; returns those VMs."""
+    dropped = []
+    for sid, s in data["slices"].items():
+        if slice_ids is not None and sid not in slice_ids:
+            continue
+        sessions.normalise(s)
+        dead = sessions.dead_pending_vms(s) if reap else []
+        if not dead:
+            continue
+        dead_ids = {vm["vm_id"] for vm in dead}
+        s["vms"] = [vm for vm in s["vms"] if vm["vm_id"] not in dead_ids]
+        owner = data["users"].get(s.get("owner"))
+        if owner:
+            owner["used_vms"] = max(0, int(owner.get("used_vms", 0)) - len(dead))
+        dropped += dead
+        log.warning("slice %s: rolled back %d VM(s) left pending by a dead session: %s",
+                    sid, len(dead), sorted(dead_ids))
+    return dropped
+
+
+class Inventory:
+    """Reading slices; each method returns ``(ok, payload_or_message)``."""
+
+    def __init__(self, services: Services):
+        self.s = services
+
+    def settle(self, slice_ids=None, reap: bool = True) -> None:
+        """Write back what stale marks mean, and roll back dead pending VMs (of some slices, or all)."""
+        data = self.s.db.load()
+        keys = None if slice_ids is None else {str(x) for x in slice_ids}
+        if not any(needs_settling(s, reap) for sid, s in data["slices"].items() if keys is None or sid in keys):
+            return
+        with self.s.db.transaction() as data:
+            dropped = settle_in(data, keys, reap)
+        self.remove_disks(dropped)
+
+    def remove_disks(self, vms: list) -> None:
+        """Delete the overlays of VMs that were rolled back (failures only logged)."""
+        cmds = [self.s.deployment.delete_vm_command(vm) for vm in vms if vm.get("qcow_image")]
+        for res in self.s.runner.run(cmds, phase="rollback", stop_on_failure=False).failures:
+            log.warning("could not remove a rolled-back disk on %s: %s", res.host, res.message())
+
+    def list_slices(self, username: str) -> tuple:
+        """The user's slices (an admin sees every slice), by ID."""
+        data = self.s.db.load()
+        user = data["users"].get(username)
+        if not user:
+            return False, "User not found"
+        slices = list(data["slices"].values())
+        if user.get("role") != "admin":
+            slices = [s for s in slices if s.get("owner") == username]
+        if any(needs_settling(s) for s in slices):
+            self.settle([s["slice_id"] for s in slices])
+            return self.list_slices(username)
+        return True, sorted(slices, key=lambda s: int(s["slice_id"]))
+
+    def get_slice(self, username: str, slice_id) -> tuple:
+        """One slice the user may see."""
+        data = self.s.db.load()
+        ok, s = authorized_slice(data, username, slice_id)
+        if ok and needs_settling(s):
+            self.settle([s["slice_id"]])
+            data = self.s.db.load()
+            ok, s = authorized_slice(data, username, slice_id)
+        return ok, s

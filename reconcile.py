@@ -1,0 +1,191 @@
+"""What the hosts hold against what the database expects (Neutron's ``sync_state``).
+
+``survey`` runs every kind's scan (``resources``) in one command per host,
+in parallel, and parses the output into ``Found`` objects.  Then:
+
+* orphans = found - owned: things this system made that no slice in the
+  database may hold (whatever the slice's state: option 8 never removes
+  anything of a slice still in the database), plus VMs left ``pending`` by a
+  dead session;
+* missing = expected - found (and found with the wrong detail): what a
+  running slice should have and does not (status and repair use it).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import resources
+import sessions
+from access import require_admin
+from hostcmd import HostCommand
+from inventory import Inventory, settle_in
+from resources import ClusterView, Found, HostContext, Key
+from services import Services
+
+log = logging.getLogger("cloudrepo.reconcile")
+
+DATABASE = "database"
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Something this system made that no slice in the database holds."""
+
+    host: str
+    kind: str
+    name: str
+    key: Key
+
+
+def roles_of(config, host: str) -> list:
+    roles = []
+    if host in config.workers:
+        roles.append("worker")
+    if host == config.network_node:
+        roles.append("node")
+    return roles
+
+
+def scan_command(ctx: HostContext, host: str) -> HostCommand:
+    """One root script printing every object of every kind this host may hold."""
+    lines = [k.scan(ctx, host) for role in roles_of(ctx.config, host) for k in resources.kinds(role)]
+    return HostCommand(host, "\n".join([*lines, "true"]), sudo=True, timeout=60, step="scan",
+                       action="scan", target=host)
+
+
+def parse_scan(host: str, text: str) -> list:
+    """The ``Found`` objects of a scan's output (unknown lines ignored)."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0] not in resources.KINDS:
+            continue
+        found = resources.kind(words[0]).parse(host, words[1:])
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def cluster_view(config, data: dict) -> ClusterView:
+    """The database's slices with stale marks resolved (on copies)."""
+    slices = []
+    for s in data["slices"].values():
+        s = copy.deepcopy(s)
+        sessions.normalise(s)
+        slices.append(s)
+    return ClusterView(config, slices)
+
+
+def owned_keys(view: ClusterView) -> set:
+    return {key for k in resources.kinds() for key in k.owned(view)}
+
+
+def expected_details(view: ClusterView) -> dict:
+    out = {}
+    for k in resources.kinds():
+        out.update(k.expected(view))
+    return out
+
+
+def orphans_of(found: Iterable[Found], owned: set) -> list:
+    out, seen = [], set()
+    for f in found:
+        if f.key in owned or f.key in seen:
+            continue
+        seen.add(f.key)
+        out.append(Orphan(f.key.host, resources.kind(f.key.kind).label, resources.kind(f.key.kind).describe(f.key),
+                          f.key))
+    return out
+
+
+def pending_orphans(data: dict) -> list:
+    """VMs left ``pending`` by a session that died (rolled back by the cleanup)."""
+    out = []
+    for s in data["slices"].values():
+        for vm in sessions.dead_pending_vms(s):
+            out.append(Orphan(DATABASE, "pending VM", f"VM {vm['vm_id']} ({vm.get('name')}) of slice "
+                              f"{s['slice_id']}, left half-made by a session that died",
+                              Key("pending", DATABASE, vm_id=int(vm["vm_id"]))))
+    return out
+
+
+def removal_commands(ctx: HostContext, keys: list) -> list:
+    """One root command per host removing exactly ``keys`` (each kind's removal, deduplicated)."""
+    by_host: dict = defaultdict(lambda: defaultdict(list))
+    for key in keys:
+        by_host[key.host][key.kind].append(key)
+    cmds = []
+    for host, by_kind in by_host.items():
+        lines: list = []
+        for name in [k.name for k in resources.kinds() if k.name in by_kind]:
+            for line in resources.kind(name).remove(ctx, host, sorted(by_kind[name])):
+                if line not in lines:
+                    lines.append(line)
+        cmds.append(HostCommand(host, "\n".join([*lines, "true"]), sudo=True, timeout=120,
+                                step=f"remove {sum(len(v) for v in by_kind.values())} orphan(s)",
+                                action="remove_orphans", target=host))
+    return cmds
+
+
+class Reconciler:
+    """Orphans (option 8); status and repair build on the same survey."""
+
+    def __init__(self, services: Services):
+        self.s = services
+
+    def survey(self, hosts: Optional[list] = None) -> tuple:
+        """(True, [Found]) from every host, or (False, message) when a host cannot be scanned."""
+        hosts = hosts or self.s.config.hosts
+        ctx, failed = self.s.connect(hosts)
+        if failed is not None:
+            return False, f"Cannot scan {failed.host}: {failed.message()}"
+        report = self.s.runner.run([scan_command(ctx, h) for h in hosts], phase="scan", stop_on_failure=False)
+        if report.failures:
+            bad = report.failures[0]
+            return False, f"Cannot scan {bad.host}: {bad.message()}"
+        found = []
+        for host, res in zip(hosts, report.results):
+            found += parse_scan(host, res.stdout)
+        return True, found
+
+    def find_orphans(self, username: str) -> tuple:
+        """Admin: everything on the hosts that this system made and no slice in the database holds."""
+        err = require_admin(self.s.db.load(), username)
+        if err:
+            return False, err
+        Inventory(self.s).settle(reap=False)  # stale marks; dead pending VMs are listed below
+        ok, found = self.survey()
+        if not ok:
+            return False, found
+        data = self.s.db.load()  # after the scan: anything made meanwhile is known
+        orphans = orphans_of(found, owned_keys(cluster_view(self.s.config, data)))
+        return True, pending_orphans(data) + orphans
+
+    def cleanup_orphans(self, username: str, orphans: list) -> tuple:
+        """Admin: remove exactly the orphans listed (re-checked against the database first).
+
+        Runs inside a database transaction, so no deploy can start using one of
+        them between the check and the removal.
+        """
+        with self.s.db.transaction() as data:
+            err = require_admin(data, username)
+            if err:
+                return False, err
+            reaped = settle_in(data, None)
+            owned = owned_keys(cluster_view(self.s.config, data))
+            keys = sorted({o.key for o in orphans if o.key.kind != "pending" and o.key not in owned})
+            hosts = sorted({k.host for k in keys} | {vm["worker_ip"] for vm in reaped})
+            ctx, failed = self.s.connect(hosts) if hosts else (self.s.host_context(), None)
+            if failed is not None:
+                return False, f"Cleanup impossible: cannot reach {failed.host}: {failed.message()}"
+            cmds = removal_commands(ctx, keys)
+            cmds += [self.s.deployment.delete_vm_command(vm) for vm in reaped if vm.get("qcow_image")]
+            report = self.s.runner.run(cmds, phase="cleanup", stop_on_failure=False)
+        if report.failures:
+            bad = report.failures[0]
+            return False, f"Cleanup incomplete: step '{bad.step}' on {bad.host}: {bad.message()}"
+        return True, f"Cleanup completed: {len(orphans)} item(s) removed"

@@ -1,0 +1,171 @@
+"""The one parallel runner: host commands of one phase, in parallel, with cancellation.
+
+Every phase of every use case (connect, network, VMs, stop, teardown, scans,
+cleanup) runs through ``Runner.run``.  Two modes:
+
+* ``stop_on_failure=True`` (making things): after the first failure, or a
+  cancellation, no further command is handed out; those under way finish.
+* ``stop_on_failure=False`` (removing things): every command runs, whatever
+  fails; the report lists each failure (teardown visits every host it can).
+  Only an interrupt stops it.
+
+Ctrl-C: while a use case holds ``interrupts_cancel(cancel)``, SIGINT does
+not raise: it sets ``cancel`` (reason ``"interrupted"``), which the runner
+checks before handing out each command and while waiting.  So an interrupt
+at any instant (while commands are handed out or awaited) stops the phase
+cleanly, with every started command finished and accounted for; the use
+case then undoes what was made.  A ``KeyboardInterrupt`` that still reaches
+the runner (no handler installed) is treated the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+from hostcmd import CommandResult, HostCommand
+
+Progress = Callable[[dict], None]
+
+
+class Cancel:
+    """A cancellation flag with a reason (``"failed"`` or ``"interrupted"``), shared by threads."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str = "failed") -> None:
+        if not self._event.is_set():
+            self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.is_set() and self.reason == "interrupted"
+
+
+@dataclass
+class StepReport:
+    """What one phase did: a result per command (None: never handed out)."""
+
+    results: list = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.results if r is not None and not r.ok and r.error != "cancelled"]
+
+    @property
+    def failed(self) -> Optional[CommandResult]:
+        f = self.failures
+        return f[0] if f else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and not self.failures and all(r is not None for r in self.results)
+
+
+@contextlib.contextmanager
+def interrupts_cancel(cancel: Cancel) -> Iterator[None]:
+    """While inside, Ctrl-C sets ``cancel`` instead of raising (main thread only; elsewhere nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, lambda _sig, _frame: cancel.set("interrupted"))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """While inside, Ctrl-C is ignored (undoing must not be interrupted; main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class Runner:
+    """Runs ``HostCommand`` lists through one executor, in parallel."""
+
+    max_parallel = 12  # commands of one phase in flight at once (1: one after another)
+
+    def __init__(self, executor, max_parallel: Optional[int] = None):
+        self.executor = executor
+        if max_parallel is not None:
+            self.max_parallel = max_parallel
+
+    def run(self, cmds: list, *, phase: str = "", progress: Optional[Progress] = None,
+            t0: Optional[float] = None, cancel: Optional[Cancel] = None,
+            stop_on_failure: bool = True) -> StepReport:
+        """Run ``cmds`` in parallel; see the module docstring for failures and Ctrl-C."""
+        cancel = cancel or Cancel()
+        t0 = time.monotonic() if t0 is None else t0
+        report = StepReport(results=[None] * len(cmds))
+        if not cmds:
+            return report
+        lock = threading.Lock()
+
+        def stopped() -> bool:
+            return cancel.interrupted or (stop_on_failure and cancel.is_set())
+
+        def one(index: int, cmd: HostCommand) -> None:
+            if stopped():
+                report.results[index] = CommandResult.failed(cmd, "cancelled")
+                return
+            res = self.executor.run(cmd)
+            with lock:
+                report.results[index] = res
+            if not res.ok and stop_on_failure:
+                cancel.set("failed")
+            if progress:
+                progress({"phase": phase, "host": cmd.host, "step": cmd.step, "ok": res.ok,
+                          "duration": res.duration, "elapsed": time.monotonic() - t0,
+                          "message": res.message(), "action": cmd.action, "target": cmd.target})
+
+        pool = ThreadPoolExecutor(max_workers=min(self.max_parallel, len(cmds)), thread_name_prefix=phase or "run")
+        futures: list = []
+        try:
+            for index, cmd in enumerate(cmds):
+                if stopped():
+                    break
+                futures.append(self._submit(pool, one, index, cmd))
+            self._wait_all(futures, cancel)
+        except KeyboardInterrupt:
+            cancel.set("interrupted")
+        finally:
+            with interrupts_ignored():
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                pool.shutdown(wait=True)
+        for index, f in enumerate(futures):
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None and report.results[index] is None:
+                report.results[index] = CommandResult.failed(cmds[index], f"internal error: {exc}")
+        report.interrupted = cancel.interrupted
+        return report
+
+    # Seams for tests: an interrupt can be injected exactly while submitting or waiting.
+
+    def _submit(self, pool: ThreadPoolExecutor, fn, *args) -> Future:
+        return pool.submit(fn, *args)
+
+    def _wait_all(self, futures: list, cancel: Cancel) -> None:
+        pending = set(futures)
+        while pending:
+            _done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)

@@ -1,0 +1,64 @@
+"""What every use case works with: the store, the config, the door to the hosts, the runner.
+
+One ``Services`` value is made by ``OrchestratorAPI`` and handed to each
+use-case module (accounts, design, lifecycle, reconcile, ...), so that they
+share one executor (one SSH connection per host) and one runner.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from config import ClusterConfig
+from database import Database
+from deployment_api import DeploymentAPI
+from hostcmd import CommandResult, HostCommand
+from resources import HostContext
+from runner import Cancel, Progress, Runner
+
+
+def connect_command(host: str) -> HostCommand:
+    """Reach a host and learn its facts (the SSH user's home directory)."""
+    return HostCommand(host, 'printf %s "$HOME"', sudo=False, step="connect", action="connect", target=host)
+
+
+@dataclass
+class Services:
+    db: Database
+    config: ClusterConfig
+    deployment: DeploymentAPI
+    runner: Runner
+    homes: dict = field(default_factory=dict)  # facts learnt at connect: host -> the SSH user's home
+
+    @property
+    def executor(self):
+        return self.deployment.executor
+
+    def host_context(self) -> HostContext:
+        """Config plus the facts known about hosts (their home directories, learnt at connect)."""
+        return HostContext(self.config, dict(self.homes))
+
+    def connect(self, hosts: list, progress: Optional[Progress] = None, t0: Optional[float] = None,
+                cancel: Optional[Cancel] = None) -> tuple:
+        """Reach every host in parallel and learn its facts: (HostContext, first failure or None)."""
+        t0 = time.monotonic() if t0 is None else t0
+        report = self.runner.run([connect_command(h) for h in hosts], phase="connect", t0=t0, cancel=cancel)
+        dry = getattr(self.executor, "dry_run", False)
+        failed = None
+        for host, res in zip(hosts, report.results):
+            if res is None:
+                continue
+            if res.ok and not dry and not res.stdout.startswith("/"):
+                res.error = f"unexpected home directory {res.stdout!r} on {host}"
+            if res.ok:
+                self.homes[host] = res.stdout if not dry else "~"
+            elif failed is None:
+                failed = res
+            if progress:
+                progress({"phase": "connect", "host": host, "step": "connect", "ok": res.ok,
+                          "duration": res.duration, "elapsed": time.monotonic() - t0,
+                          "message": res.message(), "action": "connect", "target": host})
+        if failed is None and report.interrupted:
+            failed = CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="connect")
+        return self.host_context(), failed

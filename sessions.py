@@ -1,0 +1,78 @@
+"""Who is working on what: the busy marks of slices and of VMs being added.
+
+A slice being deployed or deleted carries ``busy`` (pid, host, process start
+time, the status to go back to); a VM being added is ``pending`` with the
+same kind of mark.  Other sessions leave marked things alone while the
+marking session lives.  A mark whose session died is *stale*: the slice is
+what it was before the mark (for every reader, the orphan cleanup included),
+and a pending VM of a dead session is rolled back (removed from the slice,
+its quota returned, its disk removed by the caller).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Optional
+
+BUSY_STATUSES = ("deploying", "deleting", "stopping", "starting", "repairing")
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def marker(previous: Optional[str] = None) -> dict:
+    """A mark for this process (and the status to go back to if it dies)."""
+    pid = os.getpid()
+    out = {"pid": pid, "host": socket.gethostname(), "start": _proc_start(pid),
+           "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if previous is not None:
+        out["previous"] = previous
+    return out
+
+
+def alive(mark: Optional[dict]) -> bool:
+    """Is the session that made ``mark`` still running?"""
+    if not isinstance(mark, dict):
+        return False
+    if mark.get("host") != socket.gethostname():
+        return True  # another manager host: trust it
+    try:
+        pid = int(mark.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    start = _proc_start(pid)
+    return start is not None and start == mark.get("start")
+
+
+def is_busy(s: dict) -> bool:
+    """A live session works on this slice now."""
+    return s.get("status") in BUSY_STATUSES and alive(s.get("busy"))
+
+
+def normalise(s: dict) -> bool:
+    """Resolve a stale mark of a slice in place: back to its status before.  True if changed."""
+    if s.get("status") in BUSY_STATUSES and not alive(s.get("busy")):
+        s["status"] = (s.get("busy") or {}).get("previous", "design")
+        s.pop("busy", None)
+        return True
+    if "busy" in s and s.get("status") not in BUSY_STATUSES:
+        s.pop("busy", None)
+        return True
+    return False
+
+
+def dead_pending_vms(s: dict) -> list:
+    """VMs of the slice left ``pending`` by a session that died (their add never finished)."""
+    return [vm for vm in s.get("vms", []) if vm.get("status") == "pending" and not alive(vm.get("busy"))]
+
+
+def holds_resources(s: dict) -> bool:
+    """Does the slice hold processes and networks on the hosts (or may a live session be making them)?"""
+    status = s.get("status")
+    return status in ("running", "stopped") or (status in BUSY_STATUSES and alive(s.get("busy")))

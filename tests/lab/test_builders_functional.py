@@ -1,0 +1,157 @@
+"""Functional tier: each host builder against a real lab host (in the spirit of Neutron's functional tests).
+
+For each kind of host object: run the script that makes it over real SSH, check the host from
+outside (as root inside the host, not through the product), check the product's own scan finds
+exactly it, run the removal script twice, and check nothing is left.  Every test starts with a
+sweep that removes whatever this system left on the lab hosts (the product's own reconcile).
+"""
+from __future__ import annotations
+
+import pytest
+from labtools import LAB_DIR, sh
+
+import naming
+import reconcile
+import vlan_manager
+import vm_launcher
+from config import ClusterConfig
+from database import Database
+from deployment_api import DeploymentAPI
+from hostcmd import HostCommand
+from qcow_manager import overlay_create, overlay_delete
+from remote_executor import RemoteExecutor
+from runner import Runner
+from services import Services
+
+VLAN = 3901          # far from the pools the other tests use
+VM_ID = 99901
+
+
+@pytest.fixture
+def svc(lab, tmp_path):
+    config = ClusterConfig.load(str(LAB_DIR / "cluster.yaml"))
+    executor = RemoteExecutor(config)
+    services = Services(Database(str(tmp_path / "db.yaml")), config, DeploymentAPI(executor), Runner(executor))
+    _ctx, failed = services.connect(config.hosts)
+    assert failed is None, failed.message()
+    sweep(services)
+    yield services
+    sweep(services)
+    executor.close()
+
+
+def sweep(services) -> None:
+    """Remove every object of this system on every lab host (the product's own scan and removals)."""
+    ok, found = reconcile.Reconciler(services).survey()
+    assert ok, found
+    cmds = reconcile.removal_commands(services.host_context(), sorted({f.key for f in found}))
+    report = services.runner.run(cmds, phase="sweep", stop_on_failure=False)
+    assert not report.failures, [r.message() for r in report.failures]
+
+
+def run(services, cmd: HostCommand):
+    res = services.executor.run(cmd)
+    assert res.ok, f"{cmd.step}: {res.message()}"
+    return res
+
+
+def found_keys(services, host: str) -> dict:
+    res = run(services, reconcile.scan_command(services.host_context(), host))
+    return {f.key: f.detail for f in reconcile.parse_scan(host, res.stdout)}
+
+
+def test_link_vlan_made_checked_removed_twice(lab, svc):
+    node, cfg = svc.config.network_node, svc.config
+    run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
+    net = naming.link_network(VLAN)
+    # from outside
+    assert sh(lab, "netnode", f"ovs-vsctl get port gw_vlan{VLAN} tag").strip() == str(VLAN)
+    assert f"{net['gateway_ip']}/24" in sh(lab, "netnode", f"ip -o -4 addr show dev gw_vlan{VLAN}")
+    assert sh(lab, "netnode", f"ovs-vsctl get interface gw_vlan{VLAN} mac_in_use").strip().strip('"') \
+        == naming.gateway_mac(VLAN)
+    assert f"ns-dhcp-vlan{VLAN}" in sh(lab, "netnode", "ip netns list")
+    pidfile = naming.dnsmasq_files(VLAN)["pid"]
+    pid = sh(lab, "netnode", f"cat {pidfile}").strip()
+    assert f"--pid-file={pidfile}" in sh(lab, "netnode", f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert "CR-FORWARD" in sh(lab, "netnode", "iptables -S FORWARD")
+    # the product's scan finds exactly this VLAN, with the details status compares
+    keys = {k: d for k, d in found_keys(svc, node).items() if k.vlan == VLAN}
+    assert {k.kind: d for k, d in keys.items()} == {
+        "vlan": "", "gateway": f"{net['gateway_ip']}/24", "namespace": "", "dnsmasq": "alive"}
+    # removed twice: the second run finds nothing to do and succeeds
+    for _ in range(2):
+        run(svc, vlan_manager.vlan_down_command(node, VLAN, cfg.bridge))
+    assert f"gw_vlan{VLAN}" not in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
+    assert f"dhcp{VLAN}-o" not in sh(lab, "netnode", "ip -o link show")
+    assert f"ns-dhcp-vlan{VLAN}" not in sh(lab, "netnode", "ip netns list")
+    assert sh(lab, "netnode", f"pgrep -f 'dnsmasq-vlan{VLAN}[.]pid' || true").strip() == ""
+    assert sh(lab, "netnode", f"ls {naming.STATE_DIR} | grep 'vlan{VLAN}[.]' || true").strip() == ""
+    assert "CR-FORWARD" not in sh(lab, "netnode", "iptables -S FORWARD")  # the last VLAN took the chains along
+    assert not [k for k in found_keys(svc, node) if k.vlan == VLAN]
+
+
+def test_internet_vlan_reservation_nat_made_checked_removed_twice(lab, svc):
+    node, cfg = svc.config.network_node, svc.config
+    run(svc, vlan_manager.internet_up_command(node, cfg.internet, cfg.bridge,
+                                              [(VM_ID, "52:54:00:86:1d:00", "10.60.7.199")]))
+    hostsdir = naming.dnsmasq_files(400)["hostsdir"]
+    assert sh(lab, "netnode", f"cat {hostsdir}/vm{VM_ID}").strip() == "52:54:00:86:1d:00,10.60.7.199"
+    assert "--comment cloud-repositorio -j MASQUERADE" in sh(lab, "netnode", "iptables -t nat -S POSTROUTING")
+    keys = found_keys(svc, node)
+    assert ("reservation", VM_ID) in {(k.kind, k.vm_id) for k in keys}
+    assert {k.kind for k in keys if k.vlan == 400} == {"vlan", "gateway", "namespace", "dnsmasq"}
+    assert any(k.kind == "nat" and k.name == "10.60.7.0/24" for k in keys)
+    for _ in range(2):
+        run(svc, vlan_manager.internet_release_command(node, cfg.internet, cfg.bridge, [VM_ID]))
+    assert "MASQUERADE" not in sh(lab, "netnode", "iptables -t nat -S POSTROUTING")
+    assert "gw_vlan400" not in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
+    assert found_keys(svc, node) == {}
+
+
+def test_vm_made_checked_removed_twice(lab, svc):
+    worker = svc.config.workers[0]
+    home = svc.homes[worker]
+    image = "func_img.qcow2"
+    base = svc.config.flavor_image("cirros", {})
+    assert svc.deployment.qcow_manager.ensure_base_image(worker, base)
+    run(svc, overlay_create(worker, svc.config.worker_image_dir, base.rsplit("/", 1)[-1], image))
+    vm = {"vm_id": VM_ID, "name": "func", "worker_ip": worker, "vnc_port": 5999,
+          "qcow_image": f"~/vm_images/{image}", "flavor": {"cores": 1, "ram_gb": 0.125},
+          "interfaces": [{"name": "eth0", "mac": "52:54:00:86:1d:00", "vlan_id": None},
+                         {"name": "eth1", "mac": "52:54:00:86:1d:01", "vlan_id": VLAN}]}
+    launch = vm_launcher.launch_vm_command(vm, home, svc.config.bridge, svc.config.qemu_accel)
+    pid = run(svc, launch).stdout.split()[-1]
+    wname = next(n for n, ip in lab.hosts.items() if ip == worker)
+    assert f"-name cr-vm{VM_ID},process=cr-vm{VM_ID}" in sh(lab, wname, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert sh(lab, wname, f"ovs-vsctl get port tap{VM_ID}_1 tag").strip() == str(VLAN)
+    assert f"tap{VM_ID}_0" not in sh(lab, wname, "ovs-vsctl list-ports br-int")  # unconnected: on nothing
+    assert f"tap{VM_ID}_0" in sh(lab, wname, "ip -o link show")
+    keys = {k: d for k, d in found_keys(svc, worker).items() if k.vm_id == VM_ID or k.name == image}
+    kinds = {(k.kind, k.name): d for k, d in keys.items()}
+    assert kinds[("qemu", None)] == pid and kinds[("port", f"tap{VM_ID}_1")] == str(VLAN)
+    assert {("tap", f"tap{VM_ID}_0"), ("tap", f"tap{VM_ID}_1"), ("vmfiles", None), ("overlay", image)} <= set(kinds)
+    for _ in range(2):
+        run(svc, vm_launcher.stop_vm_command(vm, svc.config.bridge))
+    assert sh(lab, wname, f"test -d /proc/{pid} && echo alive || echo gone").strip() == "gone"
+    assert f"tap{VM_ID}" not in sh(lab, wname, "ip -o link show")
+    assert f"tap{VM_ID}" not in sh(lab, wname, "ovs-vsctl list-ports br-int")
+    assert sh(lab, wname, f"ls {naming.STATE_DIR} | grep 'vm{VM_ID}[.]' || true").strip() == ""
+    for _ in range(2):
+        run(svc, overlay_delete(worker, f"~/vm_images/{image}"))
+    assert image not in sh(lab, wname, "ls /home/ubuntu/vm_images")
+    assert not [k for k in found_keys(svc, worker) if k.vm_id == VM_ID or k.name == image]
+
+
+def test_a_look_alike_that_this_system_did_not_make_is_never_found(lab, svc):
+    # a user's own *_img.qcow2 without a marker, a gw_vlan port and a namespace someone else made
+    worker = svc.config.workers[0]
+    wname = next(n for n, ip in lab.hosts.items() if ip == worker)
+    sh(lab, wname, "touch /home/ubuntu/vm_images/students_thesis_img.qcow2")
+    sh(lab, "netnode", "ovs-vsctl add-port br-int gw_vlan3999 -- set interface gw_vlan3999 type=internal;"
+                       "ip netns add ns-dhcp-vlan3998")
+    try:
+        assert not [k for k in found_keys(svc, worker) if k.name == "students_thesis_img.qcow2"]
+        assert not [k for k in found_keys(svc, svc.config.network_node) if k.vlan in (3999, 3998)]
+    finally:
+        sh(lab, wname, "rm -f /home/ubuntu/vm_images/students_thesis_img.qcow2")
+        sh(lab, "netnode", "ovs-vsctl --if-exists del-port br-int gw_vlan3999; ip netns del ns-dhcp-vlan3998")
