@@ -164,7 +164,8 @@ def _check_vms(design: Design, at) -> list[Problem]:
 def _check_links(design: Design, at) -> list[Problem]:
     vms: dict[str, VMSpec] = {}
     for vm in design.vms:
-        vms.setdefault(vm.name, vm)
+        if isinstance(vm.name, str):
+            vms.setdefault(vm.name, vm)
     problems, used = [], {}
     for j, link in enumerate(design.links, 1):
         ends = ((link.vm1, link.if1, "vm1", "if1"), (link.vm2, link.if2, "vm2", "if2"))
@@ -902,8 +903,9 @@ def to_dot(source: Union[Design, dict]) -> str:
     view = _view_of(source)
     out = [f"graph {_dot_string(view.graph_name)} {{",
            f"  graph [label={_dot_string(view.title)}, labelloc=t, fontsize=12];",
+           "  graph [nodesep=0.8, ranksep=0.9];",
            "  node [shape=box, style=rounded];",
-           "  edge [fontsize=10];"]
+           "  edge [fontsize=10, labelfontsize=9, labeldistance=2.2, labelangle=30];"]
     for i, vm in enumerate(view.vms):
         out.append(f"  n{i + 1} [label={_dot_string(vm.name + chr(10) + vm.flavor)}];")
     for vlan in sorted({vm.internet_vlan for vm in view.vms if vm.internet_vlan is not None}):

@@ -418,6 +418,22 @@ def test_export_refuses_what_it_cannot_write():
              "vm2_interface": "eth1"}]})
 
 
+@pytest.mark.parametrize("design", [t.ring(6, internet="first"), t.star(9, flavor="ubuntu", internet="all"),
+                                    t.mesh(6), t.linear(10, internet="1,10")])
+def test_a_design_made_through_the_api_exports_as_itself(tmp_path, design):
+    """Template -> add_vm_to_slice/create_link (the import the menu will do) -> export -> parse."""
+    api, db, _ = make_api(tmp_path)
+    with db.transaction() as data:
+        data["users"]["admin"]["quota_vms"] = 20
+    sid = ok(api.create_slice("admin", "lab", design.topology_type))["slice_id"]
+    ids = {vm.name: ok(api.add_vm_to_slice("admin", sid, vm.name, vm.flavor, vm.data_interfaces,
+                                           vm.internet))["vm_id"] for vm in design.vms}
+    for x in design.links:
+        ok(api.create_link("admin", sid, ids[x.vm1], x.if1, ids[x.vm2], x.if2))
+    expected = Design(design.vms, design.links, design.topology_type, "lab")
+    assert t.parse_topology(t.export_topology(db.get_slice(sid))) == (expected, [])
+
+
 # --- example topologies ----------------------------------------------------------
 
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "topologies", "*.yaml")))
