@@ -46,10 +46,25 @@ def say(text: str = "") -> None:
         sys.stdout.flush()
 
 
+def read_line(prompt: str) -> str:
+    """Show ``prompt`` and read one line (EOFError at the end of input).
+
+    Not ``input()``: its C line reader stops at a NUL byte and then waits for
+    more, so a line holding a NUL got no reaction at all.
+    """
+    with _OUT:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
+
+
 def ask(prompt: str) -> str:
     """One answer; Ctrl-C / Ctrl-D / an empty answer cancel the option."""
     try:
-        answer = input(prompt)
+        answer = read_line(prompt)
     except (EOFError, KeyboardInterrupt):
         say()
         raise Cancel() from None
@@ -74,11 +89,7 @@ def ask_secret(prompt: str) -> str:
     try:
         if sys.stdin.isatty():
             return getpass.getpass(prompt)
-        print(prompt, end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip("\n")
+        return read_line(prompt)
     except (EOFError, KeyboardInterrupt):
         say()
         raise Cancel() from None
@@ -221,7 +232,7 @@ class CLI:
             say("  SLICE MANAGER - LOGIN")
             say(LINE)
             try:
-                username = input("Username: ").strip()
+                username = read_line("Username: ").strip()
                 password = ask_secret("Password: ")
             except (EOFError, KeyboardInterrupt, Cancel):
                 return False
@@ -265,7 +276,7 @@ class CLI:
         for key, label, _ in items:
             say(f"{key}. {label}")
         try:
-            choice = input("\nChoice: ").strip()
+            choice = read_line("\nChoice: ").strip()
         except EOFError:
             return False
         except KeyboardInterrupt:
@@ -404,7 +415,7 @@ class CLI:
             say(f"  - {o.host:<15} {o.kind:<16} {o.name}")
         say(f"\n{WARN}  This will remove exactly the resources listed above.")
         try:
-            answer = input("Are you sure? (yes/no): ").strip()
+            answer = read_line("Are you sure? (yes/no): ").strip()
         except (EOFError, KeyboardInterrupt):
             answer = ""
         if answer != "yes":

@@ -40,9 +40,14 @@ def accel_args(accel: str) -> list:
 
 
 def ovs_preflight(host: str) -> str:
-    """Shell: fail at once, saying so, when Open vSwitch does not answer on this host."""
+    """Shell: fail at once, saying so, when Open vSwitch (its database or its switch daemon) is down.
+
+    Without this a dead ``ovs-vswitchd`` makes every ``ovs-vsctl add-port`` wait for the step's whole
+    timeout, and the user reads "exit status 124".
+    """
     msg = f"Open vSwitch is not running on {host}"
-    return f"ovs-vsctl --timeout=5 show >/dev/null 2>&1 || {{ echo {q(msg)} >&2; exit {OVS_DOWN_EXIT}; }}"
+    return (f"{{ ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl -T 5 -t ovs-vswitchd version "
+            f">/dev/null 2>&1; }} || {{ echo {q(msg)} >&2; exit {OVS_DOWN_EXIT}; }}")
 
 
 def ovs_alive() -> str:
@@ -219,8 +224,12 @@ def marked_ports_scan(bridge: str, kind_name: str, prefix: str) -> str:
 # --- scripts ------------------------------------------------------------------------------
 
 def del_ports(bridge: str, ports: list) -> str:
-    """Shell: remove ports from the bridge (skipped when Open vSwitch is down: ``ovs_ok=0``)."""
-    argv = ["ovs-vsctl", "--timeout=5"]
+    """Shell: remove ports from the bridge's database (skipped when it is down: ``ovs_ok=0``).
+
+    ``--no-wait``: a dead ``ovs-vswitchd`` never makes a removal wait; it applies the change when it
+    comes back.
+    """
+    argv = ["ovs-vsctl", "--timeout=5", "--no-wait"]
     for port in ports:
         argv += ["--", "--if-exists", "del-port", bridge, port]
     return f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true"

@@ -499,3 +499,14 @@ def test_admin_deletes_student_slice_and_student_quota_returns(tmp_path):
     ok(api.delete_slice("admin", sid))
     st = db.get_user("student")
     assert st["slices"] == [] and st["used_vms"] == 0
+
+
+@pytest.mark.parametrize("value", ["\u0663", "\u00b2", "\u2460", "1\x00", "", None, True, "3.0", "1e3"])
+def test_only_ascii_digits_are_numbers_in_the_api(tmp_path, value):
+    api, db, _ex = make_api(tmp_path)
+    before = db.get_user("student")["quota_vms"]
+    assert api.set_quota("admin", "student", value) == (False, "Quota must be a number")
+    assert db.get_user("student")["quota_vms"] == before
+    ok(api.create_slice("admin", "s1"))
+    res = api.add_vm_to_slice("admin", 1000, "vm1", "cirros", value)
+    assert res == (False, "Number of data interfaces must be a number")

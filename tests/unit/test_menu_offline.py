@@ -431,11 +431,16 @@ def test_add_vm_cancel_at_every_prompt(spawn, site, index, key):
 @pytest.mark.parametrize("index,bad,message", [
     (0, "abc", "Slice ID must be a number"),
     (0, "-5", "Slice ID must be a number"),
+    (0, "\u00b2", "Slice ID must be a number"),          # superscript two: a digit to str.isdigit, not a number
+    (0, "\u2460", "Slice ID must be a number"),          # circled one
+    (0, "1\x002", "Slice ID must be a number"),          # a NUL inside the line
     (2, "3", "Choose 1 or 2"),
+    (2, "\u0661", "Choose 1 or 2"),                      # Arabic-Indic one
     (2, "cirros", "Choose 1 or 2"),
     (3, "42", "Enter a number from 0 to 8"),
     (3, "abc", "Enter a number from 0 to 8"),
     (3, "-1", "Enter a number from 0 to 8"),
+    (3, "\u0663", "Enter a number from 0 to 8"),         # Arabic-Indic three was accepted as 3
     (4, "maybe", "Answer y or n"),
 ])
 def test_add_vm_bad_answers_are_refused_three_times_then_cancel(spawn, site, index, bad, message):

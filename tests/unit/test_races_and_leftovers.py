@@ -176,3 +176,31 @@ def test_overlay_names_with_the_id_fallback_are_recognised_for_the_longest_names
     assert naming.OVERLAY_RE.fullmatch("a" * 32 + "_1025_img.qcow2")
     assert naming.OVERLAY_RE.fullmatch("a" * 32 + "_img.qcow2")
     assert not naming.OVERLAY_RE.fullmatch("labvm.qcow2")
+
+
+def test_view_shows_and_stores_the_real_status_after_a_session_died(tmp_path):
+    api, db, _ex = make_api(tmp_path)
+    sid, _ids = _slice(api, vms=1)
+    ok(api.deploy_slice("admin", sid))
+    with db.transaction() as data:  # a Delete session died before touching any host
+        data["slices"][str(sid)]["status"] = "deleting"
+        data["slices"][str(sid)]["busy"] = {"pid": 999999, "host": os.uname().nodename, "start": "1",
+                                             "previous": "running"}
+    slices = ok(api.list_slices("admin"))
+    assert [s["status"] for s in slices] == ["running"] and "busy" not in slices[0]
+    assert db.get_slice(sid)["status"] == "running"  # written back under the lock
+
+
+def test_rollback_and_delete_visit_every_host_even_when_one_fails(tmp_path):
+    api, db, ex = make_api(tmp_path, config=lab_config())
+    sid, ids = _slice(api, vms=3)
+    ex.fail("start_vm", target=ids[2], err="Could not open")
+    ex.fail("stop_vm", host=WORKERS[0], err="sudo: timed out")  # the first teardown step fails
+    res = api.deploy_slice("admin", sid)
+    assert res[0] is False and WORKERS[0] in res[1]
+    stopped = {t for a, t in ex.actions() if a == "stop_vm"}
+    assert stopped == set(ids)  # every VM's worker was visited, not just up to the first failure
+    assert ex.made("vm") == {("vm", WORKERS[0], ids[0])}  # only what the failing host kept
+    ex.rules.clear()
+    ok(api.delete_slice("admin", sid))
+    assert ex.made("vm") == set()
