@@ -139,18 +139,24 @@ class Reconciler:
 
     def survey(self, hosts: Optional[list] = None) -> tuple:
         """(True, [Found]) from every host, or (False, message) when a host cannot be scanned."""
-        hosts = hosts or self.s.config.hosts
-        ctx, failed = self.s.connect(hosts)
-        if failed is not None:
-            return False, f"Cannot scan {failed.host}: {failed.message()}"
-        report = self.s.runner.run([scan_command(ctx, h) for h in hosts], phase="scan", stop_on_failure=False)
-        if report.failures:
-            bad = report.failures[0]
-            return False, f"Cannot scan {bad.host}: {bad.message()}"
         found = []
-        for host, res in zip(hosts, report.results):
-            found += parse_scan(host, res.stdout)
+        for host, result in self.survey_each(hosts or self.s.config.hosts).items():
+            if isinstance(result, str):
+                return False, f"Cannot scan {host}: {result}"
+            found += result
         return True, found
+
+    def survey_each(self, hosts: list) -> dict:
+        """host -> [Found], or the reason the host could not be scanned (a string)."""
+        out: dict = {host: "interrupted" if res is None else res.message()
+                     for host, res in self.s.connect_each(hosts).items() if res is None or not res.ok}
+        reachable = [h for h in hosts if h not in out]
+        ctx = self.s.host_context()
+        report = self.s.runner.run([scan_command(ctx, h) for h in reachable], phase="scan", stop_on_failure=False)
+        for host, res in zip(reachable, report.results):
+            out[host] = parse_scan(host, res.stdout) if res is not None and res.ok else \
+                (res.message() if res is not None else "not scanned")
+        return {h: out[h] for h in hosts}
 
     def find_orphans(self, username: str) -> tuple:
         """Admin: everything on the hosts that this system made and no slice in the database holds."""

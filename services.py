@@ -42,23 +42,30 @@ class Services:
     def connect(self, hosts: list, progress: Optional[Progress] = None, t0: Optional[float] = None,
                 cancel: Optional[Cancel] = None) -> tuple:
         """Reach every host in parallel and learn its facts: (HostContext, first failure or None)."""
+        results = self.connect_each(hosts, progress, t0, cancel)
+        failed = next((res for res in results.values() if res is not None and not res.ok), None)
+        if failed is None and cancel is not None and cancel.interrupted:
+            failed = CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="connect")
+        return self.host_context(), failed
+
+    def connect_each(self, hosts: list, progress: Optional[Progress] = None, t0: Optional[float] = None,
+                     cancel: Optional[Cancel] = None) -> dict:
+        """host -> its connect result (None: not tried, after Ctrl-C); facts of the reachable ones kept."""
         t0 = time.monotonic() if t0 is None else t0
-        report = self.runner.run([connect_command(h) for h in hosts], phase="connect", t0=t0, cancel=cancel)
+        report = self.runner.run([connect_command(h) for h in hosts], phase="connect", t0=t0, cancel=cancel,
+                                 stop_on_failure=False)
         dry = getattr(self.executor, "dry_run", False)
-        failed = None
+        out = {}
         for host, res in zip(hosts, report.results):
+            out[host] = res
             if res is None:
                 continue
             if res.ok and not dry and not res.stdout.startswith("/"):
                 res.error = f"unexpected home directory {res.stdout!r} on {host}"
             if res.ok:
                 self.homes[host] = res.stdout if not dry else "~"
-            elif failed is None:
-                failed = res
             if progress:
                 progress({"phase": "connect", "host": host, "step": "connect", "ok": res.ok,
                           "duration": res.duration, "elapsed": time.monotonic() - t0,
                           "message": res.message(), "action": "connect", "target": host})
-        if failed is None and report.interrupted:
-            failed = CommandResult("-", "", -1, error="interrupted (Ctrl-C)", step="connect")
-        return self.host_context(), failed
+        return out
