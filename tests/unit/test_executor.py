@@ -190,6 +190,7 @@ def test_config_errors(tmp_path, text):
 class _RecordingClient:
     instances: list = []
     connect_error = None
+    offered_key = None  # a host key known_hosts lacks: connect() asks the policy about it, as paramiko does
 
     def __init__(self):
         self.policies = []
@@ -205,6 +206,8 @@ class _RecordingClient:
 
     def connect(self, host, **kw):
         self.connect_kw = kw
+        if _RecordingClient.offered_key is not None:
+            self.policies[-1].missing_host_key(self, host, _RecordingClient.offered_key)
         if _RecordingClient.connect_error is not None:
             raise _RecordingClient.connect_error
 
@@ -236,9 +239,15 @@ class _FakeSock:
 def recording_paramiko(monkeypatch):
     _RecordingClient.instances = []
     _RecordingClient.connect_error = None
+    _RecordingClient.offered_key = None
     monkeypatch.setattr(paramiko, "SSHClient", _RecordingClient)
     monkeypatch.setattr(remote_executor.socket, "create_connection", lambda *a, **k: _FakeSock())
     return _RecordingClient
+
+
+def _ed25519_public_key():
+    return paramiko.Ed25519Key(data=bytes.fromhex(
+        "0000000b7373682d65643235353139000000200c55f8fcc54b5a6e6bb7b6e8b3f6d5a2f0b4bd0a1e4b3e2f8d9c1a2b3c4d5e6f"))
 
 
 def _ssh_config(tmp_path, accept):
@@ -271,8 +280,7 @@ def test_new_host_keys_appended_only_when_configured(tmp_path, recording_paramik
     assert isinstance(policy, paramiko.MissingHostKeyPolicy)
     assert not isinstance(policy, (paramiko.RejectPolicy, paramiko.AutoAddPolicy))
     assert client.saved == []  # never rewrites the whole file
-    key = paramiko.Ed25519Key(data=bytes.fromhex(
-        "0000000b7373682d65643235353139000000200c55f8fcc54b5a6e6bb7b6e8b3f6d5a2f0b4bd0a1e4b3e2f8d9c1a2b3c4d5e6f"))
+    key = _ed25519_public_key()
 
     class Keys(dict):
         def add(self, host, kind, k):
@@ -300,12 +308,23 @@ def test_connection_reused_per_host(tmp_path, recording_paramiko):
 
 
 def test_unknown_host_key_refused_gives_clear_result(tmp_path, recording_paramiko):
-    recording_paramiko.connect_error = paramiko.SSHException("Server '10.9.0.11' not found in known_hosts")
+    recording_paramiko.offered_key = _ed25519_public_key()
     ex = RemoteExecutor(_ssh_config(tmp_path, False))
     res = ex.run(HostCommand("10.9.0.11", "id"))
     assert res.ok is False
     assert res.message() == (f"host 10.9.0.11 is not in {tmp_path / 'known_hosts'}: refusing an unknown "
                              "host key (set ssh.accept_new_host_keys to trust it)")
+    assert (tmp_path / "known_hosts").read_text() == ""       # nothing recorded
+
+
+def test_reject_policy_raises_its_own_error_whatever_paramikos_wording(tmp_path):
+    from remote_executor import UnknownHostKeyError, _reject_unknown_host_key
+    policy = _reject_unknown_host_key(paramiko, "10.9.0.11", "/kh")
+    assert isinstance(policy, paramiko.RejectPolicy)
+    with pytest.raises(UnknownHostKeyError) as e:
+        policy.missing_host_key(None, "[10.9.0.11]:2222", _ed25519_public_key())
+    assert str(e.value) == ("host 10.9.0.11 is not in /kh: refusing an unknown host key "
+                            "(set ssh.accept_new_host_keys to trust it)")
 
 
 def test_missing_known_hosts_refused(tmp_path):
