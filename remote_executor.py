@@ -352,7 +352,14 @@ class RemoteExecutor:
         except OSError as e:
             raise ExecutorError(f"cannot connect to {host}:{ssh.port}: {e}") from e
         try:
-            client.connect(host, port=ssh.port, username=ssh.user, key_filename=ssh.key_file,
+            # loaded here, not by connect(key_filename=): that one tries every key type and, when the
+            # host refuses the key, reports the last type's parse error instead of the refusal
+            pkey = paramiko.PKey.from_path(ssh.key_file)
+        except Exception as e:  # noqa: BLE001 - OSError, SSHException, UnknownKeyType...
+            sock.close()
+            raise ExecutorError(f"cannot use the SSH key {ssh.key_file}: {e or type(e).__name__}") from e
+        try:
+            client.connect(host, port=ssh.port, username=ssh.user, pkey=pkey,
                            sock=sock, timeout=ssh.connect_timeout,
                            banner_timeout=ssh.connect_timeout, auth_timeout=ssh.connect_timeout,
                            allow_agent=False, look_for_keys=False)
@@ -363,6 +370,9 @@ class RemoteExecutor:
             self._discard(client, sock)
             raise ExecutorError(f"host key of {host} does not match {ssh.known_hosts} "
                                 f"(possible man-in-the-middle): refusing to connect") from e
+        except paramiko.AuthenticationException as e:
+            self._discard(client, sock)
+            raise ExecutorError(f"SSH to {ssh.user}@{host} failed: the host refused the key {ssh.key_file}") from e
         except (paramiko.SSHException, OSError) as e:
             self._discard(client, sock)
             raise ExecutorError(f"SSH to {ssh.user}@{host} failed: {e or type(e).__name__}") from e
@@ -385,10 +395,7 @@ class RemoteExecutor:
             transport = client.get_transport()
             try:
                 return self._open_session(host, transport)
-            except paramiko.ChannelException as e:
-                # the host refused a session (MaxSessions...): the connection itself is fine
-                raise ExecutorError(f"{host} refused a new SSH session: {e.text}") from e
-            except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            except (paramiko.SSHException, OSError, EOFError) as e:
                 self._forget(host, transport)
                 if attempt == 2:
                     raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
@@ -397,8 +404,11 @@ class RemoteExecutor:
     def _open_session(self, host: str, transport):
         """``transport.open_session()``, retried for a while when the host refuses a session.
 
-        A host still busy closing a session that timed out may refuse one more
-        for a moment; a refusal lasting the whole connect timeout is an error.
+        A refusal (sshd's MaxSessions, a session still closing) leaves the
+        connection up; only a dead connection raises paramiko's exception.
+        paramiko keeps one exception per connection, so with parallel opens
+        its text may be another channel's: whether the connection is still
+        up is what tells a refusal from a broken connection.
         """
         import paramiko
 
@@ -408,12 +418,15 @@ class RemoteExecutor:
         while True:
             try:
                 return transport.open_session(timeout=timeout)
-            except paramiko.ChannelException:
-                if time.monotonic() + delay > deadline:
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                if not transport.is_active():
                     raise
-                log.info("host=%s refused a session; retrying in %.2fs", host, delay)
-                time.sleep(delay)
-                delay = min(2 * delay, 1.0)
+                if time.monotonic() + delay > deadline:
+                    detail = getattr(e, "text", None) or str(e) or type(e).__name__
+                    raise ExecutorError(f"{host} refused a new SSH session: {detail}") from e
+            log.info("host=%s refused a session; retrying in %.2fs", host, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     def _exec(self, host: str, text: str, timeout: float) -> tuple:
         """Run ``text`` on ``host``: (exit status, stdout, stderr); TimeoutError, ExecutorError."""
@@ -429,7 +442,8 @@ class RemoteExecutor:
             except (TimeoutError, ExecutorError):
                 raise
             except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
-                self._forget(host, transport)
+                if transport is None or not transport.is_active():   # else only this channel failed
+                    self._forget(host, transport)
                 raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
             finally:
                 chan.close()

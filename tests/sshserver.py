@@ -163,9 +163,9 @@ class _Interface(paramiko.ServerInterface):
         return paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        if kind == "session":
-            return paramiko.OPEN_SUCCEEDED
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        if kind != "session":
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return paramiko.OPEN_SUCCEEDED if self.server._session_opened() else paramiko.OPEN_FAILED_CONNECT_FAILED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         text = command.decode(errors="replace")
@@ -192,6 +192,10 @@ class SSHServer:
         self.stopped = threading.Event()
         self.connections = 0
         self.commands: list = []
+        self.max_sessions: Optional[int] = None   # refuse more sessions at once (sshd's MaxSessions)
+        self.sessions = 0                          # sessions open now, and the most at once
+        self.peak_sessions = 0
+        self.refused_sessions = 0
         self._lock = threading.Lock()
         self._transports: list = []
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
@@ -225,6 +229,10 @@ class SSHServer:
     def close(self) -> None:
         """Stop listening and break every connection."""
         self.stopped.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)   # wakes the accept() of the other thread
+        except OSError:
+            pass
         self._listener.close()
         self.drop_connections()
         self._acceptor.join(5)
@@ -255,6 +263,15 @@ class SSHServer:
         except (paramiko.SSHException, EOFError, OSError):
             transport.close()
 
+    def _session_opened(self) -> bool:
+        with self._lock:
+            if self.max_sessions is not None and self.sessions >= self.max_sessions:
+                self.refused_sessions += 1
+                return False
+            self.sessions += 1
+            self.peak_sessions = max(self.peak_sessions, self.sessions)
+            return True
+
     def _run_command(self, chan: paramiko.Channel, command: str) -> None:
         with self._lock:
             self.commands.append(command)
@@ -266,6 +283,9 @@ class SSHServer:
             self.handler(chan, command)
         except (OSError, EOFError, paramiko.SSHException):
             pass                          # the client went away (timed out, closed the channel)
+        finally:
+            with self._lock:
+                self.sessions -= 1
 
 
 def _serve_forever() -> None:

@@ -253,6 +253,7 @@ def _ed25519_public_key():
 def _ssh_config(tmp_path, accept):
     kh = tmp_path / "known_hosts"
     kh.write_text("")
+    paramiko.ECDSAKey.generate().write_private_key_file(str(tmp_path / "id"))
     cfg = lab_config()
     cfg["ssh"] = {"key_file": str(tmp_path / "id"), "known_hosts": str(kh), "accept_new_host_keys": accept}
     return cfg
@@ -267,7 +268,7 @@ def test_reject_policy_when_not_accepting_new_host_keys(tmp_path, recording_para
     assert client.saved == []
     kw = client.connect_kw
     assert kw["allow_agent"] is False and kw["look_for_keys"] is False
-    assert kw["key_filename"] == str(tmp_path / "id")
+    assert kw["pkey"].get_base64() == paramiko.PKey.from_path(str(tmp_path / "id")).get_base64()
     assert kw["timeout"] == 10 and kw["username"] == "ubuntu"
 
 
