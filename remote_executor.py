@@ -24,7 +24,8 @@ then takes the exit status; it sleeps in ``poll()`` on the channel between
 packets, draining both streams so a command printing megabytes on both never
 blocks.  At most ``MAX_SESSIONS_PER_HOST`` commands run at once on one
 connection (OpenSSH refuses more sessions than its ``MaxSessions``, 10 by
-default); the others wait for a free session.
+default); the others wait for a free session, and a session the host still
+refuses is asked for again for up to the connect timeout.
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ __all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "U
 
 log = logging.getLogger("cloudrepo.remote")
 
-# OpenSSH's default MaxSessions: a server refuses more sessions at once on one connection.
-MAX_SESSIONS_PER_HOST = 10
+# Sessions at once on one connection.  sshd refuses more than MaxSessions (10 by default), and
+# counts a session until it has reaped its command, a little after the channel closed: headroom.
+MAX_SESSIONS_PER_HOST = 8
 _READ_CHUNK = 256 * 1024
 # Longest sleep between two looks at a channel: a safety net, the channel's pipe wakes us.
 _POLL_SLICE_S = 1.0
@@ -414,7 +416,7 @@ class RemoteExecutor:
 
         timeout = self.config.ssh.connect_timeout
         deadline = time.monotonic() + timeout
-        delay = 0.05
+        delay = 0.01
         while True:
             try:
                 return transport.open_session(timeout=timeout)
@@ -424,7 +426,7 @@ class RemoteExecutor:
                 if time.monotonic() + delay > deadline:
                     detail = getattr(e, "text", None) or str(e) or type(e).__name__
                     raise ExecutorError(f"{host} refused a new SSH session: {detail}") from e
-            log.info("host=%s refused a session; retrying in %.2fs", host, delay)
+            log.debug("host=%s refused a session; retrying in %.2fs", host, delay)
             time.sleep(delay)
             delay = min(2 * delay, 1.0)
 
@@ -435,8 +437,10 @@ class RemoteExecutor:
             transport = chan.get_transport()
             try:
                 deadline = time.monotonic() + timeout
+                # No EOF for the command's stdin (nothing reads it): paramiko's shutdown_write() can
+                # send it after the CLOSE of a command that already ended, and sshd then drops the
+                # whole connection ("ieof packet referred to nonexistent channel", paramiko #1705).
                 chan.exec_command(text)
-                chan.shutdown_write()
                 out, err = self._read_to_eof(chan, deadline)
                 status = self._exit_status(host, chan, deadline)
             except (TimeoutError, ExecutorError):

@@ -2,14 +2,14 @@
 
 ``pytestmark = hang_limit(120)`` in a test module: with pytest-timeout
 (requirements-dev.txt) that is its ``timeout`` mark, and a test running
-longer fails.  Without the plugin the module also needs the fixture that
-``hang_guard(120)`` returns: faulthandler then prints every thread's stack
-and ends the run (exit status 1) when a test runs longer.
+longer fails.  Without the plugin, the fixture that ``hang_guard(120)``
+returns (assigned in the same module) does the same with SIGALRM: the main
+thread gets a test failure wherever it waits.
 """
 from __future__ import annotations
 
-import faulthandler
 import importlib.util
+import signal
 
 import pytest
 
@@ -17,22 +17,28 @@ HAVE_PYTEST_TIMEOUT = importlib.util.find_spec("pytest_timeout") is not None
 
 
 def hang_limit(seconds: float) -> list:
-    """The marks limiting each test of a module to ``seconds``."""
+    """The marks limiting each test of a module to ``seconds`` (with pytest-timeout)."""
     return [pytest.mark.timeout(seconds)] if HAVE_PYTEST_TIMEOUT else []
 
 
 def hang_guard(seconds: float):
-    """An autouse fixture ending a run whose test hangs longer than ``seconds`` (without pytest-timeout)."""
+    """An autouse fixture failing a test that runs longer than ``seconds`` (without pytest-timeout)."""
 
     @pytest.fixture(autouse=True, name="hang_guard")
     def guard():
         if HAVE_PYTEST_TIMEOUT:
             yield
             return
-        faulthandler.dump_traceback_later(seconds, exit=True)
+
+        def hung(_signum, _frame):
+            pytest.fail(f"Timeout: the test ran for more than {seconds:g} s", pytrace=True)
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
             yield
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     return guard

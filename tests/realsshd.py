@@ -43,6 +43,22 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _children(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _descendants(pid: int) -> list:
+    found = []
+    for child in _children(pid):
+        found.append(child)
+        found.extend(_descendants(child))
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,6 +109,32 @@ class RealSSHD:
                     "connect_timeout": 10, "command_timeout": 60, "sudo": False}
         settings.update(overrides)
         return settings
+
+    def connection_processes(self) -> list:
+        """The pids below the listening daemon: its connections and the commands they run."""
+        listener = _children(self._proc.pid) if self._proc is not None else []
+        return [pid for top in listener for pid in _descendants(top)]
+
+    def command_lines(self) -> list:
+        """The command lines of ``connection_processes()``."""
+        lines = []
+        for pid in self.connection_processes():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    lines.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
+            except OSError:
+                pass
+        return lines
+
+    def kill_connections(self) -> int:
+        """SIGKILL every connection of the daemon and everything it runs; how many processes."""
+        victims = self.connection_processes()
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(victims)
 
     def stop(self) -> None:
         """Kill the daemon and every process it started."""

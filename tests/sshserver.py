@@ -8,9 +8,8 @@ that a ``RemoteExecutor`` connects to it exactly as to a real host::
     ex = RemoteExecutor(lab_config(ssh=server.ssh_settings()))
 
 Every exec request runs ``handler(chan, command)`` in its own thread, once
-the client has closed the command's stdin (the executor does so right after
-``exec_command``: waiting for it guarantees that the client got the
-request's reply before the handler closes the channel).  The handlers below
+the reply to the request has gone out (a channel closed before it would make
+paramiko's client report "Channel closed.").  The handlers below
 script the cases a real sshd only shows now and then: the exit status sent
 before the output, several MiB on both streams, a command that never ends, a
 connection that breaks mid-command.
@@ -23,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -30,6 +30,7 @@ import time
 from typing import Callable, Optional
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_FAILURE, MSG_CHANNEL_SUCCESS
 
 Handler = Callable[[paramiko.Channel, str], None]
 
@@ -149,6 +150,34 @@ def _bytes(value) -> bytes:
 
 # --- the server -----------------------------------------------------------------------
 
+class _ServerTransport(paramiko.Transport):
+    """A server transport that tells when the reply to a channel request has been sent."""
+
+    def __init__(self, sock: socket.socket):
+        super().__init__(sock)
+        self._replied: dict = {}      # the client's channel id -> Event
+        self._replied_lock = threading.Lock()
+
+    def reply_sent(self, chan: paramiko.Channel) -> threading.Event:
+        """Set once the reply to ``chan``'s pending request has gone out."""
+        with self._replied_lock:
+            return self._replied.setdefault(chan.remote_chanid, threading.Event())
+
+    def forget_reply(self, chan: paramiko.Channel) -> None:
+        with self._replied_lock:
+            self._replied.pop(chan.remote_chanid, None)
+
+    def _send_user_message(self, data) -> None:
+        super()._send_user_message(data)
+        raw = data.asbytes()
+        if raw[:1] in (bytes([MSG_CHANNEL_SUCCESS]), bytes([MSG_CHANNEL_FAILURE])):
+            (recipient,) = struct.unpack(">I", raw[1:5])
+            with self._replied_lock:
+                event = self._replied.get(recipient)
+            if event is not None:
+                event.set()
+
+
 class _Interface(paramiko.ServerInterface):
     def __init__(self, server: SSHServer):
         self.server = server
@@ -169,6 +198,7 @@ class _Interface(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         text = command.decode(errors="replace")
+        channel.get_transport().reply_sent(channel)    # before the reply can go out
         threading.Thread(target=self.server._run_command, args=(channel, text),
                          name="sshserver-cmd", daemon=True).start()
         return True
@@ -253,7 +283,7 @@ class SSHServer:
             threading.Thread(target=self._serve, args=(sock,), name="sshserver-conn", daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
-        transport = paramiko.Transport(sock)
+        transport = _ServerTransport(sock)
         transport.add_server_key(self.host_key)
         with self._lock:
             self.connections += 1
@@ -275,11 +305,10 @@ class SSHServer:
     def _run_command(self, chan: paramiko.Channel, command: str) -> None:
         with self._lock:
             self.commands.append(command)
+        transport = chan.get_transport()
         try:
-            chan.settimeout(30)
-            while chan.recv(65536):       # the command's stdin, to its end
-                pass
-            chan.settimeout(None)
+            transport.reply_sent(chan).wait(30)
+            transport.forget_reply(chan)
             self.handler(chan, command)
         except (OSError, EOFError, paramiko.SSHException):
             pass                          # the client went away (timed out, closed the channel)

@@ -1,7 +1,9 @@
 """remote_executor.py, quoting and config (SPEC §4.12, §4.13, §5)."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import remote_executor
 from config import ClusterConfig
 from hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
 from qcow_manager import overlay_delete
-from remote_executor import RemoteExecutor
+from remote_executor import RemoteExecutor, configure_logging
 
 NASTY = ["plain", "with space", "it's", 'dq"x', "$(touch /tmp/pwned)", "`id`", "a;b", "a&&b",
          "x|y", "back\\slash", "new\nline", "*", "~", "-n", "", "tab\tx", "é"]
@@ -392,3 +394,39 @@ def test_channel_failure_during_command_is_a_result(tmp_path, monkeypatch):
     res = ex.run(HostCommand("10.9.0.11", "id"))
     assert res.ok is False
     assert "Channel closed" in res.message()
+
+
+# --- logging --------------------------------------------------------------------------
+
+@pytest.fixture
+def root_logging():
+    root, chatty = logging.getLogger(), logging.getLogger("paramiko")
+    saved = root.handlers[:], root.level, chatty.level
+    yield root
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    chatty.setLevel(saved[2])
+
+
+def test_configure_logging_writes_to_the_file_only(tmp_path, root_logging):
+    root_logging.addHandler(logging.StreamHandler())       # an earlier configuration, e.g. the screen
+    path = tmp_path / "logs" / "cloud.log"
+    configure_logging(str(path))
+    configure_logging(str(path))                           # again: still one handler
+    assert [type(h) for h in root_logging.handlers] == [logging.FileHandler]
+    assert root_logging.handlers[0].baseFilename == str(path)
+    assert root_logging.level == logging.INFO
+    assert logging.getLogger("paramiko").level == logging.WARNING
+    logging.getLogger("cloudrepo.remote").info("host=%s connected", "h1")
+    logging.getLogger("paramiko.transport").info("kex chatter")
+    logging.getLogger("paramiko.transport").warning("Oops")
+    root_logging.handlers[0].flush()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert len(lines) == 2, lines
+    assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] host=h1 connected", lines[0])
+    assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] Oops", lines[1])
+
