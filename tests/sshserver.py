@@ -318,16 +318,29 @@ class SSHServer:
 
 
 def _serve_forever() -> None:
-    """Serve in this process: print the settings as JSON, run until stdin closes."""
+    """Serve in this process: print the settings as JSON, run until stdin closes.
+
+    ``printf %s WORD`` answers WORD (``"$HOME"``: its home), ``sleep N`` answers after N s.  Argument
+    ``mixed``: every other answer sends its exit status first (else: OpenSSH's
+    usual order).
+    """
     import tempfile
 
     directory = tempfile.mkdtemp(prefix="sshserver-")
-    kind = sys.argv[1] if len(sys.argv) > 1 else "echo"
+    mixed = len(sys.argv) > 1 and sys.argv[1] == "mixed"
+    counter = iter(range(1 << 62))
     server = SSHServer(directory)
-    if kind == "echo":   # "printf %s WORD" -> WORD, every other answer with the exit status first
-        counter = iter(range(1 << 62))
-        server.handler = answer(lambda cmd: (0, cmd.split(" ", 2)[-1], ""),
-                                status_first=lambda cmd: next(counter) % 2 == 1, pause=0.0)
+
+    def sleeper(chan: paramiko.Channel, command: str) -> None:
+        time.sleep(float(command.split()[1]))
+        send_reply(chan, 0)
+
+    def printf(command: str) -> tuple:
+        word = command.split(" ", 2)[-1]
+        return 0, server.home if word == '"$HOME"' else word, ""
+
+    echo = answer(printf, status_first=lambda cmd: mixed and next(counter) % 2 == 1, pause=0.0)
+    server.handler = route(echo, sleep=sleeper)
     print(json.dumps({"host": "127.0.0.1", "ssh": server.ssh_settings(), "directory": directory}), flush=True)
     sys.stdin.read()
     server.close()
