@@ -396,6 +396,8 @@ class RemoteExecutor:
             client = self._client(host)
             transport = client.get_transport()
             try:
+                if transport is None:   # closed by another thread in the meantime
+                    raise paramiko.SSHException("the connection was closed")
                 return self._open_session(host, transport)
             except (paramiko.SSHException, OSError, EOFError) as e:
                 self._forget(host, transport)

@@ -19,6 +19,7 @@ settings as one JSON line (bench/executor.py measures the client alone so).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from typing import Callable, Optional
 
 import paramiko
@@ -312,6 +314,9 @@ class SSHServer:
             self.handler(chan, command)
         except (OSError, EOFError, paramiko.SSHException):
             pass                          # the client went away (timed out, closed the channel)
+        except Exception:                 # a broken handler: answer at once rather than let a test hang
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                send_reply(chan, 255, err=traceback.format_exc().encode())
         finally:
             with self._lock:
                 self.sessions -= 1

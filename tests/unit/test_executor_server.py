@@ -7,6 +7,7 @@ unknown or changed host key.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -90,14 +91,17 @@ def test_thousands_of_parallel_commands_on_one_connection_lose_nothing(server, e
         word = token_of(cmd)
         return int(word) % 4, f"/home/u{word}", f"e{word}"
 
+    assert ex.check(HOST).ok
     server.handler = answer(reply, status_first=lambda cmd: int(token_of(cmd)) % 2 == 1, pause=0.0)
     cmds = [command(f"printf %s {i}") for i in range(3000)]
+    fds_before = len(os.listdir("/proc/self/fd"))
     results = ex.run_all(cmds)                  # 16 threads, at most MAX_SESSIONS_PER_HOST at once
+    assert len(os.listdir("/proc/self/fd")) < fds_before + 20     # no descriptor kept per command
     wrong = [(i, r.exit_status, r.stdout, r.stderr, r.error) for i, r in enumerate(results)
              if (r.exit_status, r.stdout, r.stderr, r.error) != (i % 4, f"/home/u{i}", f"e{i}", "")]
     assert wrong == []
     assert server.connections == 1 and ex.stats.connections == 1
-    assert ex.stats.commands == 3000
+    assert ex.stats.commands == 3001
     assert 1 < server.peak_sessions <= MAX_SESSIONS_PER_HOST
 
 
