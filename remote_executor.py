@@ -15,12 +15,24 @@
 Remote failures never raise: ``run()`` returns a ``CommandResult`` whose
 ``ok`` is False and whose ``error`` says what happened (host unreachable,
 unknown host key, timeout, non-zero exit).
+
+Reading a command's answer: an SSH server may send the exit status before the
+command's last output (OpenSSH does, now and then, when the command ends
+before sshd has forwarded what it printed).  So the executor reads stdout
+*and* stderr to their end (EOF, which always follows the last data) and only
+then takes the exit status; it sleeps in ``poll()`` on the channel between
+packets, draining both streams so a command printing megabytes on both never
+blocks.  At most ``MAX_SESSIONS_PER_HOST`` commands run at once on one
+connection (OpenSSH refuses more sessions than its ``MaxSessions``, 10 by
+default); the others wait for a free session, and a session the host still
+refuses is asked for again for up to the connect timeout.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import select
 import socket
 import stat
 import threading
@@ -33,13 +45,33 @@ from typing import Iterable, Optional, Union
 from config import ClusterConfig
 from hostcmd import CommandResult, HostCommand, q
 
-__all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "configure_logging"]
+__all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "UnknownHostKeyError",
+           "configure_logging"]
 
 log = logging.getLogger("cloudrepo.remote")
+
+# Sessions at once on one connection.  sshd refuses more than MaxSessions (10 by default), and
+# counts a session until it has reaped its command, a little after the channel closed: headroom.
+MAX_SESSIONS_PER_HOST = 8
+_READ_CHUNK = 256 * 1024
+# Longest sleep between two looks at a channel: a safety net, the channel's pipe wakes us.
+_POLL_SLICE_S = 1.0
+# How long a transport whose channel just closed without EOF may take to end its thread.
+_CUT_GRACE_S = 0.5
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
 class ExecutorError(Exception):
     """A host could not be reached (connection, host key, authentication)."""
+
+
+class UnknownHostKeyError(ExecutorError):
+    """The host's key is not in known_hosts and new host keys are not accepted."""
+
+    def __init__(self, host: str, known_hosts: str):
+        super().__init__(f"host {host} is not in {known_hosts}: refusing an unknown host key "
+                         f"(set ssh.accept_new_host_keys to trust it)")
+        self.host = host
 
 
 @dataclass
@@ -52,16 +84,9 @@ class ExecutorStats:
 
 
 def configure_logging(log_file: str, level: int = logging.INFO) -> None:
-    """Send this program's logs to ``log_file`` only (never the screen)."""
+    """Send this program's logs to ``log_file`` only (never the screen); paramiko's from WARNING up."""
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler = logging.FileHandler(log_file, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
+    logging.basicConfig(filename=log_file, encoding="utf-8", level=level, format=_LOG_FORMAT, force=True)
     logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
@@ -94,6 +119,18 @@ def _append_new_host_key(paramiko, known_hosts: str):
     return AppendNewHostKey()
 
 
+def _reject_unknown_host_key(paramiko, host: str, known_hosts: str):
+    """paramiko's RejectPolicy, raising ``UnknownHostKeyError`` (a message for people) instead."""
+
+    class RejectUnknownHostKey(paramiko.RejectPolicy):
+        def missing_host_key(self, client, hostname, key):
+            log.warning("refused the unknown host key of %s (%s %s)", hostname, key.get_name(),
+                        key.get_fingerprint().hex())
+            raise UnknownHostKeyError(host, known_hosts)
+
+    return RejectUnknownHostKey()
+
+
 # --- the executor -------------------------------------------------------------
 
 class RemoteExecutor:
@@ -109,6 +146,7 @@ class RemoteExecutor:
         self._homes: dict = {}
         self._lock = threading.Lock()
         self._host_locks: dict = {}
+        self._session_slots: dict = {}
 
     # public API ---------------------------------------------------------------
 
@@ -271,6 +309,11 @@ class RemoteExecutor:
         with self._lock:
             return self._host_locks.setdefault(host, threading.Lock())
 
+    def _session_slot(self, host: str) -> threading.BoundedSemaphore:
+        """One of the ``MAX_SESSIONS_PER_HOST`` sessions a host's connection may have open at once."""
+        with self._lock:
+            return self._session_slots.setdefault(host, threading.BoundedSemaphore(MAX_SESSIONS_PER_HOST))
+
     def _client(self, host: str):
         import paramiko  # imported here so that unit tests and dry runs need no SSH stack
 
@@ -281,103 +324,192 @@ class RemoteExecutor:
                 if transport is not None and transport.is_active():
                     return client
                 client.close()
-            ssh = self.config.ssh
-            client = paramiko.SSHClient()
-            try:
-                client.load_host_keys(ssh.known_hosts)
-            except FileNotFoundError:
-                if not ssh.accept_new_host_keys:
-                    raise ExecutorError(f"known_hosts file {ssh.known_hosts} not found: "
-                                        f"cannot check the host key of {host}") from None
-            except OSError as e:
-                raise ExecutorError(f"cannot read known_hosts {ssh.known_hosts}: {e}") from e
-            if ssh.accept_new_host_keys:
-                client.set_missing_host_key_policy(_append_new_host_key(paramiko, ssh.known_hosts))
-            else:
-                client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            try:
-                sock = socket.create_connection((host, ssh.port), timeout=ssh.connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError as e:
-                raise ExecutorError(f"cannot connect to {host}:{ssh.port}: {e}") from e
-            try:
-                client.connect(host, port=ssh.port, username=ssh.user, key_filename=ssh.key_file,
-                               sock=sock, timeout=ssh.connect_timeout,
-                               banner_timeout=ssh.connect_timeout, auth_timeout=ssh.connect_timeout,
-                               allow_agent=False, look_for_keys=False)
-            except paramiko.BadHostKeyException as e:
-                sock.close()
-                raise ExecutorError(f"host key of {host} does not match {ssh.known_hosts} "
-                                    f"(possible man-in-the-middle): refusing to connect") from e
-            except paramiko.SSHException as e:
-                sock.close()
-                if "not found in known_hosts" in str(e):
-                    raise ExecutorError(f"host {host} is not in {ssh.known_hosts}: refusing an "
-                                        f"unknown host key (set ssh.accept_new_host_keys to trust it)") from e
-                raise ExecutorError(f"SSH to {ssh.user}@{host} failed: {e}") from e
-            except OSError as e:
-                sock.close()
-                raise ExecutorError(f"SSH to {ssh.user}@{host} failed: {e}") from e
-            transport = client.get_transport()
-            transport.set_keepalive(15)
+            client = self._connect(paramiko, host)
+            client.get_transport().set_keepalive(15)
             with self._lock:
                 self.stats.connections += 1
                 self._clients[host] = client
-            log.info("host=%s connected as %s", host, ssh.user)
+            log.info("host=%s connected as %s", host, self.config.ssh.user)
             return client
 
+    def _connect(self, paramiko, host: str):
+        """A new, authenticated SSHClient to ``host`` (ExecutorError with a clear message if not)."""
+        ssh = self.config.ssh
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(ssh.known_hosts)
+        except FileNotFoundError:
+            if not ssh.accept_new_host_keys:
+                raise ExecutorError(f"known_hosts file {ssh.known_hosts} not found: "
+                                    f"cannot check the host key of {host}") from None
+        except OSError as e:
+            raise ExecutorError(f"cannot read known_hosts {ssh.known_hosts}: {e}") from e
+        if ssh.accept_new_host_keys:
+            client.set_missing_host_key_policy(_append_new_host_key(paramiko, ssh.known_hosts))
+        else:
+            client.set_missing_host_key_policy(_reject_unknown_host_key(paramiko, host, ssh.known_hosts))
+        try:
+            sock = socket.create_connection((host, ssh.port), timeout=ssh.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:
+            raise ExecutorError(f"cannot connect to {host}:{ssh.port}: {e}") from e
+        try:
+            # loaded here, not by connect(key_filename=): that one tries every key type and, when the
+            # host refuses the key, reports the last type's parse error instead of the refusal
+            pkey = paramiko.PKey.from_path(ssh.key_file)
+        except Exception as e:  # noqa: BLE001 - OSError, SSHException, UnknownKeyType...
+            sock.close()
+            raise ExecutorError(f"cannot use the SSH key {ssh.key_file}: {e or type(e).__name__}") from e
+        try:
+            client.connect(host, port=ssh.port, username=ssh.user, pkey=pkey,
+                           sock=sock, timeout=ssh.connect_timeout,
+                           banner_timeout=ssh.connect_timeout, auth_timeout=ssh.connect_timeout,
+                           allow_agent=False, look_for_keys=False)
+        except UnknownHostKeyError:
+            self._discard(client, sock)
+            raise
+        except paramiko.BadHostKeyException as e:
+            self._discard(client, sock)
+            raise ExecutorError(f"host key of {host} does not match {ssh.known_hosts} "
+                                f"(possible man-in-the-middle): refusing to connect") from e
+        except paramiko.AuthenticationException as e:
+            self._discard(client, sock)
+            raise ExecutorError(f"SSH to {ssh.user}@{host} failed: the host refused the key {ssh.key_file}") from e
+        except (paramiko.SSHException, OSError) as e:
+            self._discard(client, sock)
+            raise ExecutorError(f"SSH to {ssh.user}@{host} failed: {e or type(e).__name__}") from e
+        return client
+
+    @staticmethod
+    def _discard(client, sock: socket.socket) -> None:
+        """Close a connection that failed half-way (its transport thread, then its socket)."""
+        try:
+            client.close()
+        finally:
+            sock.close()
+
     def _open_channel(self, host: str):
+        """A new session channel on the host's connection (reconnecting once if it broke)."""
         import paramiko
 
         for attempt in (1, 2):
             client = self._client(host)
+            transport = client.get_transport()
             try:
-                return client.get_transport().open_session(timeout=self.config.ssh.connect_timeout)
-            except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
-                with self._lock:
-                    if self._clients.get(host) is client:
-                        del self._clients[host]
-                client.close()
+                if transport is None:   # closed by another thread in the meantime
+                    raise paramiko.SSHException("the connection was closed")
+                return self._open_session(host, transport)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                self._forget(host, transport)
                 if attempt == 2:
-                    raise ExecutorError(f"SSH session to {host} failed: {e}") from e
+                    raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
         raise AssertionError("unreachable")
 
-    def _exec(self, host: str, text: str, timeout: float) -> tuple:
-        chan = self._open_channel(host)
+    def _open_session(self, host: str, transport):
+        """``transport.open_session()``, retried for a while when the host refuses a session.
+
+        A refusal (sshd's MaxSessions, a session still closing) leaves the
+        connection up; only a dead connection raises paramiko's exception.
+        paramiko keeps one exception per connection, so with parallel opens
+        its text may be another channel's: whether the connection is still
+        up is what tells a refusal from a broken connection.
+        """
+        import paramiko
+
+        timeout = self.config.ssh.connect_timeout
         deadline = time.monotonic() + timeout
-        out, err = [], []
-        try:
-            chan.settimeout(0.2)
-            chan.exec_command(text)
-            chan.shutdown_write()
-            while True:
-                got = False
-                while chan.recv_ready():
-                    out.append(chan.recv(65536))
-                    got = True
-                while chan.recv_stderr_ready():
-                    err.append(chan.recv_stderr(65536))
-                    got = True
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                if not got:
-                    time.sleep(0.002)
-            status = chan.recv_exit_status()
-        except (socket.timeout, TimeoutError):
-            raise TimeoutError from None
-        except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
-            self._forget(host, chan.get_transport())
-            raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
-        finally:
-            chan.close()
-        return status, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
+        delay = 0.01
+        while True:
+            try:
+                return transport.open_session(timeout=timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                if not transport.is_active():
+                    raise
+                if time.monotonic() + delay > deadline:
+                    detail = getattr(e, "text", None) or str(e) or type(e).__name__
+                    raise ExecutorError(f"{host} refused a new SSH session: {detail}") from e
+            log.debug("host=%s refused a session; retrying in %.2fs", host, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
+
+    def _exec(self, host: str, text: str, timeout: float) -> tuple:
+        """Run ``text`` on ``host``: (exit status, stdout, stderr); TimeoutError, ExecutorError."""
+        with self._session_slot(host):
+            chan = self._open_channel(host)
+            transport = chan.get_transport()
+            try:
+                deadline = time.monotonic() + timeout
+                # No EOF for the command's stdin (nothing reads it): paramiko's shutdown_write() can
+                # send it after the CLOSE of a command that already ended, and sshd then drops the
+                # whole connection ("ieof packet referred to nonexistent channel", paramiko #1705).
+                chan.exec_command(text)
+                out, err = self._read_to_eof(chan, deadline)
+                status = self._exit_status(host, chan, deadline)
+            except (TimeoutError, ExecutorError):
+                raise
+            except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
+                if transport is None or not transport.is_active():   # else only this channel failed
+                    self._forget(host, transport)
+                raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
+            finally:
+                chan.close()
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    @staticmethod
+    def _read_to_eof(chan, deadline: float) -> tuple:
+        """Both outputs of a channel, read until their end (EOF or close): (stdout, stderr) bytes.
+
+        Waits in poll() on the channel's pipe, which paramiko makes readable
+        when either stream has data or has ended.  Each wake-up drains both
+        streams, so the remote never blocks on a full window.  paramiko can
+        drop a wake-up when data arrives on one stream while we empty the
+        other (the streams share the pipe): the buffers themselves are looked
+        at once more before sleeping.
+        """
+        chan.settimeout(0.0)  # recv raises socket.timeout at once when nothing is buffered
+        open_streams = [(chan.recv, []), (chan.recv_stderr, [])]
+        out_chunks, err_chunks = open_streams[0][1], open_streams[1][1]
+        poller = select.poll()
+        poller.register(chan.fileno(), select.POLLIN)
+        while True:
+            for stream in list(open_streams):
+                if not _drain(*stream):
+                    open_streams.remove(stream)
+            if not open_streams:
+                return b"".join(out_chunks), b"".join(err_chunks)
+            if chan.recv_ready() or chan.recv_stderr_ready() or chan.eof_received or chan.closed:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            poller.poll(math.ceil(min(remaining, _POLL_SLICE_S) * 1000))
+
+    def _exit_status(self, host: str, chan, deadline: float) -> int:
+        """The exit status of a channel whose outputs have ended (it may still be on its way).
+
+        -1 when the host closed the session without one (a command killed by a
+        signal).  A channel closed without EOF nor status was cut with its
+        connection: ExecutorError, and the connection is forgotten.
+        """
+        while not chan.status_event.wait(min(max(deadline - time.monotonic(), 0), _POLL_SLICE_S)):
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+        status = chan.recv_exit_status()
+        if status == -1 and not chan.eof_received:
+            transport = chan.get_transport()
+            transport.join(_CUT_GRACE_S)  # a dying transport ends its thread right after closing its channels
+            if not transport.is_active():
+                self._forget(host, transport)
+                raise ExecutorError(f"SSH connection to {host} was lost during the command")
+        return status
 
     def _put(self, host: str, local_path: str, remote_path: str, timeout: float) -> None:
         if not os.path.isfile(local_path):
             raise OSError(f"{local_path} does not exist on the manager")
-        client = self._client(host)
+        with self._session_slot(host):
+            self._sftp_put(self._client(host), local_path, remote_path, timeout)
+
+    def _sftp_put(self, client, local_path: str, remote_path: str, timeout: float) -> None:
         target = remote_path[2:] if remote_path.startswith("~/") else remote_path
         tmp = f"{target}.part-{uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + timeout
@@ -416,3 +548,15 @@ class RemoteExecutor:
                     continue
             except FileNotFoundError:
                 sftp.mkdir(path)
+
+
+def _drain(read, chunks: list) -> bool:
+    """Append to ``chunks`` what a non-blocking channel stream holds now; False once it has ended."""
+    while True:
+        try:
+            data = read(_READ_CHUNK)
+        except socket.timeout:
+            return True
+        if not data:
+            return False
+        chunks.append(data)

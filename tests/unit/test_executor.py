@@ -1,7 +1,9 @@
 """remote_executor.py, quoting and config (SPEC §4.12, §4.13, §5)."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import remote_executor
 from config import ClusterConfig
 from hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
 from qcow_manager import overlay_delete
-from remote_executor import RemoteExecutor
+from remote_executor import RemoteExecutor, configure_logging
 
 NASTY = ["plain", "with space", "it's", 'dq"x', "$(touch /tmp/pwned)", "`id`", "a;b", "a&&b",
          "x|y", "back\\slash", "new\nline", "*", "~", "-n", "", "tab\tx", "é"]
@@ -190,6 +192,7 @@ def test_config_errors(tmp_path, text):
 class _RecordingClient:
     instances: list = []
     connect_error = None
+    offered_key = None  # a host key known_hosts lacks: connect() asks the policy about it, as paramiko does
 
     def __init__(self):
         self.policies = []
@@ -205,6 +208,8 @@ class _RecordingClient:
 
     def connect(self, host, **kw):
         self.connect_kw = kw
+        if _RecordingClient.offered_key is not None:
+            self.policies[-1].missing_host_key(self, host, _RecordingClient.offered_key)
         if _RecordingClient.connect_error is not None:
             raise _RecordingClient.connect_error
 
@@ -236,14 +241,21 @@ class _FakeSock:
 def recording_paramiko(monkeypatch):
     _RecordingClient.instances = []
     _RecordingClient.connect_error = None
+    _RecordingClient.offered_key = None
     monkeypatch.setattr(paramiko, "SSHClient", _RecordingClient)
     monkeypatch.setattr(remote_executor.socket, "create_connection", lambda *a, **k: _FakeSock())
     return _RecordingClient
 
 
+def _ed25519_public_key():
+    return paramiko.Ed25519Key(data=bytes.fromhex(
+        "0000000b7373682d65643235353139000000200c55f8fcc54b5a6e6bb7b6e8b3f6d5a2f0b4bd0a1e4b3e2f8d9c1a2b3c4d5e6f"))
+
+
 def _ssh_config(tmp_path, accept):
     kh = tmp_path / "known_hosts"
     kh.write_text("")
+    paramiko.ECDSAKey.generate().write_private_key_file(str(tmp_path / "id"))
     cfg = lab_config()
     cfg["ssh"] = {"key_file": str(tmp_path / "id"), "known_hosts": str(kh), "accept_new_host_keys": accept}
     return cfg
@@ -258,7 +270,7 @@ def test_reject_policy_when_not_accepting_new_host_keys(tmp_path, recording_para
     assert client.saved == []
     kw = client.connect_kw
     assert kw["allow_agent"] is False and kw["look_for_keys"] is False
-    assert kw["key_filename"] == str(tmp_path / "id")
+    assert kw["pkey"].get_base64() == paramiko.PKey.from_path(str(tmp_path / "id")).get_base64()
     assert kw["timeout"] == 10 and kw["username"] == "ubuntu"
 
 
@@ -271,8 +283,7 @@ def test_new_host_keys_appended_only_when_configured(tmp_path, recording_paramik
     assert isinstance(policy, paramiko.MissingHostKeyPolicy)
     assert not isinstance(policy, (paramiko.RejectPolicy, paramiko.AutoAddPolicy))
     assert client.saved == []  # never rewrites the whole file
-    key = paramiko.Ed25519Key(data=bytes.fromhex(
-        "0000000b7373682d65643235353139000000200c55f8fcc54b5a6e6bb7b6e8b3f6d5a2f0b4bd0a1e4b3e2f8d9c1a2b3c4d5e6f"))
+    key = _ed25519_public_key()
 
     class Keys(dict):
         def add(self, host, kind, k):
@@ -300,12 +311,23 @@ def test_connection_reused_per_host(tmp_path, recording_paramiko):
 
 
 def test_unknown_host_key_refused_gives_clear_result(tmp_path, recording_paramiko):
-    recording_paramiko.connect_error = paramiko.SSHException("Server '10.9.0.11' not found in known_hosts")
+    recording_paramiko.offered_key = _ed25519_public_key()
     ex = RemoteExecutor(_ssh_config(tmp_path, False))
     res = ex.run(HostCommand("10.9.0.11", "id"))
     assert res.ok is False
     assert res.message() == (f"host 10.9.0.11 is not in {tmp_path / 'known_hosts'}: refusing an unknown "
                              "host key (set ssh.accept_new_host_keys to trust it)")
+    assert (tmp_path / "known_hosts").read_text() == ""       # nothing recorded
+
+
+def test_reject_policy_raises_its_own_error_whatever_paramikos_wording(tmp_path):
+    from remote_executor import UnknownHostKeyError, _reject_unknown_host_key
+    policy = _reject_unknown_host_key(paramiko, "10.9.0.11", "/kh")
+    assert isinstance(policy, paramiko.RejectPolicy)
+    with pytest.raises(UnknownHostKeyError) as e:
+        policy.missing_host_key(None, "[10.9.0.11]:2222", _ed25519_public_key())
+    assert str(e.value) == ("host 10.9.0.11 is not in /kh: refusing an unknown host key "
+                            "(set ssh.accept_new_host_keys to trust it)")
 
 
 def test_missing_known_hosts_refused(tmp_path):
@@ -372,3 +394,39 @@ def test_channel_failure_during_command_is_a_result(tmp_path, monkeypatch):
     res = ex.run(HostCommand("10.9.0.11", "id"))
     assert res.ok is False
     assert "Channel closed" in res.message()
+
+
+# --- logging --------------------------------------------------------------------------
+
+@pytest.fixture
+def root_logging():
+    root, chatty = logging.getLogger(), logging.getLogger("paramiko")
+    saved = root.handlers[:], root.level, chatty.level
+    yield root
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    chatty.setLevel(saved[2])
+
+
+def test_configure_logging_writes_to_the_file_only(tmp_path, root_logging):
+    root_logging.addHandler(logging.StreamHandler())       # an earlier configuration, e.g. the screen
+    path = tmp_path / "logs" / "cloud.log"
+    configure_logging(str(path))
+    configure_logging(str(path))                           # again: still one handler
+    assert [type(h) for h in root_logging.handlers] == [logging.FileHandler]
+    assert root_logging.handlers[0].baseFilename == str(path)
+    assert root_logging.level == logging.INFO
+    assert logging.getLogger("paramiko").level == logging.WARNING
+    logging.getLogger("cloudrepo.remote").info("host=%s connected", "h1")
+    logging.getLogger("paramiko.transport").info("kex chatter")
+    logging.getLogger("paramiko.transport").warning("Oops")
+    root_logging.handlers[0].flush()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert len(lines) == 2, lines
+    assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] host=h1 connected", lines[0])
+    assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] Oops", lines[1])
+

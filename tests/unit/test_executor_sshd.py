@@ -1,0 +1,129 @@
+"""The executor against a real OpenSSH sshd that the tests start (root, 127.0.0.1, a free port).
+
+The daemon keeps OpenSSH's defaults where the cluster's hosts do (MaxSessions
+10 in particular); its commands run as root with HOME set to an empty
+temporary directory (tests/realsshd.py).  Skipped, with the reason, when not
+root or without /usr/sbin/sshd.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hangguard import hang_guard, hang_limit
+from realsshd import RealSSHD, unavailable_reason
+from sshserver import pattern
+from uhelpers import lab_config
+
+from hostcmd import HostCommand
+from remote_executor import RemoteExecutor
+
+pytestmark = hang_limit(300)
+_hang_guard = hang_guard(300)
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = RealSSHD(tmp_path_factory.mktemp("sshd"))
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def ex(sshd):
+    executor = RemoteExecutor(lab_config(ssh=sshd.ssh_settings()))
+    yield executor
+    executor.close()
+
+
+def command(script: str, timeout: float = None, sudo: bool = False) -> HostCommand:
+    return HostCommand(HOST, script, sudo=sudo, timeout=timeout)
+
+
+def test_home_is_the_neutral_temporary_one(sshd, ex):
+    res = ex.check(HOST)
+    assert res.ok, res.message()
+    assert res.stdout == sshd.home
+    # root's own dotfiles (pyenv init) were not read
+    assert ex.run(command('printf %s "${PYENV_ROOT:-none}"')).stdout == "none"
+
+
+def test_thousands_of_real_commands_in_parallel_lose_nothing(sshd, ex):
+    # 16 threads (run_all) on one connection to an sshd with the default MaxSessions (10);
+    # every command answers differently on both streams, with its own exit status.
+    n = 2400
+    cmds = [command(f'printf "%s/{i}" "$HOME"; printf e{i} >&2; exit {i % 4}') for i in range(n)]
+    results = ex.run_all(cmds)
+    wrong = [(i, r.exit_status, r.stdout, r.stderr, r.error) for i, r in enumerate(results)
+             if (r.exit_status, r.stdout, r.stderr, r.error) != (i % 4, f"{sshd.home}/{i}", f"e{i}", "")]
+    assert wrong == []
+    assert ex.stats.connections == 1 and ex.stats.commands == n
+
+
+def test_eight_mib_on_stdout_and_four_on_stderr_at_once(ex):
+    out_size, err_size = 8 << 20, 4 << 20
+    script = (f"seq -f 'err %09.0f' 0 {err_size // 14} | head -c {err_size} >&2 & "
+              f"seq -f 'out %09.0f' 0 {out_size // 14} | head -c {out_size}; wait")
+    res = ex.run(command(script, timeout=120))
+    assert res.ok, res.message()
+    assert res.stdout.encode() == pattern(out_size, b"out")
+    assert res.stderr.encode() == pattern(err_size, b"err")
+
+
+def test_a_command_past_its_timeout_gives_a_timeout_and_the_connection_stays(ex):
+    res = ex.run(command("sleep 30", timeout=1))
+    assert res.message() == f"timed out after 1 s on {HOST}"
+    res = ex.run(command("printf after"))
+    assert res.stdout == "after"
+    assert ex.stats.connections == 1
+
+
+def test_a_root_script_is_stopped_by_the_hosts_own_timeout(sshd):
+    # render(): root scripts run under `timeout` on the host, 3 s before the manager gives up
+    ex = RemoteExecutor(lab_config(ssh=sshd.ssh_settings(sudo=True)))
+    assert ex.run(command("id -u", sudo=True)).stdout == "0\n"
+    res = ex.run(command("sleep 30", timeout=5, sudo=True))
+    assert res.exit_status == 124 and res.error == ""     # timeout(1)'s status, not the manager's timeout
+    ex.close()
+
+
+def test_a_killed_connection_is_an_error_and_the_next_command_reconnects(sshd, ex):
+    assert ex.check(HOST).ok
+    results = []
+    runner = threading.Thread(target=lambda: results.append(ex.run(command("printf started; sleep 47"))))
+    runner.start()
+    for _ in range(400):          # until the command runs on the host
+        if "sleep 47" in sshd.command_lines():
+            break
+        time.sleep(0.05)
+    assert sshd.kill_connections() > 0
+    runner.join(60)
+    assert results[0].ok is False
+    assert results[0].message() == f"SSH connection to {HOST} was lost during the command"
+    res = ex.check(HOST)
+    assert res.ok, res.message()
+    assert ex.stats.connections == 2
+
+
+def test_unknown_and_changed_host_keys_are_refused_by_a_real_server(sshd, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    ex = RemoteExecutor(lab_config(ssh=sshd.ssh_settings(known_hosts=str(empty))))
+    assert ex.check(HOST).message() == (f"host {HOST} is not in {empty}: refusing an unknown host key "
+                                         "(set ssh.accept_new_host_keys to trust it)")
+    other = tmp_path / "other_known_hosts"
+    other.write_text(f"[{HOST}]:{sshd.port} ssh-ed25519 "
+                     "AAAAC3NzaC1lZDI1NTE5AAAAIAxV+PzFS1pua7e26LP21aLwtL0KHkvj4vjZwaKzxNXm\n")
+    ex = RemoteExecutor(lab_config(ssh=sshd.ssh_settings(known_hosts=str(other))))
+    assert ex.check(HOST).message() == (f"host key of {HOST} does not match {other} "
+                                        "(possible man-in-the-middle): refusing to connect")
+
