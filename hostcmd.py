@@ -16,7 +16,7 @@ Shell conventions of every script:
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 
@@ -79,6 +79,8 @@ class HostCommand:
 
     ``step`` names it for people (progress lines, logs); ``action`` and
     ``target`` name it for programs (e.g. ``"start_vm"``, ``1001``).
+    ``stdin`` is sent to the script's standard input and appears in no log
+    and no command line (the script reads it with ``IFS= read -r``).
     """
 
     host: str
@@ -88,6 +90,10 @@ class HostCommand:
     step: str = ""
     action: str = ""
     target: object = None
+    stdin: str = field(default="", repr=False)  # a line the script reads first (secrets): never logged
+
+    def __repr__(self) -> str:
+        return f"HostCommand(host={self.host!r}, step={self.step!r}, action={self.action!r}, target={self.target!r})"
 
 
 @dataclass

@@ -205,6 +205,28 @@ class RemoteExecutor:
         limit = f"timeout -k 2 {host_limit} sh -c {q(cmd.script)}"
         return f"sudo -n {limit}" if self.config.ssh.sudo else limit
 
+    def render_interactive(self, cmd: HostCommand) -> str:
+        """The text of a long-lived command (a console): root when needed, but no ``timeout``."""
+        if not cmd.sudo:
+            return cmd.script
+        text = f"sh -c {q(cmd.script)}"
+        return f"sudo -n {text}" if self.config.ssh.sudo else text
+
+    def open_interactive(self, cmd: HostCommand):
+        """Start ``cmd`` on its host and return its paramiko channel (the caller reads, writes and closes it).
+
+        Raises ExecutorError when the host cannot be reached.
+        """
+        text = self.render_interactive(cmd)
+        chan = self._open_channel(cmd.host)
+        try:
+            chan.exec_command(text)
+        except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
+            chan.close()
+            raise ExecutorError(f"SSH session to {cmd.host} failed: {e or type(e).__name__}") from e
+        log.info("host=%s step=%s interactive cmd=%s", cmd.host, cmd.step or "-", text)
+        return chan
+
     def _timeout(self, cmd: HostCommand) -> float:
         return cmd.timeout or self.config.ssh.command_timeout
 
@@ -283,6 +305,8 @@ class RemoteExecutor:
 
     def _transport(self, cmd: HostCommand, text: str, timeout: float) -> tuple:
         """Send ``text`` (the rendered ``cmd``) to its host: (exit status, stdout, stderr)."""
+        if cmd.stdin:
+            return self._exec(cmd.host, text, timeout, stdin=cmd.stdin.encode())
         return self._exec(cmd.host, text, timeout)
 
     def _forget(self, host: str, transport=None) -> None:
@@ -432,17 +456,23 @@ class RemoteExecutor:
             time.sleep(delay)
             delay = min(2 * delay, 1.0)
 
-    def _exec(self, host: str, text: str, timeout: float) -> tuple:
-        """Run ``text`` on ``host``: (exit status, stdout, stderr); TimeoutError, ExecutorError."""
+    def _exec(self, host: str, text: str, timeout: float, stdin: bytes = b"") -> tuple:
+        """Run ``text`` on ``host``: (exit status, stdout, stderr); TimeoutError, ExecutorError.
+
+        ``stdin``: bytes for the command's standard input (a script reads them as a line).
+        """
         with self._session_slot(host):
             chan = self._open_channel(host)
             transport = chan.get_transport()
             try:
                 deadline = time.monotonic() + timeout
-                # No EOF for the command's stdin (nothing reads it): paramiko's shutdown_write() can
-                # send it after the CLOSE of a command that already ended, and sshd then drops the
-                # whole connection ("ieof packet referred to nonexistent channel", paramiko #1705).
+                # No EOF for the command's stdin: paramiko's shutdown_write() can send it after the
+                # CLOSE of a command that already ended, and sshd then drops the whole connection
+                # ("ieof packet referred to nonexistent channel", paramiko #1705).  A script that
+                # reads stdin reads one line.
                 chan.exec_command(text)
+                if stdin:
+                    chan.sendall(stdin if stdin.endswith(b"\n") else stdin + b"\n")
                 out, err = self._read_to_eof(chan, deadline)
                 status = self._exit_status(host, chan, deadline)
             except (TimeoutError, ExecutorError):

@@ -127,3 +127,31 @@ def test_unknown_and_changed_host_keys_are_refused_by_a_real_server(sshd, tmp_pa
     assert ex.check(HOST).message() == (f"host key of {HOST} does not match {other} "
                                         "(possible man-in-the-middle): refusing to connect")
 
+
+
+def test_a_secret_on_stdin_reaches_the_script_and_no_log(sshd, ex, caplog):
+    secret = "s3cretPW"
+    with caplog.at_level("INFO", logger="cloudrepo.remote"):
+        res = ex.run(HostCommand(HOST, 'IFS= read -r pw; printf "%s" "$pw" | wc -c; printf "%s" "$pw" | md5sum',
+                                 sudo=False, stdin=secret))
+    assert res.ok, res.message()
+    import hashlib
+    assert res.stdout.split()[0] == "8" and hashlib.md5(secret.encode()).hexdigest() in res.stdout
+    assert secret not in caplog.text and "read -r pw" in caplog.text
+
+
+def test_an_interactive_channel_runs_without_the_timeout_wrapper(sshd, ex):
+    cmd = HostCommand(HOST, "IFS= read -r line; echo got:$line", sudo=False)
+    chan = ex.open_interactive(cmd)
+    try:
+        chan.sendall(b"hello\n")
+        deadline = time.monotonic() + 10
+        out = b""
+        while b"got:hello" not in out and time.monotonic() < deadline:
+            if chan.recv_ready():
+                out += chan.recv(100)
+            time.sleep(0.01)
+        assert b"got:hello" in out
+    finally:
+        chan.close()
+    assert "timeout" not in ex.render_interactive(HostCommand(HOST, "x", sudo=True))
