@@ -126,7 +126,8 @@ class Design:
         self._remove_disks(dropped)
         return result
 
-    def _reserve_vm(self, username: str, slice_id, vm_name: str, flavor: dict, internet: bool) -> tuple:
+    def _reserve_vm(self, username: str, slice_id, vm_name: str, flavor_name: str, flavor: dict,
+                    internet: bool) -> tuple:
         """Take the VM's ID, quota, worker, VNC port, address and overlay name; store it ``pending``."""
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
@@ -148,7 +149,8 @@ class Design:
             placeholder = {"vm_id": vm_id, "name": vm_name, "owner": username, "worker_ip": worker,
                            "vnc_port": free_vnc_port(data), "status": "pending", "pid": None,
                            "qcow_image": f"{base_dir}/{overlay_file(data, base_dir, worker, vm_name, vm_id)}",
-                           "flavor": flavor, "interfaces": [], "busy": sessions.marker()}
+                           "flavor": flavor, "flavor_name": flavor_name, "interfaces": [],
+                           "busy": sessions.marker()}
             s["vms"].append(placeholder)
             data["users"][username]["used_vms"] = user.used_vms + 1
             return True, (int(s["slice_id"]), placeholder, ip), dropped
@@ -161,7 +163,8 @@ class Design:
             return False, req
         vm_name, flavor, n_data = req
         flavor["image"] = self.config.flavor_image(flavor_name, flavor)
-        ok, reserved, dropped = self._reserve_vm(username, slice_id, vm_name, flavor, bool(internet_enabled))
+        ok, reserved, dropped = self._reserve_vm(username, slice_id, vm_name, flavor_name, flavor,
+                                                 bool(internet_enabled))
         self._remove_disks(dropped)
         if not ok:
             return False, reserved
@@ -180,6 +183,7 @@ class Design:
                 fallback_overlay_file=fallback if fallback != chosen else None)
             if made:
                 vm_dict = vm.to_dict()
+                vm_dict["flavor_name"] = placeholder["flavor_name"]
                 committed = self._commit_vm(sid, vm_dict)
         finally:
             if not committed:  # failure, Ctrl-C, or the slice was deleted meanwhile: leave nothing

@@ -49,8 +49,11 @@ class Outcome:
         return self.ok, self.message
 
 
-def deploy_commands(s: dict, ctx: HostContext) -> tuple:
-    """(network node commands, worker commands) that deploy slice ``s``."""
+def deploy_commands(s: dict, ctx: HostContext, credentials) -> tuple:
+    """(network node commands, worker commands) that deploy slice ``s``.
+
+    ``credentials`` gives each VM's password (sent on the launch script's stdin).
+    """
     config = ctx.config
     node, bridge, inet = config.network_node, config.bridge, config.internet
     sl = Slice.from_dict(s)
@@ -58,9 +61,16 @@ def deploy_commands(s: dict, ctx: HostContext) -> tuple:
                  for v in sl.link_vlans()]
     if sl.uses_internet(int(inet["vlan"])):
         node_cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet)))
-    vm_cmds = [vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), bridge, config.qemu_accel)
-               for vm in s["vms"]]
+    vm_cmds = [launch_command(vm, ctx, credentials) for vm in s["vms"]]
     return node_cmds, vm_cmds
+
+
+def launch_command(vm: dict, ctx: HostContext, credentials):
+    """The script that (re)starts one VM on its worker."""
+    config = ctx.config
+    password = credentials.password(vm["vm_id"])
+    return vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), config.bridge, config.qemu_accel,
+                                         int(config.internet["vlan"]), password)
 
 
 def teardown_commands(s: dict, ctx: HostContext) -> tuple:
@@ -106,7 +116,7 @@ class Lifecycle:
         ctx, failed = self.s.connect(hosts_of(s, self.s.config))
         if failed is not None:
             return False, f"Cannot plan: {failure_text(failed)}"
-        node_cmds, vm_cmds = deploy_commands(s, ctx)
+        node_cmds, vm_cmds = deploy_commands(s, ctx, self.s.credentials)
         return True, node_cmds + vm_cmds
 
     # --- deploy -----------------------------------------------------------------------
@@ -159,7 +169,7 @@ class Lifecycle:
 
     def _deploy_phases(self, snapshot: dict, ctx: HostContext, progress, t0, cancel: Cancel) -> tuple:
         """Run the network and VM phases: (Outcome, None) on success, (None, failure or None) otherwise."""
-        node_cmds, vm_cmds = deploy_commands(snapshot, ctx)
+        node_cmds, vm_cmds = deploy_commands(snapshot, ctx, self.s.credentials)
         report = StepReport()
         for phase, cmds in (("network", node_cmds), ("vms", vm_cmds)):
             report = self.s.runner.run(cmds, phase=phase, progress=progress, t0=t0, cancel=cancel)

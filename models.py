@@ -78,6 +78,17 @@ class Flavor:
     def names(cls) -> list[str]:
         return list(cls.FLAVORS)
 
+    @classmethod
+    def name_of(cls, vm: dict) -> Optional[str]:
+        """The flavor name of a VM dict: its ``flavor_name``, else the flavor whose sizes its spec has."""
+        if vm.get("flavor_name") in cls.FLAVORS:
+            return vm["flavor_name"]
+        spec = vm.get("flavor") or {}
+        for name, known in cls.FLAVORS.items():
+            if all(spec.get(k) == known[k] for k in ("cores", "ram_gb", "disk_gb")):
+                return name
+        return None
+
 
 class Interface:
     """One NIC of a VM: ``eth0`` (management/internet) or a data NIC."""

@@ -121,7 +121,7 @@ class OrchestratorAPI:
 
     def deploy_commands(self, s: dict) -> tuple:
         """(network node commands, worker commands) that deploy slice ``s`` (facts as known now)."""
-        return deploy_commands(s, self.services.host_context())
+        return deploy_commands(s, self.services.host_context(), self.services.credentials)
 
     def teardown_commands(self, s: dict) -> tuple:
         """(VM stops, network node teardown) for slice ``s``."""

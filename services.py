@@ -16,6 +16,7 @@ from deployment_api import DeploymentAPI
 from hostcmd import CommandResult, HostCommand
 from resources import HostContext
 from runner import Cancel, Progress, Runner
+from vm_access import Credentials
 
 
 def connect_command(host: str) -> HostCommand:
@@ -30,6 +31,11 @@ class Services:
     deployment: DeploymentAPI
     runner: Runner
     homes: dict = field(default_factory=dict)  # facts learnt at connect: host -> the SSH user's home
+    credentials: Optional[Credentials] = None
+
+    def __post_init__(self) -> None:
+        if self.credentials is None:
+            self.credentials = Credentials(self.db.path)
 
     @property
     def executor(self):

@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 import naming
+import seed
 from hostcmd import HostCommand, home_path, join, q, stop_by_pidfile
+from models import Flavor
 from resources import Found, HostContext, Key, Kind, int_or_none, register
 
 STOP_WAIT_S = 5
@@ -56,7 +58,8 @@ def ovs_alive() -> str:
 
 
 def qemu_argv(vm: dict, overlay_abs: str, accel: str) -> list:
-    """The QEMU command line of a VM dict."""
+    """The QEMU command line of a VM dict: its disk, its seed (read-only), a NIC per interface,
+    VNC that asks for a password, the serial console on a socket (logged), QMP on a socket."""
     vm_id = int(vm["vm_id"])
     flavor = vm.get("flavor") or {}
     ram_mb = int(float(flavor.get("ram_gb", 0.5)) * 1024)
@@ -66,15 +69,17 @@ def qemu_argv(vm: dict, overlay_abs: str, accel: str) -> list:
             "-m", str(ram_mb), "-smp", str(cores),
             "-smbios", f"type=1,serial={qemu_value(vm['name'])}",
             "-drive", f"file={qemu_value(overlay_abs)},if=virtio,format=qcow2",
+            "-drive", f"file={naming.vm_seed_image(vm_id)},if=virtio,format=raw,readonly=on",
             "-nic", "none"]
     for idx, iface in enumerate(vm["interfaces"]):
         tap = naming.tap_name(vm_id, idx)
         argv += ["-netdev", f"tap,id=net{idx},ifname={tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=net{idx},mac={iface['mac']}"]
     sock, serial = naming.vm_serial_socket(vm_id), naming.vm_serial_log(vm_id)
-    argv += ["-vnc", f":{naming.vnc_display(int(vm['vnc_port']))}",
-             "-chardev", f"socket,id=ser0,path={sock},server=on,wait=off,logfile={serial}",
+    argv += ["-vnc", f":{naming.vnc_display(int(vm['vnc_port']))},password=on",
+             "-chardev", f"socket,id=ser0,path={sock},server=on,wait=off,logfile={serial},logappend=on",
              "-serial", "chardev:ser0",
+             "-qmp", f"unix:{naming.vm_qmp_socket(vm_id)},server=on,wait=off",
              "-daemonize", "-pidfile", naming.vm_pidfile(vm_id)]
     return argv
 
@@ -253,12 +258,16 @@ def kill_vm_everywhere(vm_id: int) -> str:
             + kill_vm(vm_id))
 
 
-def remove_vm_files(vm_id: int) -> str:
-    return "rm -f " + " ".join(q(f) for f in naming.vm_state_files(vm_id))
+def remove_vm_files(vm_id: int, keep_log: bool = False) -> str:
+    files = [f for f in naming.vm_state_files(vm_id) if not (keep_log and f == naming.vm_serial_log(vm_id))]
+    return "rm -f " + " ".join(q(f) for f in files)
 
 
-def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None) -> list:
-    """Shell lines that remove everything of a VM on its worker except its disk (idempotent)."""
+def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log: bool = False) -> list:
+    """Shell lines that remove everything of a VM on its worker except its disk (idempotent).
+
+    ``keep_log``: keep the serial log (a VM stopped or restarted keeps what it printed).
+    """
     vm_id = int(vm["vm_id"])
     count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
     taps = [naming.tap_name(vm_id, i) for i in range(count)]
@@ -266,15 +275,48 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None) -> list:
         kill_vm(vm_id),
         del_ports(bridge, taps),
         *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps),
-        remove_vm_files(vm_id),
+        remove_vm_files(vm_id, keep_log),
     ]
 
 
-def launch_vm_command(vm: dict, home: str, bridge: str, accel: str) -> HostCommand:
-    """One root script on the VM's worker: clear leftovers, start QEMU, wire the TAPs.
+PASSWORD_CHECK = ("IFS= read -r pw || true\n"
+                  "case \"$pw\" in ''|*[!A-Za-z0-9]*) echo 'no usable VM password on stdin' >&2; exit 5;; esac")
 
-    Prints the QEMU pid as its last line.
+
+def make_seed(vm: dict, internet_vlan: int) -> list:
+    """Shell lines that write the VM's NoCloud seed disk (vfat ``cidata``, no mounts); needs ``$pw``."""
+    vm_id = int(vm["vm_id"])
+    image = q(naming.vm_seed_image(vm_id))
+    files = seed.seed_files(vm, Flavor.name_of(vm) or "", internet_vlan)
+    lines = [f"d=$(mktemp -d {q(naming.STATE_DIR)}/seed.XXXXXX)"]
+    for name, content in files.items():
+        fill = f" | sed \"s/{seed.PASSWORD_TOKEN}/$pw/g\"" if seed.PASSWORD_TOKEN in content else ""
+        lines.append(f"printf '%s' {q(content)}{fill} > \"$d\"/{name}")
+    lines += [f"rm -f {image}",
+              f"mkfs.vfat -C -n cidata {image} 2048 >/dev/null 2>&1 || {{ rm -rf \"$d\"; "
+              "echo 'cannot make the seed disk (mkfs.vfat)' >&2; exit 7; }",
+              f"MTOOLS_SKIP_CHECK=1 mcopy -oi {image} " + " ".join(f"\"$d\"/{n}" for n in files) + " ::",
+              f"rm -rf \"$d\"; chmod 600 {image}"]
+    return lines
+
+
+def set_vnc_password(vm_id: int) -> str:
+    """Shell: give QEMU's VNC server the VM's password (``$pw``) over QMP; until then it refuses everyone."""
+    qmp = q(f"UNIX-CONNECT:{naming.vm_qmp_socket(vm_id)}")
+    req = ('{"execute":"qmp_capabilities"}\\n'
+           '{"execute":"set_password","arguments":{"protocol":"vnc","password":"%s"}}\\n')
+    return (f"resp=$(printf '{req}' \"$pw\" | socat -t 2 - {qmp} 2>&1) || true\n"
+            "case \"$resp\" in *'\"return\": {}'*'\"return\": {}'*) ;; "
+            "*) echo \"could not set the VNC password: $resp\" >&2; exit 6;; esac")
+
+
+def launch_vm_command(vm: dict, home: str, bridge: str, accel: str, internet_vlan: int = naming.INTERNET_VLAN,
+                      password: str = "") -> HostCommand:
+    """One root script on the VM's worker: clear leftovers, make the seed, start QEMU, wire the TAPs,
+    set the VNC password.  The VM's password comes on stdin.  Prints the QEMU pid as its last line.
     """
+    if not password:
+        raise ValueError("a VM is launched with its password (the script reads it on stdin)")
     vm_id = int(vm["vm_id"])
     worker = vm["worker_ip"]
     overlay = home_path(vm["qcow_image"], home)
@@ -289,25 +331,31 @@ def launch_vm_command(vm: dict, home: str, bridge: str, accel: str) -> HostComma
     ups = [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(ifaces))]
     pidfile = q(naming.vm_pidfile(vm_id))
     script = "\n".join([
+        PASSWORD_CHECK,
         "set -e",
         ovs_preflight(worker),
-        f"mkdir -p {q(naming.STATE_DIR)}",
+        f"mkdir -p {q(naming.STATE_DIR)} && chmod 700 {q(naming.STATE_DIR)}",
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
-        *vm_teardown(vm, bridge),
+        *vm_teardown(vm, bridge, keep_log=True),
+        *make_seed(vm, internet_vlan),
         join(qemu_argv(vm, overlay, accel)),
         join(ovs) if len(ovs) > 2 else ":",
         *ups,
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
+        set_vnc_password(vm_id),
         'echo "$pid"',
     ])
-    return HostCommand(worker, script, sudo=True, timeout=60,
-                       step=f"start VM {vm_id} ({vm['name']})", action="start_vm", target=vm_id)
+    return HostCommand(worker, script, sudo=True, timeout=60, step=f"start VM {vm_id} ({vm['name']})",
+                       action="start_vm", target=vm_id, stdin=password)
 
 
-def stop_vm_command(vm: dict, bridge: str) -> HostCommand:
-    """Root script: kill the VM, remove its TAPs and state files (idempotent; works with OVS down)."""
+def stop_vm_command(vm: dict, bridge: str, keep_log: bool = False) -> HostCommand:
+    """Root script: kill the VM, remove its TAPs and state files (idempotent; works with OVS down).
+
+    ``keep_log``: a VM that is only stopped keeps its serial log.
+    """
     vm_id = int(vm["vm_id"])
-    script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge)])
+    script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge, keep_log=keep_log)])
     return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30,
                        step=f"stop VM {vm_id} ({vm['name']})", action="stop_vm", target=vm_id)

@@ -119,7 +119,8 @@ def test_vm_made_checked_removed_twice(lab, svc):
           "qcow_image": f"~/vm_images/{image}", "flavor": {"cores": 1, "ram_gb": 0.125},
           "interfaces": [{"name": "eth0", "mac": "52:54:00:86:1d:00", "vlan_id": None},
                          {"name": "eth1", "mac": "52:54:00:86:1d:01", "vlan_id": VLAN}]}
-    launch = vm_launcher.launch_vm_command(vm, home, svc.config.bridge, svc.config.qemu_accel)
+    launch = vm_launcher.launch_vm_command(vm, home, svc.config.bridge, svc.config.qemu_accel,
+                                           password="Func2345")
     pid = run(svc, launch).stdout.split()[-1]
     wname = next(n for n, ip in lab.hosts.items() if ip == worker)
     assert f"-name cr-vm{VM_ID},process=cr-vm{VM_ID}" in sh(lab, wname, f"tr '\\0' ' ' < /proc/{pid}/cmdline")

@@ -84,7 +84,10 @@ def test_qemu_command_line(linked):
     argv = qemu_argv(launches[WORKERS[0]])
     assert argv[argv.index("-name") + 1] == "cr-vm1001,process=cr-vm1001"
     assert argv[argv.index("-pidfile") + 1] == "/run/cloud-repositorio/vm1001.pid"
-    assert argv[argv.index("-vnc") + 1] == ":1"
+    assert argv[argv.index("-vnc") + 1] == ":1,password=on"  # asks for the VM's password
+    assert argv[argv.index("-qmp") + 1] == "unix:/run/cloud-repositorio/vm1001.qmp,server=on,wait=off"
+    drives = [argv[k + 1] for k, a in enumerate(argv) if a == "-drive"]
+    assert drives[1] == "file=/run/cloud-repositorio/vm1001.seed.img,if=virtio,format=raw,readonly=on"
     m, smp = argv.index("-m"), argv.index("-smp")
     assert argv[m:m + 2] == ["-m", "512"] and argv[smp:smp + 2] == ["-smp", "1"]
     i = argv.index("-accel")
@@ -98,7 +101,7 @@ def test_qemu_command_line(linked):
     assert devices == [f"virtio-net-pci,netdev=net{k},mac=52:54:00:03:e9:0{k}" for k in range(3)]
     assert "pkill" not in launches[WORKERS[0]]
     argv2 = qemu_argv(launches[WORKERS[1]])
-    assert argv2[argv2.index("-vnc") + 1] == ":2"
+    assert argv2[argv2.index("-vnc") + 1] == ":2,password=on"
     assert [argv2[k + 1] for k, a in enumerate(argv2) if a == "-device"] == [
         "virtio-net-pci,netdev=net0,mac=52:54:00:03:ea:00", "virtio-net-pci,netdev=net1,mac=52:54:00:03:ea:01"]
 
@@ -321,7 +324,8 @@ def test_launch_clears_leftovers_of_same_vm_first(linked):
     ok(api.deploy_slice("admin", sid))
     s = next(script_of(t) for h, t in ex.calls if h == WORKERS[0] and _is_launch(t))
     lines = s.splitlines()
-    assert lines[0] == "set -e"
+    assert lines[0] == "IFS= read -r pw || true"  # the VM's password arrives on stdin, first
+    assert lines[2] == "set -e"
     kill = next(i for i, ln in enumerate(lines) if "kill -9" in ln and "/run/cloud-repositorio/vm1001.pid" in ln)
     deltap = next(i for i, ln in enumerate(lines) if "--if-exists del-port br-int tap1001_0" in ln)
     qemu = next(i for i, ln in enumerate(lines) if ln.startswith("qemu-system-x86_64 "))
