@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+import console
 from models import Flavor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,6 +189,21 @@ def render_interfaces(s: dict) -> list:
     return lines
 
 
+def render_access(vms: list) -> list:
+    """Lines of a running slice's VMs as their hosts hold them: state, login, VNC, addresses."""
+    lines = []
+    for v in vms:
+        login = f", user: {v.user} password: {v.password}" if v.password else ""
+        lines.append(f"  VM {v.vm_id} {v.name}: {v.state} on {v.worker}{login}")
+        lines.append(f"      VNC {v.vnc} (same password), console: option 12")
+        for n in v.nics:
+            if n.vlan is None:
+                continue
+            where = f"Link {n.link_id}" if n.link_id is not None else "internet"
+            lines.append(f"      {n.name} ({where}, VLAN {n.vlan}): {n.address or 'no address yet'}")
+    return lines
+
+
 def render_progress(event: dict) -> str:
     mark = OK if event["ok"] else ERR
     text = f"  [{event['elapsed']:6.2f}s] {mark} {event['phase']:<8} {event['host']:<15} {event['step']}"
@@ -264,6 +280,7 @@ class CLI:
                  ("10", "Change password", self.change_password)]
         if self.is_admin:
             items.append(("11", "Manage users", self.manage_users))
+        items.append(("12", "Open VM console", self.open_console))
         items.append(("0", "Exit", None))
         return items
 
@@ -367,6 +384,15 @@ class CLI:
             return result(False, slices)
         for line in render_slices(slices, show_owner=self.is_admin):
             say(line)
+        mine = [s["slice_id"] for s in slices if s.get("owner") == self.username and s.get("status") == "running"]
+        if mine:
+            ok, details = self.api.access_details(self.username, mine)
+            if not ok:
+                return result(False, details)
+            for sid in mine:
+                say(f"\nSlice {sid}, as its hosts hold it now:")
+                for line in render_access(details.get(int(sid), [])):
+                    say(line)
 
     def deploy_slice(self) -> None:
         slice_id = ask_valid("\nSlice ID to deploy: ", parse_number, "Slice ID must be a number")
@@ -381,11 +407,43 @@ class CLI:
         ok, msg = self.api.deploy_slice(self.username, slice_id, progress=progress)
         say(f"\n{OK} {msg}" if ok else f"\n{ERR} {msg}")
         if ok:
-            ok, s = self.api.get_slice(self.username, slice_id)
+            ok, details = self.api.access_details(self.username, [slice_id])
             if ok:
-                for vm in s["vms"]:
-                    say(f"   VM {vm['vm_id']} {vm['name']}: VNC {vm['worker_ip']}:{vm['vnc_port']} "
-                        f"(display :{vm['vnc_port'] - 5900})")
+                for vm in details.get(int(slice_id), []):
+                    say(f"   VM {vm.vm_id} {vm.name}: VNC {vm.vnc} (display :{int(vm.vnc.rsplit(':', 1)[1]) - 5900})"
+                        f"  user: {vm.user} password: {vm.password}")
+                say("   Open a VM's console with option 12; its addresses show in View (option 5) "
+                    "once it has booted.")
+
+    def open_console(self) -> None:
+        if not sys.stdin.isatty():
+            say(f"\n{ERR} The console needs a terminal: run the menu in a terminal (not with piped input).")
+            return
+        slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
+        vm_id = ask_valid("VM ID: ", parse_number, "VM ID must be a number")
+        say("\n1. Open the console\n2. Show the last lines of its boot log")
+        if ask_valid("Choice (1-2): ", parse_int(1, 2), "Choose 1 or 2") == 2:
+            ok, text = self.api.boot_log(self.username, slice_id, vm_id)
+            if not ok:
+                return result(False, text)
+            say(f"\n--- last lines printed by VM {vm_id} ---")
+            for line in text.replace("\r", "").splitlines():
+                say(line)
+            say("--- end ---")
+            return
+        ok, session = self.api.open_console(self.username, slice_id, vm_id)
+        if not ok:
+            return result(False, session)
+        vm = session.vm
+        say(f"\nConsole of VM {vm.vm_id} ({vm.name}) on {vm.worker}. Log in as user: {vm.user} password: {vm.password}")
+        say("Connected: press Enter if no prompt shows. Ctrl-] returns to the menu.")
+        try:
+            if session.early:
+                os.write(sys.stdout.fileno(), session.early)
+            how = console.bridge(session.channel, sys.stdin.fileno(), sys.stdout.fileno())
+        finally:
+            session.channel.close()
+        say("\r\n(console detached)" if how == "detached" else "\r\n(the console was closed)")
 
     def delete_slice(self) -> None:
         slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")

@@ -8,6 +8,8 @@ done beside this file, one concern per module:
     design      slices, VMs, links and what they are given (VLAN pool, ID, worker, VNC port, ...)
     lifecycle   deploy and delete on the hosts, all or nothing, with rollback
     reconcile   what the hosts hold against what the database expects (orphans)
+    status      a slice as its hosts hold it (VM states, addresses, what is missing)
+    guest_access  using a deployed VM: access details, console, boot log
     runner      the one parallel runner of host commands (failures, Ctrl-C)
 
 Database discipline: anything that reads then writes the database does it
@@ -24,6 +26,7 @@ from accounts import Accounts
 from database import Database
 from deployment_api import DeploymentAPI
 from design import Design
+from guest_access import GuestAccess
 from inventory import Inventory
 from lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
 from reconcile import Orphan, Reconciler
@@ -50,6 +53,7 @@ class OrchestratorAPI:
         self.design = Design(self.services)
         self.lifecycle = Lifecycle(self.services)
         self.reconciler = Reconciler(self.services)
+        self.guests = GuestAccess(self.services)
 
     @property
     def runner(self) -> Runner:
@@ -144,6 +148,19 @@ class OrchestratorAPI:
 
     def hosts_of(self, s: dict) -> list:
         return hosts_of(s, self.config)
+
+    # --- using VMs ------------------------------------------------------------------------
+
+    def access_details(self, username: str, slice_ids: list) -> tuple:
+        """(True, {slice_id: [VMView]}): state, login, VNC and addresses of the VMs of running slices."""
+        return self.guests.details(username, slice_ids)
+
+    def open_console(self, username: str, slice_id, vm_id) -> tuple:
+        """(True, ConsoleSession) on the VM's serial console, or (False, message)."""
+        return self.guests.open_console(username, slice_id, vm_id)
+
+    def boot_log(self, username: str, slice_id, vm_id, lines: int = 40) -> tuple:
+        return self.guests.boot_log(username, slice_id, vm_id, lines)
 
     # --- orphans -------------------------------------------------------------------------
 

@@ -9,74 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import yaml
-from labtools import LAB_DIR, forget_slice_by_hand, host_footprint, host_of, kill_manager_mid_deploy, make_api, sh
-from menu_driver import CHOICE, REPO, MenuSession
-
-DEPLOY_TIMEOUT = 60
-ADD_VM_TIMEOUT = 30
-
-
-class Menu(MenuSession):
-    """The shared menu driver, with the lab's design steps (add a VM, link two)."""
-
-    def add_vm(self, slice_id: int, name: str, flavor: str = "1", interfaces: str = "1",
-               internet: str = "n") -> str:
-        self.send("3", "Slice ID: ")
-        self.send(str(slice_id), "VM name: ")
-        self.send(name, "Choose flavor (1-2): ")
-        self.send(flavor, "Number of data interfaces (eth1, eth2, ...): ")
-        self.send(interfaces, "Enable internet access (eth0 in VLAN 400)? (y/n): ")
-        return self.send(internet, timeout=ADD_VM_TIMEOUT)
-
-    def link(self, slice_id: int, vm1: str, if1: str, vm2: str, if2: str) -> tuple:
-        """(the listing shown before the questions, the result)"""
-        self.send("4", "Slice ID: ")
-        listing = self.send(str(slice_id), "First VM ID: ")
-        self.send(vm1, "First VM interface (e.g., eth1): ")
-        self.send(if1, "Second VM ID: ")
-        self.send(vm2, "Second VM interface (e.g., eth1): ")
-        return listing, self.send(if2)
-
-
-@pytest.fixture
-def site(lab, tmp_path):
-    """A fresh database and the lab's config (log in tmp_path); every slice deleted afterwards."""
-    if not (LAB_DIR / "cluster.yaml").exists():  # another test ran lab/down.sh meanwhile
-        pytest.fail("lab/cluster.yaml is gone: the lab was torn down under this test; run lab/up.sh")
-    db = tmp_path / "database.yaml"
-    shutil.copyfile(REPO / "database.yaml", db)
-    config = yaml.safe_load((LAB_DIR / "cluster.yaml").read_text())
-    config["log_file"] = str(tmp_path / "menu.log")
-    cfg = tmp_path / "cluster.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    menus = []
-
-    def spawn() -> Menu:
-        m = Menu(cfg, db, tmp_path / "menu.log")
-        menus.append(m)
-        return m
-
-    yield {"db": db, "cfg": cfg, "spawn": spawn}
-    for m in menus:
-        if m.p.isalive():
-            m.p.terminate(force=True)
-    api = make_api(lab, db)
-    try:
-        left = []
-        for s in list(api.db.all_slices().values()):
-            ok, msg = api.delete_slice(s["owner"], s["slice_id"])
-            if not ok:
-                left.append((s["slice_id"], msg))
-        assert not left, f"could not delete slices after the test: {left}"
-        assert api.db.all_slices() == {}
-    finally:
-        api.executor.close()
+from conftest import ADD_VM_TIMEOUT, DEPLOY_TIMEOUT  # noqa: F401
+from labtools import forget_slice_by_hand, host_footprint, host_of, kill_manager_mid_deploy, make_api, sh
+from menu_driver import CHOICE
 
 
 def qemu_of(lab, vm: dict) -> str:
