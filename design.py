@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Optional
 
+import capacity
 import naming
 import sessions
 from access import as_int, owned_editable_slice
@@ -48,13 +49,18 @@ def free_internet_ip(data: dict, internet: dict, vm_id: int) -> Optional[str]:
                  if ip not in used), None)
 
 
-def pick_worker(data: dict, workers: list) -> str:
-    """The worker holding the fewest VMs (config order breaks ties)."""
-    load = {w: 0 for w in workers}
+def vm_counts(data: dict) -> dict:
+    """worker -> VMs the database places there."""
+    out: dict = {}
     for vm in all_vms(data):
-        if vm.get("worker_ip") in load:
-            load[vm["worker_ip"]] += 1
-    return min(workers, key=lambda w: (load[w], workers.index(w)))
+        out[vm.get("worker_ip")] = out.get(vm.get("worker_ip"), 0) + 1
+    return out
+
+
+def pick_worker(data: dict, workers: list, need: capacity.Need, caps: dict) -> tuple:
+    """(True, worker) with room for ``need`` holding the fewest VMs (config order breaks ties), else (False, why)."""
+    used = capacity.allocations(data["slices"].values())
+    return capacity.place(need, workers, used, caps, vm_counts(data))
 
 
 def overlay_file(data: dict, base_dir: str, worker: str, vm_name: str, vm_id: int) -> str:
@@ -126,9 +132,31 @@ class Design:
         self._remove_disks(dropped)
         return result
 
+    def _refusal_before_hosts(self, username: str, slice_id, vm_name: str) -> tuple:
+        """The checks that need no host (slice, name, quota), before asking workers for their capacity.
+
+        The transaction that reserves the VM checks them again.
+        """
+        data = self.s.db.load()
+        ok, s = owned_editable_slice(data, username, slice_id)
+        if not ok:
+            return True, ""  # settled and answered inside the transaction
+        if any(vm["name"] == vm_name for vm in s.get("vms", [])):
+            return False, f"Slice already has a VM named {vm_name}"
+        if not User.from_dict(data["users"][username]).can_create_vms(1):
+            return False, "Quota exceeded"
+        return True, ""
+
     def _reserve_vm(self, username: str, slice_id, vm_name: str, flavor_name: str, flavor: dict,
                     internet: bool) -> tuple:
         """Take the VM's ID, quota, worker, VNC port, address and overlay name; store it ``pending``."""
+        ok, why = self._refusal_before_hosts(username, slice_id, vm_name)
+        if not ok:
+            return False, why, []
+        caps, unreachable = self.s.capacity.capacities(self.config.workers)  # read before taking the lock
+        if not caps:
+            why = "; ".join(f"{w}: {e}" for w, e in unreachable.items())
+            return False, f"Cannot place the VM: no worker can be reached ({why})", []
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
             ok, s = owned_editable_slice(data, username, slice_id)
@@ -143,8 +171,10 @@ class Design:
             ip = free_internet_ip(data, self.config.internet, vm_id) if internet else None
             if internet and ip is None:
                 return False, "No free internet address left", dropped
+            ok, worker = pick_worker(data, self.config.workers, capacity.Need.of({"flavor": flavor}), caps)
+            if not ok:
+                return False, f"No worker has room for this VM: {worker}", dropped
             data["next_vm_id"] = vm_id + 1
-            worker = pick_worker(data, self.config.workers)
             base_dir = self.s.deployment.qcow_manager.base_dir
             placeholder = {"vm_id": vm_id, "name": vm_name, "owner": username, "worker_ip": worker,
                            "vnc_port": free_vnc_port(data), "status": "pending", "pid": None,

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from capacity import Capacity
 from config import ClusterConfig
 from database import Database
 from deployment_api import DeploymentAPI
@@ -32,10 +33,13 @@ class Services:
     runner: Runner
     homes: dict = field(default_factory=dict)  # facts learnt at connect: host -> the SSH user's home
     credentials: Optional[Credentials] = None
+    capacity: Optional[Capacity] = None
 
     def __post_init__(self) -> None:
         if self.credentials is None:
             self.credentials = Credentials(self.db.path)
+        if self.capacity is None:
+            self.capacity = Capacity(self)
 
     @property
     def executor(self):

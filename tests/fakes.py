@@ -109,6 +109,8 @@ class FakeExecutor(RemoteExecutor):
             return 0, "4242\n", ""
         if cmd.action == "scan":
             return 0, self.scan_output(cmd.host), ""
+        if cmd.action == "host_facts":
+            return 0, f"mem_kib {16 * 1024 * 1024}\ncpus 8\ndisk_free_kib {100 * 1024 * 1024}\nqemu 0\n", ""
         return 0, "", ""
 
     def _apply(self, cmd) -> None:

@@ -488,7 +488,7 @@ def test_add_vm_to_unreachable_worker_fails_cleanly(spawn, site):
     m = admin_with_slice(spawn, "s1")
     before = site.data()
     screen = add_vm(m, GOOD_ANSWERS, timeout=30)
-    assert "VM creation failed on 127.0.0.1" in screen
+    assert "Cannot place the VM: no worker can be reached (127.0.0.1: " in screen
     after = site.data()
     assert after["slices"]["1000"]["vms"] == []
     assert after["users"]["admin"]["used_vms"] == before["users"]["admin"]["used_vms"] == 0
