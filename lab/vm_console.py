@@ -131,14 +131,19 @@ class Console:
                 return None
 
 
-def login(con: Console, user: str, password: str) -> bool:
-    """Log in on a getty; True if we logged in, False if a shell was already open there."""
+def login(con: Console, user: str, password: str) -> None:
+    """Log in on the console's getty as ``user`` (a shell left open there is logged out first)."""
+    open_shells = 0
     while time.monotonic() < con.deadline:
         con.buf = b""
         con.send(b"\r")
         seen = con.wait_prompt((PROMPT_LOGIN, PROMPT_PASSWORD, PROMPT_SHELL), 3.0)
         if seen is PROMPT_SHELL:
-            return False
+            open_shells += 1
+            if open_shells > 2:
+                raise LoginError("the console keeps a shell open (no getty to log in on)")
+            logout(con)
+            continue
         if seen is PROMPT_PASSWORD:  # a half-finished login: Enter gives a fresh login prompt
             continue
         if seen is not PROMPT_LOGIN:
@@ -151,7 +156,7 @@ def login(con: Console, user: str, password: str) -> bool:
         con.send(password.encode() + b"\r")
         seen = con.wait_prompt((PROMPT_SHELL, PROMPT_LOGIN), 30.0)
         if seen is PROMPT_SHELL:
-            return True
+            return
         if seen in (LOGIN_REFUSED, PROMPT_LOGIN):
             raise LoginError(f"login as {user!r} refused")
     raise TimeoutError
@@ -210,7 +215,8 @@ def run(
     logged_in = False
     try:
         if user:
-            logged_in = login(con, user, password)
+            login(con, user, password)
+            logged_in = True
         nonce = os.urandom(6).hex()
         # 1) sync: make sure a shell reads our input and the line buffer is empty.
         sync_typed, sync_out = marker("SYNC", nonce)
@@ -270,12 +276,15 @@ def run(
         con.close()
 
 
-def logout(con: Console) -> None:
-    """Leave the console at a login prompt again (best effort)."""
-    con.deadline = max(con.deadline, time.monotonic() + 2.0)
+def logout(con: Console, wait: float = 10.0) -> None:
+    """Log out and wait (up to ``wait`` s) for the getty's login prompt (best effort)."""
+    con.deadline = max(con.deadline, time.monotonic() + wait)
     try:
-        con.send(b"\x03\x15exit\r")
-        con.drain(0.2)
+        con.send(b"\x03")  # the tty flushes its input on ^C: type the rest after it
+        con.drain(0.5)
+        con.buf = b""
+        con.send(b"\x15exit\r")
+        con.wait_prompt((PROMPT_LOGIN,), wait)
     except (OSError, TimeoutError, ConsoleError):
         pass
 
