@@ -156,8 +156,8 @@ else
     echo "$SOURCES" >"$WORK/sources.list"
     log "root file system: mmdebstrap $SUITE (${#PACKAGES[@]} packages + dependencies; debs cached in $DEBS)"
     tm=$(date +%s)
-    mmdebstrap "${MM_ARGS[@]}" "$SUITE" "$WORK/rootfs.tar" "$WORK/sources.list" >"$WORK/mmdebstrap.log" 2>&1 \
-        || { tail -n 30 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
+    mmdebstrap "${MM_ARGS[@]}" "$SUITE" "$WORK/rootfs.tar" "$WORK/sources.list" >"$CACHE/mmdebstrap.log" 2>&1 \
+        || { tail -n 30 "$CACHE/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
     log "root file system: $(( $(stat -c %s "$WORK/rootfs.tar") / 1048576 )) MiB tarball in $(( $(date +%s) - tm )) s"
     mv -f "$WORK/rootfs.tar" "$TARBALL"
     echo "$TAR_KEY" >"$CACHE/rootfs.key"
