@@ -7,8 +7,9 @@
 #                            syslinux + kernel + Debian initramfs, ext4 root labelled `cloudroot`
 #   OUTDIR/cloudvm.packages  the installed packages (name=version), for the record
 #   OUTDIR/cloudvm.stamp     hash of the inputs; if it matches and the image exists, the script exits at once
-#   OUTDIR/cache/cloud/      debs/ (every .deb used, kept so a rebuild downloads nothing again) and the
-#                            root file system tarball (reused while the package set is the same)
+#   OUTDIR/cache/cloud/      debs/ (every .deb used, kept so a rebuild downloads no package again; apt
+#                            still fetches the package lists), rootfs.tar (the root file system, reused
+#                            while the package set and versions are the same), mmdebstrap.log
 #
 # Only Debian packages from the machine's own apt sources (its bookworm suites, as `apt-get indextargets`
 # reports them) are used, installed by mmdebstrap into a tarball. The disk is assembled without mounts or
