@@ -41,6 +41,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Guest images (lab/image/): the small busybox one, then the cloud-init one (a few minutes the first
+# time, then cached). Their "up to date" lines are not shown; anything else (building, errors) is.
 if [ "$(id -u)" -eq 0 ]; then
-  "$ROOT/lab/build_image.sh" >/dev/null
+  "$ROOT/lab/build_image.sh" 2> >(grep -v '^build_image: up to date: ' >&2) >/dev/null
+  "$ROOT/lab/build_cloud_image.sh" 2> >(grep -v '^build_cloud_image: up to date: ' >&2) >/dev/null
 fi

@@ -23,7 +23,7 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 GUEST="$SCRIPT_DIR/guest"
 OUTDIR=${1:-$REPO/lab/image}
 KFLAVOUR=${KFLAVOUR:-cloud-amd64}
-MODULES="virtio_pci virtio_net virtio_blk qemu_fw_cfg ${LAB_EXTRA_MODULES:-}"
+MODULES="virtio_pci virtio_net virtio_blk qemu_fw_cfg vfat nls_cp437 nls_ascii ${LAB_EXTRA_MODULES:-}"
 CMDLINE="console=tty0 console=ttyS0,115200 quiet ${LAB_CMDLINE_EXTRA:-}"
 CMDLINE=${CMDLINE% }
 IMAGE_NAME=labvm.qcow2
@@ -161,12 +161,17 @@ install -m 0755 "$GUEST/init" "$ROOT/init"
 install -m 0755 "$GUEST/udhcpc.script" "$ROOT/etc/udhcpc.script"
 install -m 0644 "$GUEST/inittab" "$ROOT/etc/inittab"
 install -m 0644 "$GUEST/profile" "$ROOT/etc/profile"
+install -m 0755 "$GUEST/chpasswd" "$ROOT/usr/sbin/chpasswd"   # busybox-static has no chpasswd applet
 for f in "$GUEST"/*; do   # anything else in lab/guest/ lands in /etc/lab/
-    case "$(basename "$f")" in init|udhcpc.script|inittab|profile) ;; *)
+    case "$(basename "$f")" in init|udhcpc.script|inittab|profile|chpasswd) ;; *)
         mkdir -p "$ROOT/etc/lab"; cp -a "$f" "$ROOT/etc/lab/" ;; esac
 done
-echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
-echo "root:x:0:" >"$ROOT/etc/group"
+# root, and `cirros` (locked until the seed's user-data sets its password, as on CirrOS).
+printf '%s\n' "root:x:0:0:root:/root:/bin/sh" "cirros:x:1000:1000:cirros:/home/cirros:/bin/sh" >"$ROOT/etc/passwd"
+printf '%s\n' "root:x:0:" "cirros:x:1000:" >"$ROOT/etc/group"
+printf '%s\n' "root:*:19000:0:99999:7:::" "cirros:!:19000:0:99999:7:::" >"$ROOT/etc/shadow"
+chmod 600 "$ROOT/etc/shadow"
+mkdir -p "$ROOT/home/cirros"
 echo "$KPKG $KVER_PKG busybox-static $BB_VER" >"$ROOT/etc/lab-release"
 if [ "$(id -u)" = 0 ]; then
     mknod -m 600 "$ROOT/dev/console" c 5 1

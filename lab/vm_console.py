@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run one shell command in a lab guest through its QEMU serial unix socket.
 
-    python3 lab/vm_console.py SOCKET 'command' [--timeout S]
+    python3 lab/vm_console.py SOCKET 'command' [--timeout S] [--login USER --password PW] [--sudo]
 
 QEMU must expose the guest's ttyS0 as a unix socket server, e.g.
     -chardev socket,id=ser0,path=DIR/vm.sock,server=on,wait=off,logfile=DIR/vm.serial -serial chardev:ser0
@@ -15,6 +15,13 @@ until the shell answers), then types ``echo BEGIN; cmd; echo RC=$?`` where the m
 ``""`` in the typed text, so the terminal echo of the typed line (which wraps at 80 columns and is
 mixed with escape sequences) can never match them; only the real output between the markers is kept.
 Commands longer than ~700 bytes are sent as base64 chunks into a file in the guest and sourced.
+
+With ``--login USER`` (a guest with a getty on its serial port, such as the lab's cloud image) it first
+logs in: it presses Enter until a ``login:`` prompt (or an already open shell) is the last thing on the
+console, types USER, waits for ``Password:``, types the password (``--password``, or the environment
+variable VM_CONSOLE_PASSWORD so it stays out of the process list), waits for the shell, runs the command
+as above and logs out again. ``--sudo`` runs the command through ``sudo sh -c`` (typing the password if
+sudo asks for it). A refused login exits with 126.
 Python 3 standard library only.
 """
 
@@ -32,9 +39,18 @@ import time
 ANSI_RE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>78]")
 LONG_CMD = 700  # bytes; busybox line editing truncates very long lines
 CHUNK = 400
+LOGIN_FAILED = 126
+PROMPT_LOGIN = re.compile(rb"login: *$")
+PROMPT_PASSWORD = re.compile(rb"[Pp]assword: *$")
+PROMPT_SHELL = re.compile(rb"[$#] *$")
+LOGIN_REFUSED = re.compile(rb"Login incorrect|Authentication failure|Permission denied")
 
 
 class ConsoleError(Exception):
+    pass
+
+
+class LoginError(ConsoleError):
     pass
 
 
@@ -94,6 +110,57 @@ class Console:
         while self.read_some(time.monotonic() + quiet_for):
             pass
 
+    def settle(self, quiet_for: float, at_most: float) -> bytes:
+        """Read until the guest is quiet for ``quiet_for`` s (or ``at_most`` s passed); the cleaned tail."""
+        until = min(time.monotonic() + at_most, self.deadline)
+        while time.monotonic() < until and self.read_some(min(until, time.monotonic() + quiet_for)):
+            pass
+        return ANSI_RE.sub(b"", self.buf[-400:]).replace(b"\r", b"").rstrip(b"\n")
+
+    def wait_prompt(self, prompts: tuple[re.Pattern[bytes], ...], at_most: float) -> re.Pattern[bytes] | None:
+        """Wait until the console's last line matches one of ``prompts`` (or LOGIN_REFUSED appears)."""
+        until = min(time.monotonic() + at_most, self.deadline)
+        while True:
+            tail = self.settle(0.3, max(0.0, until - time.monotonic()))
+            if LOGIN_REFUSED.search(tail):
+                return LOGIN_REFUSED
+            for prompt in prompts:
+                if prompt.search(tail):
+                    return prompt
+            if time.monotonic() >= until:
+                return None
+
+
+def login(con: Console, user: str, password: str) -> None:
+    """Log in on the console's getty as ``user`` (a shell left open there is logged out first)."""
+    open_shells = 0
+    while time.monotonic() < con.deadline:
+        con.buf = b""
+        con.send(b"\r")
+        seen = con.wait_prompt((PROMPT_LOGIN, PROMPT_PASSWORD, PROMPT_SHELL), 3.0)
+        if seen is PROMPT_SHELL:
+            open_shells += 1
+            if open_shells > 2:
+                raise LoginError("the console keeps a shell open (no getty to log in on)")
+            logout(con)
+            continue
+        if seen is PROMPT_PASSWORD:  # a half-finished login: Enter gives a fresh login prompt
+            continue
+        if seen is not PROMPT_LOGIN:
+            continue  # still booting (or output going on): press Enter again
+        con.buf = b""
+        con.send(user.encode() + b"\r")
+        if con.wait_prompt((PROMPT_PASSWORD,), 15.0) is not PROMPT_PASSWORD:
+            continue
+        con.buf = b""
+        con.send(password.encode() + b"\r")
+        seen = con.wait_prompt((PROMPT_SHELL, PROMPT_LOGIN), 30.0)
+        if seen is PROMPT_SHELL:
+            return
+        if seen in (LOGIN_REFUSED, PROMPT_LOGIN):
+            raise LoginError(f"login as {user!r} refused")
+    raise TimeoutError
+
 
 def marker(word: str, nonce: str) -> tuple[str, bytes]:
     """Typed form (quotes split the word, so the echo never matches) and the output form."""
@@ -127,10 +194,29 @@ def clean(raw: bytes) -> str:
     return out.decode("utf-8", errors="replace")
 
 
-def run(path: str, cmd: str, timeout: float, out=sys.stdout) -> int:
+def sudo_command(cmd: str, nonce: str) -> tuple[str, bytes]:
+    """``cmd`` run by ``sudo sh -c`` with a prompt marker of its own, and that marker's output form."""
+    typed, shown = marker("SUDO", nonce)
+    quoted = "'" + cmd.replace("'", "'\\''") + "'"
+    return f"sudo -p {typed} sh -c {quoted}", shown
+
+
+def run(
+    path: str,
+    cmd: str,
+    timeout: float,
+    out=sys.stdout,
+    user: str | None = None,
+    password: str = "",
+    sudo: bool = False,
+) -> int:
     deadline = time.monotonic() + timeout
     con = Console(path, deadline)
+    logged_in = False
     try:
+        if user:
+            login(con, user, password)
+            logged_in = True
         nonce = os.urandom(6).hex()
         # 1) sync: make sure a shell reads our input and the line buffer is empty.
         sync_typed, sync_out = marker("SYNC", nonce)
@@ -149,6 +235,9 @@ def run(path: str, cmd: str, timeout: float, out=sys.stdout) -> int:
         # 2) the command itself, between unique markers.
         nonce2 = os.urandom(6).hex()
         _, begin_out = marker("BEGIN", nonce2)
+        sudo_prompt = None
+        if sudo:
+            cmd, sudo_prompt = sudo_command(cmd, nonce2)
         con.buf = b""
         for line in build_line(cmd, nonce2):
             con.send(line)
@@ -159,6 +248,10 @@ def run(path: str, cmd: str, timeout: float, out=sys.stdout) -> int:
         m_rc = None
         if m_begin:
             while True:
+                if sudo_prompt and sudo_prompt in con.buf[start:]:
+                    at = con.buf.index(sudo_prompt, start)
+                    con.buf = con.buf[:at] + con.buf[at + len(sudo_prompt) :]
+                    con.send(password.encode() + b"\r")
                 m_rc = rc_re.search(con.buf, start)
                 if m_rc or not con.read_some(deadline):
                     if not m_rc and time.monotonic() < deadline:
@@ -178,7 +271,22 @@ def run(path: str, cmd: str, timeout: float, out=sys.stdout) -> int:
         print(f"vm_console: timeout after {timeout:g} s", file=sys.stderr)
         return 124
     finally:
+        if logged_in:
+            logout(con)
         con.close()
+
+
+def logout(con: Console, wait: float = 10.0) -> None:
+    """Log out and wait (up to ``wait`` s) for the getty's login prompt (best effort)."""
+    con.deadline = max(con.deadline, time.monotonic() + wait)
+    try:
+        con.send(b"\x03")  # the tty flushes its input on ^C: type the rest after it
+        con.drain(0.5)
+        con.buf = b""
+        con.send(b"\x15exit\r")
+        con.wait_prompt((PROMPT_LOGIN,), wait)
+    except (OSError, TimeoutError, ConsoleError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,9 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("socket", help="QEMU serial chardev unix socket")
     ap.add_argument("command", help="shell command to run in the guest")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    ap.add_argument("--login", metavar="USER", help="log in on the console's getty first (and out at the end)")
+    ap.add_argument("--password", help="password for --login and sudo (default: $VM_CONSOLE_PASSWORD)")
+    ap.add_argument("--sudo", action="store_true", help="run the command as root through sudo")
     args = ap.parse_args(argv)
+    password = args.password if args.password is not None else os.environ.get("VM_CONSOLE_PASSWORD", "")
+    if args.login and not password:
+        ap.error("--login needs --password or VM_CONSOLE_PASSWORD")
     try:
-        return run(args.socket, args.command, args.timeout)
+        return run(args.socket, args.command, args.timeout, user=args.login, password=password, sudo=args.sudo)
+    except LoginError as e:
+        print(f"vm_console: {e}", file=sys.stderr)
+        return LOGIN_FAILED
     except ConsoleError as e:
         print(f"vm_console: {e}", file=sys.stderr)
         return 125
