@@ -204,6 +204,52 @@ def render_access(vms: list) -> list:
     return lines
 
 
+def show_progress(event: dict) -> None:
+    say(render_progress(event))
+
+
+def render_status(report) -> list:
+    """The status table of a slice: every expected object on its host, and what is missing."""
+    s = report.slice
+    lines = [f"\nSlice {s['slice_id']} ({s.get('name') or '-'}) [{s.get('status')}], as its hosts hold it:"]
+    for host, state in report.reachable.items():
+        if state is not True:
+            lines.append(f"  {ERR} {host}: unreachable ({state})")
+    lines.append(f"  {'host':<15} {'object':<34} {'expected':<20} state")
+    for c in report.checks:
+        state = "ok" if c.ok else c.problem.upper() if c.found is None else f"WRONG: {c.problem}"
+        lines.append(f"  {c.key.host:<15} {c.label:<34} {c.expected or '-':<20} {state}")
+    for key in report.extra:
+        lines.append(f"  {key.host:<15} {key.kind + ' ' + str(key.vm_id or key.vlan or key.name):<34} "
+                     f"{'(none)':<20} EXTRA: should not exist")
+    internet = 400
+    for vm in s.get("vms", []):
+        addrs = ", ".join(f"{i['name']} {report.address(vm, i, internet) or '-'}" for i in vm.get("interfaces", [])
+                          if i.get("vlan_id") is not None)
+        lines.append(f"  VM {vm['vm_id']} {vm['name']}: {report.vm_state(vm)}" + (f"; {addrs}" if addrs else ""))
+    problems = report.problems
+    lines.append(f"{OK} Everything is in place." if not problems and all(v is True for v in report.reachable.values())
+                 else f"{WARN}  {len(problems)} problem(s): " + ", ".join(c.label for c in problems[:8])
+                 + (" ..." if len(problems) > 8 else ""))
+    return lines
+
+
+def render_cluster(view: dict) -> list:
+    """The admin's table of hosts: reachable, VMs running, memory and vCPUs against capacity, free disk."""
+    lines = [f"\nCluster at {view['at']}:",
+             f"  {'host':<15} {'role':<22} {'state':<12} {'VMs':>4} {'memory MiB (used/cap)':>22} "
+             f"{'vCPUs':>9} {'free disk':>10}"]
+    for r in view["rows"]:
+        if not r["reachable"]:
+            lines.append(f"  {r['host']:<15} {r['role']:<22} {'UNREACHABLE':<12} {r['error']}")
+            continue
+        disk = f"{r['disk_free_mib']} MiB" if r.get("disk_free_mib") is not None else "-"
+        lines.append(f"  {r['host']:<15} {r['role']:<22} {'up':<12} {r['vms_running']:>4} "
+                     f"{str(r['memory_used']) + '/' + str(r['memory_cap']):>22} "
+                     f"{str(r['vcpus_used']) + '/' + str(r['vcpus_cap']):>9} {disk:>10}")
+    return lines
+
+
 def render_progress(event: dict) -> str:
     mark = OK if event["ok"] else ERR
     text = f"  [{event['elapsed']:6.2f}s] {mark} {event['phase']:<8} {event['host']:<15} {event['step']}"
@@ -281,6 +327,10 @@ class CLI:
         if self.is_admin:
             items.append(("11", "Manage users", self.manage_users))
         items.append(("12", "Open VM console", self.open_console))
+        items.append(("13", "Slice status and repair", self.slice_status))
+        items.append(("14", "Start, stop or reboot VMs", self.vm_lifecycle))
+        if self.is_admin:
+            items.append(("17", "Cluster view", self.cluster_view))
         items.append(("0", "Exit", None))
         return items
 
@@ -414,6 +464,41 @@ class CLI:
                         f"  user: {vm.user} password: {vm.password}")
                 say("   Open a VM's console with option 12; its addresses show in View (option 5) "
                     "once it has booted.")
+
+    def slice_status(self) -> None:
+        slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
+        say("Checking the hosts...")
+        ok, report = self.api.slice_status(self.username, slice_id)
+        if not ok:
+            return result(False, report)
+        for line in render_status(report):
+            say(line)
+        if not report.problems:
+            return
+        if not ask_valid("\nRepair what is missing? (y/n): ", parse_yes_no, "Answer y or n"):
+            raise Cancel()
+        ok, outcome = self.api.repair_slice(self.username, slice_id, progress=show_progress)
+        if isinstance(outcome, str):
+            return result(False, outcome)
+        say(f"\n{OK if ok else ERR} {outcome.message}")
+
+    def vm_lifecycle(self) -> None:
+        slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
+        say("\n1. Stop a VM\n2. Start a VM\n3. Reboot a VM\n4. Stop the whole slice\n5. Start the whole slice")
+        choice = ask_valid("Choice (1-5): ", parse_int(1, 5), "Choose a number from 1 to 5")
+        vm_id = ask_valid("VM ID: ", parse_number, "VM ID must be a number") if choice <= 3 else None
+        action = {1: self.api.stop_vm, 2: self.api.start_vm, 3: self.api.reboot_vm,
+                  4: self.api.stop_vm, 5: self.api.start_vm}[choice]
+        ok, msg = action(self.username, slice_id, vm_id, progress=show_progress)
+        result(ok, msg)
+
+    def cluster_view(self) -> None:
+        say("\nReading the hosts...")
+        ok, view = self.api.cluster_view(self.username)
+        if not ok:
+            return result(False, view)
+        for line in render_cluster(view):
+            say(line)
 
     def open_console(self) -> None:
         if not sys.stdin.isatty():

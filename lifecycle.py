@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import capacity
 import sessions
 import vlan_manager
 import vm_launcher
@@ -122,7 +123,13 @@ class Lifecycle:
     # --- deploy -----------------------------------------------------------------------
 
     def _reserve_for_deploy(self, username: str, slice_id) -> tuple:
-        """Mark the slice ``deploying`` for this session; (True, snapshot, dropped) or (False, message, dropped)."""
+        """Mark the slice ``deploying`` for this session; (True, snapshot, dropped) or (False, message, dropped).
+
+        Checks again that its VMs fit on their workers (capacity read before taking the lock).
+        """
+        ok, s = authorized_slice(self.s.db.load(), username, slice_id)
+        workers = sorted({vm["worker_ip"] for vm in s.get("vms", [])}) if ok else []
+        caps, _unreachable = self.s.capacity.capacities(workers) if workers else ({}, {})
         with self.s.db.transaction() as data:
             dropped = settle_in(data, None)
             ok, s = authorized_slice(data, username, slice_id)
@@ -131,10 +138,16 @@ class Lifecycle:
             status = s.get("status")
             if status == "running":
                 return False, "Slice already running", dropped
+            if status == "stopped":
+                return False, "Slice is stopped: start it (option 14) instead of deploying it", dropped
             if status != "design":
                 return False, f"Slice is {status} in another session", dropped
             if not s.get("vms"):
                 return False, "Slice has no VMs: add VMs before deploying", dropped
+            used = capacity.allocations(data["slices"].values(), exclude_slice=s["slice_id"])
+            why = capacity.check_slice(s["vms"], used, caps)
+            if why:
+                return False, f"Not deployed: {why}. Nothing was created.", dropped
             s["status"] = "deploying"
             s["busy"] = sessions.marker("design")
             return True, copy.deepcopy(s), dropped

@@ -10,6 +10,8 @@ done beside this file, one concern per module:
     reconcile   what the hosts hold against what the database expects (orphans)
     status      a slice as its hosts hold it (VM states, addresses, what is missing)
     guest_access  using a deployed VM: access details, console, boot log
+    operations  status and repair, per-VM stop/start/reboot, the cluster view
+    capacity    what each worker may hold; admission of new and restarted VMs
     runner      the one parallel runner of host commands (failures, Ctrl-C)
 
 Database discipline: anything that reads then writes the database does it
@@ -29,6 +31,7 @@ from design import Design
 from guest_access import GuestAccess
 from inventory import Inventory
 from lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
+from operations import Operations
 from reconcile import Orphan, Reconciler
 from runner import Progress, Runner
 from services import Services
@@ -54,6 +57,7 @@ class OrchestratorAPI:
         self.lifecycle = Lifecycle(self.services)
         self.reconciler = Reconciler(self.services)
         self.guests = GuestAccess(self.services)
+        self.operations = Operations(self.services)
 
     @property
     def runner(self) -> Runner:
@@ -161,6 +165,31 @@ class OrchestratorAPI:
 
     def boot_log(self, username: str, slice_id, vm_id, lines: int = 40) -> tuple:
         return self.guests.boot_log(username, slice_id, vm_id, lines)
+
+    # --- operating a running cloud ----------------------------------------------------------
+
+    def slice_status(self, username: str, slice_id) -> tuple:
+        """(True, SliceReport): each expected object of the slice on its host, found or missing."""
+        return self.operations.status(username, slice_id)
+
+    def repair_slice(self, username: str, slice_id, progress: Optional[Progress] = None) -> tuple:
+        """Recreate what status finds missing (this slice only); (ok, ActionOutcome or message)."""
+        return self.operations.repair(username, slice_id, progress)
+
+    def stop_vm(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None) -> tuple:
+        """Stop one VM, or every VM of the slice when ``vm_id`` is None (disks kept)."""
+        return self.operations.stop(username, slice_id, vm_id, progress)
+
+    def start_vm(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None) -> tuple:
+        """Start one stopped VM, or every stopped VM of the slice when ``vm_id`` is None."""
+        return self.operations.start(username, slice_id, vm_id, progress)
+
+    def reboot_vm(self, username: str, slice_id, vm_id, progress: Optional[Progress] = None) -> tuple:
+        return self.operations.reboot(username, slice_id, vm_id, progress)
+
+    def cluster_view(self, username: str) -> tuple:
+        """Admin: every host with what it holds against its capacity."""
+        return self.operations.cluster_view(username)
 
     # --- orphans -------------------------------------------------------------------------
 

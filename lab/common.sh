@@ -5,7 +5,8 @@ LAB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_DIR="$(dirname "$LAB_DIR")"
 STATE_DIR="$LAB_DIR/state"
 SSH_DIR="$STATE_DIR/ssh"
-IMAGE="$LAB_DIR/image/labvm.qcow2"
+IMAGE="$LAB_DIR/image/labvm.qcow2"          # the cirros flavor: busybox guest
+CLOUD_IMAGE="$LAB_DIR/image/cloudvm.qcow2"  # the ubuntu flavor: Debian with cloud-init
 CLUSTER_YAML="$LAB_DIR/cluster.yaml"
 
 # Simulated hosts (each with its own net/mount/UTS/PID namespaces) and their

@@ -84,7 +84,30 @@ lab_health() {
     ((rc == 0)) || { echo "a host's OVS or sshd does not answer"; return 1; }
 }
 
+# The lab's cluster config (deterministic; rewritten on every run so it follows the scripts).
+write_cluster_yaml() {
+    cat >"$CLUSTER_YAML.tmp" <<EOF
+# Written by lab/up.sh: the local lab's cluster config (same format as a real cluster's).
+workers: [${HOST_IP[worker1]}, ${HOST_IP[worker2]}, ${HOST_IP[worker3]}]
+network_node: ${HOST_IP[netnode]}
+ssh: {user: $LAB_USER, key_file: $SSH_DIR/id_ed25519, known_hosts: $SSH_DIR/known_hosts, accept_new_host_keys: false, sudo: true, connect_timeout: 5, command_timeout: 60}
+bridge: br-int
+worker_image_dir: ~/vm_images
+flavor_images: {cirros: $IMAGE, ubuntu: $CLOUD_IMAGE}
+copy_timeout: 300
+qemu_accel: "kvm:tcg"
+internet: {vlan: 400, cidr: 10.60.7.0/24, gateway: 10.60.7.1, uplink: uplink0}
+lab:
+  root: $LAB_DIR
+  hosts: {netnode: ${HOST_IP[netnode]}, worker1: ${HOST_IP[worker1]}, worker2: ${HOST_IP[worker2]}, worker3: ${HOST_IP[worker3]}}
+  internet_host: $INET_ADDR
+  internet_http: http://$INET_ADDR:$INET_PORT/
+EOF
+    mv "$CLUSTER_YAML.tmp" "$CLUSTER_YAML"
+}
+
 if reason="$(lab_health)"; then
+    write_cluster_yaml
     log "lab is already up and healthy ($(elapsed)); config: $CLUSTER_YAML"
     exit 0
 fi
@@ -325,23 +348,7 @@ Host *
 EOF
 } >"$SSH_DIR/config"
 
-cat >"$CLUSTER_YAML.tmp" <<EOF
-# Written by lab/up.sh: the local lab's cluster config (same format as a real cluster's).
-workers: [${HOST_IP[worker1]}, ${HOST_IP[worker2]}, ${HOST_IP[worker3]}]
-network_node: ${HOST_IP[netnode]}
-ssh: {user: $LAB_USER, key_file: $SSH_DIR/id_ed25519, known_hosts: $SSH_DIR/known_hosts, accept_new_host_keys: false, sudo: true, connect_timeout: 5, command_timeout: 60}
-bridge: br-int
-worker_image_dir: ~/vm_images
-flavor_images: {cirros: $IMAGE, ubuntu: $IMAGE}
-qemu_accel: "kvm:tcg"
-internet: {vlan: 400, cidr: 10.60.7.0/24, gateway: 10.60.7.1, uplink: uplink0}
-lab:
-  root: $LAB_DIR
-  hosts: {netnode: ${HOST_IP[netnode]}, worker1: ${HOST_IP[worker1]}, worker2: ${HOST_IP[worker2]}, worker3: ${HOST_IP[worker3]}}
-  internet_host: $INET_ADDR
-  internet_http: http://$INET_ADDR:$INET_PORT/
-EOF
-mv "$CLUSTER_YAML.tmp" "$CLUSTER_YAML"
+write_cluster_yaml
 touch "$STATE_DIR/up"
 
 # --- summary -----------------------------------------------------------------------------

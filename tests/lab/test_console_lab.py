@@ -152,3 +152,49 @@ def test_the_seed_is_made_with_the_vm_and_gone_after_delete(lab, site):
         host = host_of(lab, vm["worker_ip"])
         assert sh(lab, host, f"ls {naming.vm_seed_image(vm['vm_id'])} 2>/dev/null || true").strip() == ""
 
+
+
+def test_log_in_to_a_real_cloud_init_guest_through_the_menu(lab, site):
+    """The ubuntu flavor boots a Debian cloud-init guest: the seed's password and host name work."""
+    api = make_api(lab, site["db"])
+    ok, s = api.create_slice("student", "cloud")
+    assert ok, s
+    sid = s["slice_id"]
+    ok, real = api.add_vm_to_slice("student", sid, "deb1", "ubuntu", 1, False)
+    assert ok, real
+    ok, small = api.add_vm_to_slice("student", sid, "peer", "cirros", 1, False)
+    assert ok, small
+    ok, link = api.create_link("student", sid, real["vm_id"], "eth1", small["vm_id"], "eth1")
+    assert ok, link
+    ok, msg = api.deploy_slice("student", sid)
+    assert ok, msg
+    vlan = link["vlan_id"]
+    leased = wait_for_leases(lab, {(vlan, real["interfaces"][1]["mac"].lower())}, timeout=400)
+    ip = leased[(vlan, real["interfaces"][1]["mac"].lower())]
+    m = site["spawn"]()
+    m.login("student", "student")
+    view = m.send("5", timeout=60)
+    assert f"eth1 (Link 1, VLAN {vlan}): {ip}" in view
+    screen = open_console(m, sid, real["vm_id"])
+    password = api.services.credentials.password(real["vm_id"])
+    assert f"Log in as user: ubuntu password: {password}" in screen
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:  # the login prompt shows once cloud-init has set the password
+        m.p.send("\r")
+        try:
+            m.p.expect("deb1 login: ", timeout=10)
+            break
+        except Exception:  # noqa: BLE001 - pexpect.TIMEOUT: still booting
+            continue
+    m.p.send("ubuntu\r")
+    m.p.expect("Password: ", timeout=30)
+    m.p.send(password + "\r")
+    m.p.expect(r"ubuntu@deb1:~\$ ", timeout=60)
+    assert shell_answer(m, "hostname", r"\ndeb1\r?\n")
+    assert shell_answer(m, "ip -4 -o addr show dev eth1", re.escape(f"inet {ip}/24"))
+    m.p.send("exit\r")
+    m.p.send(DETACH)
+    screen = m.wait("\nChoice: ")
+    assert "(console detached)" in screen
+    print("console session:\n" + m.transcript[-3000:])
+    m.exit()
