@@ -63,13 +63,15 @@ def pid_guard(pidfile: str, marker: str, then: str, otherwise: str = ":") -> str
             f"then {then}; else {otherwise}; fi")
 
 
-def stop_by_pidfile(pidfile: str, marker: str, signal: str = "TERM", wait_s: float = 5) -> str:
-    """Shell: stop the guarded process of ``pidfile`` (``signal``, then KILL), wait, remove the file."""
-    ticks = int(wait_s * 20)
-    then = (f"kill -{signal} \"$pid\" 2>/dev/null || true; n=0; "
-            f"while [ -d /proc/$pid ] && [ $n -lt {ticks} ]; do sleep 0.05; n=$((n+1)); done; "
-            "kill -9 \"$pid\" 2>/dev/null || true; "
-            "n=0; while [ -d /proc/$pid ] && [ $n -lt 40 ]; do sleep 0.05; n=$((n+1)); done")
+def wait_gone(wait_s: float) -> str:
+    """Shell: wait up to ``wait_s`` seconds for process ``$pid`` to end."""
+    return f"n=0; while [ -d /proc/$pid ] && [ $n -lt {int(wait_s * 20)} ]; do sleep 0.05; n=$((n+1)); done"
+
+
+def stop_by_pidfile(pidfile: str, marker: str, signal: str = "TERM", wait_s: float = 5, first: str = "") -> str:
+    """Shell: stop the guarded process of ``pidfile`` (``first``, or ``signal``; then KILL), wait, remove the file."""
+    ask = first or f"kill -{signal} \"$pid\" 2>/dev/null || true"
+    then = f"{ask}; {wait_gone(wait_s)}; kill -9 \"$pid\" 2>/dev/null || true; {wait_gone(2)}"
     return f"{pid_guard(pidfile, marker, then)}; rm -f {q(pidfile)}"
 
 

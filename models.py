@@ -9,7 +9,8 @@ so an instructor's ``database.yaml`` never loses information.
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
 import naming
 
@@ -18,20 +19,19 @@ def _extra(d: dict, known: tuple) -> dict:
     return {k: copy.deepcopy(v) for k, v in d.items() if k not in known}
 
 
+@dataclass
 class User:
     """A person who logs in; owns slices and has a VM quota."""
 
-    _KEYS = ("username", "password_hash", "quota_vms", "used_vms", "slices", "role")
+    _KEYS: ClassVar[tuple] = ("username", "password_hash", "quota_vms", "used_vms", "slices", "role")
 
-    def __init__(self, username: str, password_hash: str, quota_vms: int = 10,
-                 role: str = "student"):
-        self.username = username
-        self.password_hash = password_hash
-        self.quota_vms = quota_vms
-        self.used_vms = 0
-        self.slices: list[int] = []
-        self.role = role
-        self.extra: dict = {}
+    username: str
+    password_hash: str
+    quota_vms: int = 10
+    role: str = "student"
+    used_vms: int = field(default=0, init=False)
+    slices: list = field(default_factory=list, init=False)
+    extra: dict = field(default_factory=dict, init=False, repr=False)
 
     def can_create_vms(self, count: int) -> bool:
         """True when ``count`` more VMs fit in the quota."""
@@ -90,18 +90,15 @@ class Flavor:
         return None
 
 
+@dataclass
 class Interface:
     """One NIC of a VM: ``eth0`` (management/internet) or a data NIC."""
 
-    _KEYS = ("name", "vlan_id", "mac", "ip_config", "link_id")
-
-    def __init__(self, name: str, vlan_id: Optional[int] = None, mac: Optional[str] = None,
-                 ip_config: Optional[dict] = None, link_id: Optional[int] = None):
-        self.name = name
-        self.vlan_id = vlan_id
-        self.mac = mac
-        self.ip_config = ip_config
-        self.link_id = link_id
+    name: str
+    vlan_id: Optional[int] = None
+    mac: Optional[str] = None
+    ip_config: Optional[dict] = None
+    link_id: Optional[int] = None
 
     @property
     def index(self) -> int:
@@ -117,17 +114,16 @@ class Interface:
                    d.get("link_id"))
 
 
+@dataclass
 class Link:
     """An L2 connection between two data interfaces, on one VLAN."""
 
-    def __init__(self, link_id: int, vlan_id: int, vm1_id: int, vm1_interface: str,
-                 vm2_id: int, vm2_interface: str):
-        self.link_id = link_id
-        self.vlan_id = vlan_id
-        self.vm1_id = vm1_id
-        self.vm1_interface = vm1_interface
-        self.vm2_id = vm2_id
-        self.vm2_interface = vm2_interface
+    link_id: int
+    vlan_id: int
+    vm1_id: int
+    vm1_interface: str
+    vm2_id: int
+    vm2_interface: str
 
     def to_dict(self) -> dict:
         return {"link_id": self.link_id, "vlan_id": self.vlan_id,
@@ -140,25 +136,27 @@ class Link:
                    d["vm2_id"], d["vm2_interface"])
 
 
+@dataclass
 class VM:
     """A virtual machine of a slice, placed on one worker."""
 
-    _KEYS = ("vm_id", "name", "owner", "worker_ip", "vnc_port", "status", "pid",
-             "qcow_image", "flavor", "interfaces")
+    _KEYS: ClassVar[tuple] = ("vm_id", "name", "owner", "worker_ip", "vnc_port", "status", "pid",
+                              "qcow_image", "flavor", "interfaces")
 
-    def __init__(self, vm_id: int, name: str, owner: str, worker_ip: str, vnc_port: int,
-                 interfaces: list, flavor: Optional[dict] = None, qcow_image: Optional[str] = None):
-        self.vm_id = vm_id
-        self.name = name
-        self.owner = owner
-        self.worker_ip = worker_ip
-        self.vnc_port = vnc_port
-        self.interfaces: list[Interface] = list(interfaces)
-        self.flavor = flavor
-        self.qcow_image = qcow_image
-        self.status = "pending"
-        self.pid: Optional[str] = None
-        self.extra: dict = {}
+    vm_id: int
+    name: str
+    owner: str
+    worker_ip: str
+    vnc_port: int
+    interfaces: list
+    flavor: Optional[dict] = None
+    qcow_image: Optional[str] = None
+    status: str = field(default="pending", init=False)
+    pid: Optional[str] = field(default=None, init=False)
+    extra: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.interfaces = list(self.interfaces)
 
     def interface(self, name: str) -> Optional[Interface]:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -183,17 +181,16 @@ class VM:
         return vm
 
 
+@dataclass
 class Network:
     """The addressing of one link VLAN (gateway and DHCP on the network node)."""
 
-    def __init__(self, vlan_id: int, cidr: str, gateway_ip: str, dhcp_enabled: bool = False,
-                 dhcp_range: Optional[str] = None):
-        self.vlan_id = vlan_id
-        self.cidr = cidr
-        self.gateway_ip = gateway_ip
-        self.dhcp_enabled = dhcp_enabled
-        self.dhcp_range = dhcp_range
-        self.status = "pending"
+    vlan_id: int
+    cidr: str
+    gateway_ip: str
+    dhcp_enabled: bool = False
+    dhcp_range: Optional[str] = None
+    status: str = field(default="pending", init=False)
 
     @classmethod
     def for_link_vlan(cls, vlan_id: int) -> Network:
@@ -213,31 +210,35 @@ class Network:
         return n
 
 
+@dataclass
 class Slice:
     """A tenant's topology: VMs, links and their VLAN pool.
 
     Statuses: ``design`` (editable), ``deploying`` (a deploy is under way),
-    ``running`` (deployed), ``deleting``.
+    ``running`` (deployed), ``stopped`` (its VMs stopped, disks kept),
+    ``deleting``, ``stopping``, ``starting``.
     """
 
-    _KEYS = ("slice_id", "owner", "topology_type", "vlan_pool_start", "vlan_pool_end",
-             "vlan_pool_used", "status", "vms", "links", "networks", "name")
+    _KEYS: ClassVar[tuple] = ("slice_id", "owner", "topology_type", "vlan_pool_start", "vlan_pool_end",
+                              "vlan_pool_used", "status", "vms", "links", "networks", "name")
 
-    def __init__(self, slice_id: int, owner: str, topology_type: str = "custom",
-                 name: Optional[str] = None, vlan_pool_start: Optional[int] = None):
-        self.slice_id = slice_id
-        self.owner = owner
-        self.topology_type = topology_type
-        self.name = name
-        self.vlan_pool_start = (naming.documented_pool_start(slice_id)
-                                if vlan_pool_start is None else vlan_pool_start)
+    slice_id: int
+    owner: str
+    topology_type: str = "custom"
+    name: Optional[str] = None
+    vlan_pool_start: Optional[int] = None
+    vlan_pool_end: int = field(default=0, init=False)
+    vlan_pool_used: list = field(default_factory=list, init=False)
+    vms: list = field(default_factory=list, init=False)
+    links: list = field(default_factory=list, init=False)
+    networks: list = field(default_factory=list, init=False)
+    status: str = field(default="design", init=False)
+    extra: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vlan_pool_start is None:
+            self.vlan_pool_start = naming.documented_pool_start(self.slice_id)
         self.vlan_pool_end = self.vlan_pool_start + naming.POOL_SIZE - 1
-        self.vlan_pool_used: list[int] = []
-        self.vms: list[VM] = []
-        self.links: list[Link] = []
-        self.networks: list[Network] = []
-        self.status = "design"
-        self.extra: dict = {}
 
     def get_next_vlan(self) -> Optional[int]:
         """Take the first unused VLAN of the pool, or None when it is exhausted."""

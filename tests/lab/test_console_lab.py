@@ -190,7 +190,7 @@ def test_log_in_to_a_real_cloud_init_guest_through_the_menu(lab, site):
     m.p.expect("Password: ", timeout=30)
     m.p.send(password + "\r")
     m.p.expect(r"ubuntu@deb1:~\$ ", timeout=60)
-    assert shell_answer(m, "hostname", r"\ndeb1\r?\n")
+    assert shell_answer(m, "hostname", r"[\r\n]deb1\r?\n")
     assert shell_answer(m, "ip -4 -o addr show dev eth1", re.escape(f"inet {ip}/24"))
     m.p.send("exit\r")
     m.p.send(DETACH)

@@ -172,7 +172,7 @@ def test_vm_start_failure_rolls_back(linked):
     first_fail = next(i for i, (h, t) in enumerate(ex.calls) if h == WORKERS[1] and _is_launch(t))
     after = [(h, script_of(t)) for h, t in ex.calls[first_fail + 1:]]
     stops = {h for h, s in after
-             if "qemu-system" not in s and "kill -KILL" in s and "/run/cloud-repositorio/vm100" in s}
+             if "qemu-system" not in s and "kill -9" in s and "/run/cloud-repositorio/vm100" in s}
     assert stops == {WORKERS[0], WORKERS[1]}
     assert all("qemu-system-x86_64 -name" not in s for _h, s in after)
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in s
@@ -249,12 +249,12 @@ def test_delete_running_slice(linked):
     assert api.delete_slice("admin", sid) == (True, "Slice deleted")
     texts = [(h, script_of(t)) for h, t in ex.calls]
     for vm_id, worker in ((1001, WORKERS[0]), (1002, WORKERS[1])):
-        assert any(h == worker and f"/run/cloud-repositorio/vm{vm_id}.pid" in s and "kill -KILL" in s
+        assert any(h == worker and f"/run/cloud-repositorio/vm{vm_id}.pid" in s and "kill -9" in s
                    and f"--if-exists del-port br-int tap{vm_id}_1" in s for h, s in texts)
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in s for h, s in texts)
     assert (WORKERS[0], 'rm -f "$HOME"/vm_images/vm1_img.qcow2 "$HOME"/vm_images/vm1_img.qcow2.owner') in ex.calls
     assert (WORKERS[1], 'rm -f "$HOME"/vm_images/vm2_img.qcow2 "$HOME"/vm_images/vm2_img.qcow2.owner') in ex.calls
-    stop_i = max(i for i, (h, s) in enumerate(texts) if h in WORKERS and "kill -KILL" in s)
+    stop_i = max(i for i, (h, s) in enumerate(texts) if h in WORKERS and "kill -9" in s)
     rm_i = min(i for i, (_h, s) in enumerate(texts) if s.startswith('rm -f "$HOME"/vm_images/'))
     assert stop_i < rm_i  # disks go after the VMs are stopped
     assert all("pkill" not in s for _h, s in texts)
