@@ -12,15 +12,32 @@ CLUSTER_YAML="$LAB_DIR/cluster.yaml"
 # Simulated hosts (each with its own net/mount/UTS/PID namespaces) and their
 # management addresses. The switch (crlab-sw) and the internet stand-in
 # (crlab-inet) are bare network namespaces.
-HOSTS=(netnode worker1 worker2 worker3)
-declare -A HOST_IP=(
-    [netnode]=10.250.0.10 [worker1]=10.250.0.11
-    [worker2]=10.250.0.12 [worker3]=10.250.0.13
-)
+#
+# The number of workers is LAB_WORKERS (default 3, at most 40): worker<i> has 10.250.0.<10+i>.
+# lab/up.sh records the running lab's count in lab/state/workers, so that lab/down.sh, lab/exec.sh
+# and a later lab/up.sh without LAB_WORKERS see the hosts that really exist.
+RUNNING_WORKERS=$(cat "$STATE_DIR/workers" 2>/dev/null || true)
+export LAB_WORKERS=${LAB_WORKERS:-${RUNNING_WORKERS:-3}}
+[[ $LAB_WORKERS =~ ^[0-9]+$ ]] && ((LAB_WORKERS >= 1 && LAB_WORKERS <= 40)) ||
+    { printf '[lab] ERROR: LAB_WORKERS must be a number from 1 to 40, not %q\n' "$LAB_WORKERS" >&2; exit 1; }
+# Hosts of the lab as wanted now; TEARDOWN_WORKERS also covers a running lab that has more.
+TEARDOWN_WORKERS=$((LAB_WORKERS > ${RUNNING_WORKERS:-0} ? LAB_WORKERS : RUNNING_WORKERS))
+HOSTS=(netnode)
+declare -A HOST_IP=([netnode]=10.250.0.10)
+for ((i = 1; i <= TEARDOWN_WORKERS; i++)); do
+    HOST_IP[worker$i]=10.250.0.$((10 + i))
+    ((i <= LAB_WORKERS)) && HOSTS+=("worker$i")
+done
+WORKERS=("${HOSTS[@]:1}")
 NS_PREFIX=crlab-
 SW_NS=crlab-sw
 INET_NS=crlab-inet
-ALL_NS=(crlab-sw crlab-netnode crlab-worker1 crlab-worker2 crlab-worker3 crlab-inet)
+ALL_NS=(crlab-sw crlab-netnode crlab-inet)
+TEARDOWN_NS=("${ALL_NS[@]}")
+for ((i = 1; i <= TEARDOWN_WORKERS; i++)); do
+    ((i <= LAB_WORKERS)) && ALL_NS+=("crlab-worker$i")
+    TEARDOWN_NS+=("crlab-worker$i")
+done
 MGMT_IF=crlab-mgmt          # veth in the machine's own namespace
 MGMT_ADDR=10.250.0.1/24
 UPLINK_ADDR=10.255.0.1/24    # netnode uplink0
@@ -82,7 +99,7 @@ lab_teardown() {
 
     # 1. Kill each host's PID 1: the kernel then kills every process of that
     #    host's PID namespace (sshd, OVS, qemu, dnsmasq...).
-    for h in "${HOSTS[@]}"; do
+    for h in "${!HOST_IP[@]}"; do
         pid="$(host_init_pid "$h")"
         if [[ -n $pid ]] && pid_in_netns "$pid" "crlab-$h"; then
             kill -KILL "$pid" 2>/dev/null || true
@@ -97,7 +114,7 @@ lab_teardown() {
     fi
     # 2. Anything else still living in a lab network namespace (after a crash
     #    the pid files may be stale): kill it by namespace, never by name.
-    for ns in "${ALL_NS[@]}"; do
+    for ns in "${TEARDOWN_NS[@]}"; do
         [[ -e /run/netns/$ns ]] || continue
         for pid in $(ip netns pids "$ns" 2>/dev/null); do
             kill -KILL "$pid" 2>/dev/null || true
@@ -131,7 +148,7 @@ lab_teardown() {
         sleep 0.05
     done
     # 4. Delete the namespaces; that removes every veth including crlab-mgmt.
-    for ns in "${ALL_NS[@]}"; do
+    for ns in "${TEARDOWN_NS[@]}"; do
         [[ -e /run/netns/$ns ]] && ip netns delete "$ns" 2>/dev/null || true
     done
     ip link del "$MGMT_IF" 2>/dev/null || true
@@ -146,7 +163,7 @@ lab_teardown() {
     fi
     # 5. Runtime state. Keep the client key and the hosts' SSH host keys so the
     #    known_hosts entries stay valid across runs; keep the logs of the last run.
-    for h in "${HOSTS[@]}"; do
+    for h in "${!HOST_IP[@]}"; do
         local d
         d="$(host_dir "$h")"
         [[ -d $d ]] || continue
@@ -154,5 +171,5 @@ lab_teardown() {
             "$d/init.pid" "$d/unshare.pid" "$d/ready"
     done
     # lab/cluster.yaml stays: it is deterministic and other tools point at it.
-    rm -f "$STATE_DIR/inet/server.pid" "$STATE_DIR/up"
+    rm -f "$STATE_DIR/inet/server.pid" "$STATE_DIR/up" "$STATE_DIR/workers"
 }

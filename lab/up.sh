@@ -6,7 +6,7 @@
 #
 #   crlab-sw       switch: bridge "mgmt" (10.250.0.0/24) and bridge "trunk" (802.1Q)
 #   crlab-netnode  10.250.0.10, uplink0 10.255.0.1/24 -> crlab-inet
-#   crlab-worker1..3  10.250.0.11..13
+#   crlab-worker1..N  10.250.0.11..  (N = LAB_WORKERS, default 3)
 #   crlab-inet     10.255.0.254, lab/inet_server.py on :8080
 #   root namespace crlab-mgmt 10.250.0.1/24 (the manager)
 set -euo pipefail
@@ -57,6 +57,7 @@ ensure_image
 lab_health() {
     local ns h pid ip
     [[ -f $STATE_DIR/up && -f $CLUSTER_YAML ]] || { echo "not up"; return 1; }
+    [[ ${RUNNING_WORKERS:-} == "$LAB_WORKERS" ]] || { echo "$LAB_WORKERS workers wanted, ${RUNNING_WORKERS:-none} running"; return 1; }
     for ns in "${ALL_NS[@]}"; do
         [[ -e /run/netns/$ns ]] || { echo "namespace $ns missing"; return 1; }
     done
@@ -88,7 +89,7 @@ lab_health() {
 write_cluster_yaml() {
     cat >"$CLUSTER_YAML.tmp" <<EOF
 # Written by lab/up.sh: the local lab's cluster config (same format as a real cluster's).
-workers: [${HOST_IP[worker1]}, ${HOST_IP[worker2]}, ${HOST_IP[worker3]}]
+workers: [$(for h in "${WORKERS[@]}"; do printf '%s' "${sep:-}${HOST_IP[$h]}"; sep=", "; done)]
 network_node: ${HOST_IP[netnode]}
 ssh: {user: $LAB_USER, key_file: $SSH_DIR/id_ed25519, known_hosts: $SSH_DIR/known_hosts, accept_new_host_keys: false, sudo: true, connect_timeout: 5, command_timeout: 60}
 bridge: br-int
@@ -99,7 +100,7 @@ qemu_accel: "kvm:tcg"
 internet: {vlan: 400, cidr: 10.60.7.0/24, gateway: 10.60.7.1, uplink: uplink0}
 lab:
   root: $LAB_DIR
-  hosts: {netnode: ${HOST_IP[netnode]}, worker1: ${HOST_IP[worker1]}, worker2: ${HOST_IP[worker2]}, worker3: ${HOST_IP[worker3]}}
+  hosts: {$(for h in "${HOSTS[@]}"; do printf '%s' "${sep2:-}$h: ${HOST_IP[$h]}"; sep2=", "; done)}
   internet_host: $INET_ADDR
   internet_http: http://$INET_ADDR:$INET_PORT/
 EOF
@@ -349,6 +350,7 @@ EOF
 } >"$SSH_DIR/config"
 
 write_cluster_yaml
+echo "$LAB_WORKERS" >"$STATE_DIR/workers"
 touch "$STATE_DIR/up"
 
 # --- summary -----------------------------------------------------------------------------
