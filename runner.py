@@ -102,7 +102,8 @@ def interrupts_ignored() -> Iterator[None]:
 class Runner:
     """Runs ``HostCommand`` lists through one executor, in parallel."""
 
-    max_parallel = 12  # commands of one phase in flight at once (1: one after another)
+    max_parallel = 32  # commands of one phase in flight at once (1: one after another); the executor
+    #                    also caps the sessions per host (remote_executor.MAX_SESSIONS_PER_HOST)
 
     def __init__(self, executor, max_parallel: Optional[int] = None):
         self.executor = executor

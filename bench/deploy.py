@@ -84,7 +84,7 @@ def one_run(config_path: str, baseline: bool = False) -> dict:
     tmp = tempfile.mkdtemp(prefix="bench-")
     api = OrchestratorAPI(Database(os.path.join(tmp, "database.yaml")), DeploymentAPI(executor), config)
     if baseline:
-        api.max_parallel = 1
+        api.runner.max_parallel = 1
     r: dict = {}
     c0 = snapshot(executor)
     t = time.monotonic()

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Does the network node stay flat as the class grows? (SPEC §12)
+
+On the lab's network node, with the product's own builders (no VMs needed),
+it fills the node with live slices' worth of link VLANs (gateway, namespace,
+dnsmasq each) and internet reservations, and at each size measures a further
+deploy's network phase: 5 link VLANs and the internet VLAN set up in
+parallel, as ``deploy_slice`` does, then removed again (median of ``--runs``).
+It also reports where any growth comes from: dnsmasq memory per VLAN, the
+time of one OVS port add, the number of iptables rules, of namespaces and
+of OVS ports.  Everything it made is removed at the end (and before it
+starts), checked with the product's own scan.
+
+Usage (as root; brings the lab up if needed):
+    .venv/bin/python bench/network_node.py [--sizes 0,100,500] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import reconcile  # noqa: E402
+import vlan_manager  # noqa: E402
+from config import ClusterConfig  # noqa: E402
+from database import Database  # noqa: E402
+from deployment_api import DeploymentAPI  # noqa: E402
+from remote_executor import RemoteExecutor  # noqa: E402
+from runner import Runner  # noqa: E402
+from services import Services  # noqa: E402
+
+LAB = os.path.join(ROOT, "lab")
+FILL_FIRST = 1000        # VLANs 1000.. hold the filling slices (5 per slice)
+PROBE = [3900 + i for i in range(5)]  # the further deploy's link VLANs
+
+
+def lab_exec(host: str, cmd: str) -> str:
+    return subprocess.run([os.path.join(LAB, "exec.sh"), host, "sh", "-c", cmd],
+                          capture_output=True, text=True, timeout=300).stdout
+
+
+def services(tmp: str) -> Services:
+    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
+    ex = RemoteExecutor(config)
+    svc = Services(Database(os.path.join(tmp, "db.yaml")), config, DeploymentAPI(ex), Runner(ex))
+    _ctx, failed = svc.connect([config.network_node])
+    if failed is not None:
+        sys.exit(f"cannot reach the network node: {failed.message()}")
+    return svc
+
+
+def run(svc: Services, cmds: list) -> float:
+    t0 = time.monotonic()
+    report = svc.runner.run(cmds, phase="bench", stop_on_failure=False)
+    if report.failures:
+        sys.exit(f"failed: {report.failures[0].step}: {report.failures[0].message()}")
+    return time.monotonic() - t0
+
+
+def vlan_cmds(svc: Services, vlans: list, up: bool) -> list:
+    c = svc.config
+    node, inet = c.network_node, c.internet
+    if up:
+        return [vlan_manager.vlan_up_command(node, v, c.bridge, int(inet["vlan"]), inet["uplink"]) for v in vlans]
+    return [vlan_manager.vlan_down_command(node, v, c.bridge) for v in vlans]
+
+
+def reservation_cmd(svc: Services, first_vm: int, count: int, up: bool, first_ip: int = 2):
+    c = svc.config
+    if up:
+        res = [(first_vm + i, f"52:54:00:{((first_vm + i) >> 8) & 255:02x}:{(first_vm + i) & 255:02x}:00",
+                f"10.60.7.{first_ip + i % 240}") for i in range(count)]
+        return vlan_manager.internet_up_command(c.network_node, c.internet, c.bridge, res)
+    return vlan_manager.internet_release_command(c.network_node, c.internet, c.bridge,
+                                                 [first_vm + i for i in range(count)])
+
+
+def probe(svc: Services, runs: int) -> tuple:
+    """(median s of the further deploy's network phase, median s of its removal)."""
+    ups, downs = [], []
+    for _ in range(runs):
+        ups.append(run(svc, vlan_cmds(svc, PROBE, True) + [reservation_cmd(svc, 90000, 2, True, first_ip=250)]))
+        downs.append(run(svc, vlan_cmds(svc, PROBE, False) + [reservation_cmd(svc, 90000, 2, False)]))
+    return statistics.median(ups), statistics.median(downs)
+
+
+def node_facts() -> dict:
+    rss = lab_exec("netnode", "ps -o rss= -C dnsmasq | awk '{s += $1; n++} END {print n + 0, s + 0}'").split()
+    times = []
+    for _ in range(5):
+        t0 = time.monotonic()
+        lab_exec("netnode", "ovs-vsctl add-port br-int benchprobe -- set interface benchprobe type=internal && "
+                            "ovs-vsctl del-port br-int benchprobe")
+        times.append((time.monotonic() - t0) * 1000)
+    port_ms = statistics.median(times)
+    return {"dnsmasq": int(rss[0]), "dnsmasq_kib": int(rss[1]),
+            "rules": int(lab_exec("netnode", "iptables -S | wc -l; ").split()[0]),
+            "netns": int(lab_exec("netnode", "ip netns list | wc -l").split()[0]),
+            "ports": int(lab_exec("netnode", "ovs-vsctl list-ports br-int | wc -l").split()[0]),
+            "port_add_ms": port_ms}
+
+
+def sweep(svc: Services) -> None:
+    ok, found = reconcile.Reconciler(svc).survey([svc.config.network_node])
+    if not ok:
+        sys.exit(found)
+    run(svc, reconcile.removal_commands(svc.host_context(), sorted({f.key for f in found})))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="0,100,500", help="link VLANs on the node (100 live slices = 500)")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = services(tmp)
+        sweep(svc)
+        rows, filled = [], 0
+        try:
+            for size in sizes:
+                new = list(range(FILL_FIRST + filled, FILL_FIRST + size))
+                t_fill = run(svc, vlan_cmds(svc, new, True)) if new else 0.0
+                slices = size // 5
+                if slices:
+                    run(svc, [reservation_cmd(svc, 100000, slices, True)])
+                filled = size
+                up, down = probe(svc, args.runs)
+                rows.append((size, slices, t_fill, up, down, node_facts()))
+                print(f"  measured {size} VLANs", file=sys.stderr)
+        finally:
+            sweep(svc)
+            left = node_facts()
+            svc.executor.close()
+    base = rows[0][3]
+    print("\nNetwork node: a further deploy's network phase (5 link VLANs + internet), median of "
+          f"{args.runs}, against the node's size")
+    print(f"{'link VLANs':>10} {'internet VMs':>12} {'fill s':>7} {'phase s':>8} {'x empty':>8} {'removal s':>9} "
+          f"{'dnsmasq':>8} {'KiB each':>8} {'rules':>6} {'netns':>6} {'ports':>6} {'port add ms':>11}")
+    for size, slices, t_fill, up, down, f in rows:
+        each = f["dnsmasq_kib"] / f["dnsmasq"] if f["dnsmasq"] else 0
+        print(f"{size:>10} {slices:>12} {t_fill:>7.1f} {up:>8.3f} {up / base:>8.2f} {down:>9.3f} "
+              f"{f['dnsmasq']:>8} {each:>8.0f} {f['rules']:>6} {f['netns']:>6} {f['ports']:>6} "
+              f"{f['port_add_ms']:>11.1f}")
+    print(f"\nleft after the bench: {left['dnsmasq']} dnsmasq, {left['netns']} namespaces, {left['ports']} ports "
+          f"(the trunk port is one)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
