@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""A class starting at once: N students press Deploy at the same moment (SPEC §12).
+
+Each student is its own process (its own session and SSH connections, as N
+menus would be), with a 2-VM slice designed beforehand (two cirros VMs on a
+link, the first with internet).  All processes wait at a barrier, then call
+``deploy_slice`` together.  For each N it reports: whether every deploy
+succeeded, the slowest and the median time until ``deploy_slice`` returned,
+whether the database lost anything (every slice running with a pid per VM),
+and when every NIC of every slice held its DHCP lease.  Then it deletes every
+slice and checks with the product's own scan that nothing is left.
+
+Usage (as root; brings the lab up if needed):
+    .venv/bin/python bench/class_burst.py [--sizes 1,5,10,20]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+LAB = os.path.join(ROOT, "lab")
+
+
+def make_api(db_path: str):
+    from config import ClusterConfig
+    from database import Database
+    from deployment_api import DeploymentAPI
+    from orchestrator_api import OrchestratorAPI
+    from remote_executor import RemoteExecutor
+    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
+    return OrchestratorAPI(Database(db_path), DeploymentAPI(RemoteExecutor(config)), config)
+
+
+def student(db_path: str, user: str, sid: int, barrier, out) -> None:
+    api = make_api(db_path)
+    barrier.wait()
+    t0 = time.monotonic()
+    ok, msg = api.deploy_slice(user, sid)
+    out.put((user, ok, time.monotonic() - t0, msg))
+    api.executor.close()
+
+
+def lab_exec(host: str, cmd: str) -> str:
+    return subprocess.run([os.path.join(LAB, "exec.sh"), host, "sh", "-c", cmd],
+                          capture_output=True, text=True, timeout=120).stdout
+
+
+def leased(vlans: set) -> set:
+    text = lab_exec("netnode", "; ".join(f"cat /run/cloud-repositorio/dnsmasq-vlan{v}.leases 2>/dev/null"
+                                         for v in sorted(vlans)) + "; true")
+    return {line.split()[1].lower() for line in text.splitlines() if len(line.split()) >= 3}
+
+
+def prepare(api, n: int) -> list:
+    """N students, each with a designed 2-VM slice; [(user, slice_id, macs that should lease, vlans)]."""
+    out = []
+    for i in range(n):
+        user = f"s{i:02d}"
+        ok, msg = api.create_user("admin", user, "student-pw", 6)
+        assert ok, msg
+        ok, s = api.create_slice(user, "lab")
+        assert ok, s
+        a = api.add_vm_to_slice(user, s["slice_id"], "a", "cirros", 1, True)[1]
+        b = api.add_vm_to_slice(user, s["slice_id"], "b", "cirros", 1, False)[1]
+        ok, link = api.create_link(user, s["slice_id"], a["vm_id"], "eth1", b["vm_id"], "eth1")
+        assert ok, link
+        macs = {a["interfaces"][0]["mac"], a["interfaces"][1]["mac"], b["interfaces"][1]["mac"]}
+        out.append((user, s["slice_id"], macs, {link["vlan_id"], 400}))
+    return out
+
+
+def burst(n: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = os.path.join(tmp, "database.yaml")
+        api = make_api(db_path)
+        plan = prepare(api, n)
+        ctx = mp.get_context("spawn")
+        barrier, out = ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=student, args=(db_path, u, sid, barrier, out)) for u, sid, _m, _v in plan]
+        for p in procs:
+            p.start()
+        barrier.wait()
+        t0 = time.monotonic()
+        results = [out.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join()
+        macs = {m.lower() for _u, _s, ms, _v in plan for m in ms}
+        vlans = {v for _u, _s, _m, vs in plan for v in vs}
+        leases_s = None
+        while time.monotonic() - t0 < 600:
+            if macs <= leased(vlans):
+                leases_s = time.monotonic() - t0
+                break
+            time.sleep(1)
+        data = api.db.load()
+        lost = [sid for _u, sid, _m, _v in plan
+                if data["slices"][str(sid)]["status"] != "running"
+                or not all(vm.get("pid") for vm in data["slices"][str(sid)]["vms"])]
+        times = [t for _u, ok, t, _m in results]
+        failed = [(u, m) for u, ok, _t, m in results if not ok]
+        for user, sid, _m, _v in plan:
+            api.delete_slice(user, sid)
+        ok_scan, found = api.reconciler.survey()
+        api.executor.close()
+    return {"n": n, "ok": not failed, "failed": failed[:3], "slowest": max(times), "median": statistics.median(times),
+            "lost": lost, "leases_s": leases_s, "left": len(found) if ok_scan else found}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1,5,10,20")
+    args = ap.parse_args()
+    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True)
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        rows.append(burst(n))
+        print(f"  {n} students measured", file=sys.stderr)
+    print("\nA class deploying at once: N students, each its own process, 2-VM slices, one barrier")
+    print(f"{'students':>8} {'all ok':>7} {'slowest s':>9} {'median s':>9} {'x one':>6} {'lost':>5} "
+          f"{'all leased s':>12} {'left':>5}")
+    base = rows[0]["slowest"]
+    for r in rows:
+        leases = f"{r['leases_s']:.0f}" if r["leases_s"] is not None else "never"
+        print(f"{r['n']:>8} {str(r['ok']):>7} {r['slowest']:>9.2f} {r['median']:>9.2f} {r['slowest'] / base:>6.2f} "
+              f"{len(r['lost']):>5} {leases:>12} {r['left']!s:>5}")
+        for user, msg in r["failed"]:
+            print(f"         {user}: {msg}")
+    return 0 if all(r["ok"] and not r["lost"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

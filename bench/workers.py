@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""More workers: does a bigger slice over more workers deploy as fast? (SPEC §12)
+
+Brings the lab up with 3 workers and deploys the reference slice (6 cirros
+VMs, a chain of 5 links, internet on both ends), then with 8 workers
+(``LAB_WORKERS``) and deploys a 24-VM slice of the same shape: four chains of
+6 VMs (20 links: a slice's whole VLAN pool).  It prints the time until
+``deploy_slice`` returns for each, side by side, with their ratio (median of
+``--runs``).  Each slice is deleted after each run; the lab is left with 3
+workers as it was found.
+
+Usage (as root):  .venv/bin/python bench/workers.py [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+LAB = os.path.join(ROOT, "lab")
+
+
+def lab_up(workers: int) -> None:
+    env = dict(os.environ, LAB_WORKERS=str(workers))
+    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True, env=env)
+
+
+def make_api(db_path: str):
+    from config import ClusterConfig
+    from database import Database
+    from deployment_api import DeploymentAPI
+    from orchestrator_api import OrchestratorAPI
+    from remote_executor import RemoteExecutor
+    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
+    return OrchestratorAPI(Database(db_path), DeploymentAPI(RemoteExecutor(config)), config)
+
+
+def design(api, n_vms: int, chain: int) -> int:
+    """A slice of ``n_vms`` cirros VMs in chains of ``chain`` (internet on each chain's ends)."""
+    ok, s = api.create_slice("admin", f"w{n_vms}")
+    assert ok, s
+    sid, vms = s["slice_id"], []
+    for i in range(n_vms):
+        pos = i % chain
+        ok, vm = api.add_vm_to_slice("admin", sid, f"v{i + 1}", "cirros", 2, pos in (0, chain - 1))
+        assert ok, vm
+        vms.append(vm)
+    for i in range(n_vms - 1):
+        if (i + 1) % chain:
+            ok, link = api.create_link("admin", sid, vms[i]["vm_id"], "eth2", vms[i + 1]["vm_id"], "eth1")
+            assert ok, link
+    return sid
+
+
+def measure(n_vms: int, chain: int, runs: int) -> tuple:
+    """(median s until deploy_slice returned, workers used) over ``runs`` runs."""
+    times, workers = [], set()
+    with tempfile.TemporaryDirectory() as tmp:
+        api = make_api(os.path.join(tmp, "db.yaml"))
+        with api.db.transaction() as data:
+            data["users"]["admin"]["quota_vms"] = 100
+        for _ in range(runs):
+            sid = design(api, n_vms, chain)
+            workers = {vm["worker_ip"] for vm in api.db.get_slice(sid)["vms"]}
+            t0 = time.monotonic()
+            ok, msg = api.deploy_slice("admin", sid)
+            times.append(time.monotonic() - t0)
+            assert ok, msg
+            ok, msg = api.delete_slice("admin", sid)
+            assert ok, msg
+        api.executor.close()
+    return statistics.median(times), len(workers)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    rows = []
+    try:
+        for workers, n_vms in ((3, 6), (8, 24)):
+            lab_up(workers)
+            t, used = measure(n_vms, 6, args.runs)
+            rows.append((workers, n_vms, used, t))
+            print(f"  {n_vms} VMs over {workers} workers measured", file=sys.stderr)
+    finally:
+        lab_up(3)
+    base = rows[0][3]
+    print(f"\nDeploy of a bigger slice over more workers (median of {args.runs}; chains of 6 VMs)")
+    print(f"{'workers':>7} {'VMs':>4} {'workers used':>12} {'deploy s':>9} {'x 6 over 3':>10}")
+    for workers, n_vms, used, t in rows:
+        print(f"{workers:>7} {n_vms:>4} {used:>12} {t:>9.2f} {t / base:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
