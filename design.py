@@ -21,11 +21,12 @@ from inventory import settle_in
 from models import Flavor, Link, Network, Slice, User
 from runner import interrupts_ignored
 from services import Services
+from topology import MAX_DATA_INTERFACES
+from topology import TOPOLOGY_TYPES as DESIGNED_TYPES
 
 log = logging.getLogger("cloudrepo.design")
 
-MAX_DATA_INTERFACES = 8
-TOPOLOGY_TYPES = ("custom", "linear", "ring", "star", "mesh", "imported")
+TOPOLOGY_TYPES = DESIGNED_TYPES + ("imported",)  # imported: made from a custom topology file
 
 
 def all_vms(data: dict) -> list:
