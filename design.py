@@ -91,8 +91,12 @@ class Design:
     def config(self):
         return self.s.config
 
-    def create_slice(self, username: str, slice_name: str, topology_type: str = "custom") -> tuple:
-        """A new empty slice in ``design`` with its own VLAN pool."""
+    def create_slice(self, username: str, slice_name: str, topology_type: str = "custom", need_vms: int = 0) -> tuple:
+        """A new empty slice in ``design`` with its own VLAN pool.
+
+        ``need_vms``: the VMs about to be added to it (a whole topology): refused
+        with "Quota exceeded" unless the user's quota leaves room for all of them.
+        """
         slice_name = (slice_name or "").strip() if isinstance(slice_name, str) else ""
         if not naming.valid_name(slice_name):
             return False, f"Invalid slice name: {naming.NAME_RULE}"
@@ -102,6 +106,9 @@ class Design:
             user = data["users"].get(username)
             if not user:
                 return False, "User not found"
+            if need_vms and not User.from_dict(user).can_create_vms(need_vms):
+                return False, (f"Quota exceeded: {need_vms} VMs needed, {username} uses {user.get('used_vms', 0)} "
+                               f"of {user.get('quota_vms', 10)}")
             if any(s.get("owner") == username and s.get("name") == slice_name for s in data["slices"].values()):
                 return False, f"You already have a slice named {slice_name}"
             slice_id = int(data.get("next_vm_id", naming.FIRST_ID))
