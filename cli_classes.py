@@ -134,7 +134,7 @@ def render_overview(rows: list, workers: list) -> list:
     number = {ip: str(i) for i, ip in enumerate(workers, 1)}
     table = [("ID", "Owner", "Slice", "Status", "Type", "VMs", "Links", "Workers", "Deployed since")]
     for r in rows:
-        since = f"{r.deployed_at[:16]} ({age_text(r.running_for)})" if r.deployed_at else "-"
+        since = f"{r.deployed_at[5:16]} ({age_text(r.running_for)})" if r.deployed_at else "-"  # MM-DD HH:MM
         table.append((str(r.slice_id), r.owner, r.name, r.status, r.topology_type, str(r.vms), str(r.links),
                       ",".join(number.get(w, w) for w in r.workers) or "-", since))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

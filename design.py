@@ -243,6 +243,27 @@ class Design:
         self._remove_disks(dropped)
         return result
 
+    def create_links(self, username: str, slice_id, pairs: list) -> tuple:
+        """Several links in one transaction, all or none: (True, [link dict]) or (False, message).
+
+        ``pairs``: ``((vm1_id, vm1_interface), (vm2_id, vm2_interface))`` each, checked as ``create_link`` does.
+        """
+        try:
+            with self.s.db.transaction() as data:
+                made = []
+                for end1, end2 in pairs:
+                    ok, link = add_link(data, username, slice_id, end1, end2)
+                    if not ok:
+                        raise _Refused(link)  # leaves the transaction without saving anything
+                    made.append(link)
+        except _Refused as e:
+            return False, str(e)
+        return True, made
+
+
+class _Refused(Exception):
+    """Aborts a transaction: nothing of it is saved."""
+
 
 def slice_key(slice_id) -> set:
     """The database key of a slice ID, as a set for ``settle_in`` (empty when not a number)."""

@@ -176,8 +176,9 @@ class Instructor:
         if not ok:
             return False, msg
         if design is not None:
+            slices = list(self.s.db.load()["slices"].values())
             for outcome in report.students:
-                self._slice_for(admin, outcome, design, slice_name, say)
+                self._slice_for(admin, outcome, design, slice_name, slices, say)
         return report.ok, report
 
     @staticmethod
@@ -250,9 +251,10 @@ class Instructor:
             os.unlink(path)
 
     def _slice_for(self, admin: str, outcome: StudentOutcome, design: topology.Design, slice_name: str,
-                   say: Say) -> None:
-        existing = next((s for s in self.s.db.load()["slices"].values()
-                         if s.get("owner") == outcome.username and s.get("name") == slice_name), None)
+                   slices: list, say: Say) -> None:
+        """Give one student the slice, unless ``slices`` (as they were before) hold one of that name."""
+        existing = next((s for s in slices if s.get("owner") == outcome.username and s.get("name") == slice_name),
+                        None)
         if existing is not None:
             outcome.slice, outcome.slice_id = "exists", int(existing["slice_id"])
             outcome.message = f"already has slice {slice_name} ({existing['slice_id']}): not changed"

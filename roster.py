@@ -75,10 +75,10 @@ def parse_roster(text: str, fmt: str) -> tuple[list[Student], list[Problem]]:
     if len(text) > MAX_TEXT:
         return [], [Problem(f"the roster is too large ({len(text)} characters; at most {MAX_TEXT})")]
     rows, problems = (_yaml_rows if fmt == "yaml" else _csv_rows)(text)
-    if not problems:
-        students, problems = _students(rows)
-        if not problems and not students:
-            problems = [Problem("the roster lists no student", 1)]
+    students, bad_rows = _students(rows)
+    problems += bad_rows
+    if not problems and not students:
+        problems = [Problem("the roster lists no student", 1)]
     if problems:
         return [], sorted(problems, key=lambda p: p.line or 0)
     return students, []
@@ -132,7 +132,7 @@ def _student(line: int, row: dict) -> tuple[Optional[Student], list[Problem]]:
 # --- CSV -----------------------------------------------------------------------------
 
 def _csv_rows(text: str) -> tuple[list, list[Problem]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: Optional[list] = None
     rows, problems = [], []
     try:

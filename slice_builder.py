@@ -8,8 +8,10 @@ or a topology file (``topology_file.parse_topology``) gives a design, and
 2. one database transaction checks the owner's quota for every VM of it and
    creates the slice with its pool of 20 VLANs (a design has at most 20
    links, so the pool holds them all);
-3. each VM is added (its overlay made on its worker) and each link created
-   through ``design.Design``, exactly as the menu's own options do;
+3. each VM is added (its overlay made on its worker) through
+   ``design.Design.add_vm_to_slice``, as the menu's option 3 does; then
+   every link is created in one transaction (``Design.create_links``, the
+   rules of option 4);
 4. on any failure, or Ctrl-C, the new slice is removed again: the overlays
    of its VMs deleted, its records and the quota given back.  The message
    says which step failed and that nothing was made.
@@ -109,13 +111,14 @@ class SliceBuilder:
                 return f"VM {vm.name} could not be added: {made}"
             ids[vm.name] = made["vm_id"]
             progress(f"VM {vm.name} added (ID {made['vm_id']}, worker {made['worker_ip']})")
-        for link in design.links:
-            if cancel.is_set():
-                return "Interrupted (Ctrl-C)"
-            ok, made = self.design.create_link(owner, sid, ids[link.vm1], link.if1, ids[link.vm2], link.if2)
-            if not ok:
-                return f"Link {link.vm1} {link.if1} -- {link.vm2} {link.if2} could not be created: {made}"
-            progress(f"Link {link.vm1} {link.if1} -- {link.vm2} {link.if2}: VLAN {made['vlan_id']}")
+        if cancel.is_set():
+            return "Interrupted (Ctrl-C)"
+        pairs = [((ids[x.vm1], x.if1), (ids[x.vm2], x.if2)) for x in design.links]
+        ok, made = self.design.create_links(owner, sid, pairs) if pairs else (True, [])
+        if not ok:
+            return f"The links could not be created: {made}"
+        for x, link in zip(design.links, made):
+            progress(f"Link {x.vm1} {x.if1} -- {x.vm2} {x.if2}: VLAN {link['vlan_id']}")
         return "Interrupted (Ctrl-C)" if cancel.is_set() else None
 
     def _discard(self, owner: str, sid: int) -> str:

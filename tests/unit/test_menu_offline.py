@@ -40,8 +40,9 @@ MENU_COMMON = [
     "9. Logout",
     "10. Change password",
 ]
-ADMIN_MENU = MENU_COMMON + ["11. Manage users", "12. Open VM console", "0. Exit"]
-STUDENT_MENU = MENU_COMMON + ["12. Open VM console", "0. Exit"]
+ADMIN_MENU = MENU_COMMON + ["11. Manage users", "12. Open VM console", "15. Topology templates, import and export",
+                            "16. Instructor tools (overview, class roster)", "0. Exit"]
+STUDENT_MENU = MENU_COMMON + ["12. Open VM console", "15. Topology templates, import and export", "0. Exit"]
 LEGACY_ADMIN_HASH = "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
 
 

@@ -135,19 +135,26 @@ def test_a_worker_that_is_down_makes_nothing(env):
     assert_nothing_made(api, db, ex)
 
 
-def test_a_link_that_fails_removes_the_vms(env, monkeypatch):
+def test_links_that_fail_remove_the_vms(env, monkeypatch):
     api, db, ex = env
-    real = api.builder.design.create_link
-    calls = []
-
-    def second_fails(*args):
-        calls.append(args)
-        return (False, "VLAN pool exhausted") if len(calls) == 2 else real(*args)
-
-    monkeypatch.setattr(api.builder.design, "create_link", second_fails)
+    monkeypatch.setattr("design.add_link", lambda *args: (False, "VLAN pool exhausted"))
     got, msg = api.create_from_template("admin", "linear", 3, "cirros", "none", "l3")
-    assert not got and msg.startswith("Link vm2 eth2 -- vm3 eth1 could not be created: VLAN pool exhausted.")
+    assert not got and msg.startswith("The links could not be created: VLAN pool exhausted. Nothing was made")
     assert_nothing_made(api, db, ex)
+
+
+def test_links_are_made_all_or_none(env):
+    api, db, _ = env
+    s = ok(api.create_from_template("admin", "linear", 2, "cirros", "none", "l2"))
+    a, b = (vm["vm_id"] for vm in s["vms"])
+    got, msg = api.builder.design.create_links("admin", s["slice_id"], [((a, "eth1"), (b, "eth1"))])
+    assert not got and msg == f"VM {a} eth1 is already connected to Link 1"
+    ok(api.add_vm_to_slice("admin", s["slice_id"], "c", "cirros", 2))
+    c = db.get_slice(s["slice_id"])["vms"][-1]["vm_id"]
+    got, msg = api.builder.design.create_links("admin", s["slice_id"], [((c, "eth1"), (c, "eth2")),
+                                                                         ((c, "eth2"), (a, "eth1"))])
+    assert not got and msg == f"VM {c} eth2 is already connected to Link 2"
+    assert len(db.get_slice(s["slice_id"])["links"]) == 1  # the first of the two was not kept either
 
 
 def test_ctrl_c_while_building_removes_everything(env):
