@@ -479,7 +479,8 @@ def print_plan(api, executor, slice_id: int) -> int:
     return 0
 
 
-def main(argv: Optional[list] = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line: the menu's options, and the script mode's commands."""
     parser = argparse.ArgumentParser(
         description="Cloud Repositorio slice manager: the text menu, or (with a COMMAND) a script's tool",
         epilog="Without a COMMAND: the menu. Commands: see 'python3 cli.py COMMAND --help'.")
@@ -488,7 +489,11 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--plan", metavar="SLICE_ID", type=int,
                         help="print the host commands a deploy of this slice would run, run nothing")
     commands.add_subcommands(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = make_parser().parse_args(argv)
     if getattr(args, "offline", False):
         return commands.run(args)
     from config import ConfigError

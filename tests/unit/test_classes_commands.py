@@ -8,6 +8,7 @@ those that only read the database run the real ``cli.py`` itself.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -20,6 +21,7 @@ from menu_driver import REPO
 
 import topology as t
 import topology_file as tf
+from cli import make_parser
 
 CLI = REPO / "cli.py"
 FAKE_CLI = REPO / "tests" / "fake_cli.py"
@@ -201,3 +203,29 @@ def test_bad_command_lines_are_usage_errors(site):
     assert proc.returncode == 2 and "the following arguments are required: --owner" in proc.stderr
     proc = run(site, "roster")
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def readme_commands() -> list:
+    """The ``python3 cli.py ...`` lines of the README's instructor workflow (up to a redirection or &&)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Classes: templates, topology files, rosters", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    out = []
+    for line in block.split("\n"):
+        line = line.split(" #", 1)[0].strip()
+        if line.startswith("python3 cli.py "):
+            words = shlex.split(line)
+            cut = next((i for i, w in enumerate(words) if w in (">", "&&", "|")), len(words))
+            out.append(words[2:cut])
+    return out
+
+
+def test_the_readme_workflow_is_made_of_real_commands():
+    found = readme_commands()
+    assert [w[:2] for w in found] == [["topology", "template"], ["topology", "check"], ["roster", "import"],
+                                      ["overview"], ["overview", "--csv"], ["slice", "export"],
+                                      ["slice", "export"], ["slice", "show"]]
+    parser = make_parser()
+    for words in found:
+        args = parser.parse_args(words)
+        assert callable(args.run), words
