@@ -4,6 +4,11 @@ Prompts and rendering only: every action is one ``OrchestratorAPI`` call
 (``create_from_template``, ``import_topology``, ``export_slice``,
 ``import_roster``, ``overview``).  The render functions are shared with the
 script mode (``commands.py``).
+
+Files on the manager are read and written with the rights of the menu's
+process, which holds the database and the SSH key to every host; so only an
+admin names paths.  A student imports an example or pasted text, and copies
+an export from the screen.
 """
 from __future__ import annotations
 
@@ -199,17 +204,16 @@ def read_pasted() -> str:
     raise Cancel()
 
 
-def choose_topology(paste: bool = True) -> tuple:
-    """Ask for a topology: an example, a file, or pasted text.  (text, where it came from)."""
+def choose_topology(files: bool, paste: bool = True) -> tuple:
+    """Ask for a topology: an example, a file (``files``: admins only), or pasted text.  (text, where from)."""
     examples = example_topologies()
     say("\nTopology files:")
     for i, (name, _path, design) in enumerate(examples, 1):
         say(f"{i}. {name:<14} {topology.plural(len(design.vms), 'VM')}, "
             f"{topology.plural(len(design.links), 'link')} ({design.topology_type}, example)")
-    choices = ["example"] * len(examples) + ["file"] + (["paste"] if paste else [])
-    say(f"{len(examples) + 1}. A file on this machine (its path)")
-    if paste:
-        say(f"{len(examples) + 2}. Paste a topology file here")
+    choices = ["example"] * len(examples) + (["file"] if files else []) + (["paste"] if paste else [])
+    for i, choice in enumerate(choices[len(examples):], len(examples) + 1):
+        say(f"{i}. A file on this machine (its path)" if choice == "file" else f"{i}. Paste a topology file here")
     n = ask_valid(f"Choose (1-{len(choices)}): ", parse_int(1, len(choices)), choose_message(len(choices)))
     if choices[n - 1] == "example":
         _name, path, _design = examples[n - 1]
@@ -285,7 +289,7 @@ def show_built(ok: bool, s) -> None:
 
 
 def import_file(cli) -> None:
-    text, where = choose_topology()
+    text, where = choose_topology(files=cli.is_admin)
     design, problems = topology_file.parse_topology(text)
     if problems:
         say(f"\n{ERR} {where} cannot be imported ({topology.plural(len(problems), 'problem')}; nothing was made):")
@@ -307,21 +311,19 @@ def import_file(cli) -> None:
 
 def export_slice(cli) -> None:
     slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
-    ok, text = cli.api.export_slice(cli.username, slice_id, "yaml")
+    say("1. Its topology file (YAML)\n2. Its Graphviz graph (DOT), for a picture in a report")
+    fmt = ("yaml", "dot")[ask_valid("Choice (1-2): ", parse_int(1, 2), "Choose 1 or 2") - 1]
+    ok, text = cli.api.export_slice(cli.username, slice_id, fmt)
     if not ok:
         return result(False, text)
     say("")
     for line in text.rstrip("\n").split("\n"):
         say(line)
-    target = ask_optional("\nSave it to a new file? (NAME.yaml: this topology file, NAME.dot: Graphviz DOT; "
-                          "Enter: do not save): ", "")
+    if not cli.is_admin:  # a student copies it from the screen: the menu's files are not theirs
+        return
+    target = ask_optional("\nSave it to a new file? (its path; Enter: do not save): ", "")
     if not target:
         return
-    fmt = "dot" if target.lower().endswith(".dot") else "yaml"
-    if fmt == "dot":
-        ok, text = cli.api.export_slice(cli.username, slice_id, "dot")
-        if not ok:
-            return result(False, text)
     ok, where = write_new_file(target, text)
     result(ok, f"Written to {where}" if ok else where)
     if ok and fmt == "dot":
@@ -369,7 +371,7 @@ def roster_import(cli) -> None:
     say(f"\nThe roster lists {topology.plural(len(students), 'student')}.")
     topology_text, slice_name = None, None
     if ask_valid("Give every student a new slice from a topology file? (y/n): ", parse_yes_no, "Answer y or n"):
-        topology_text, _where = choose_topology(paste=False)
+        topology_text, _where = choose_topology(files=True, paste=False)
         design, problems = topology_file.parse_topology(topology_text)
         if problems:
             say(f"\n{ERR} The topology cannot be used ({topology.plural(len(problems), 'problem')}):")

@@ -151,19 +151,14 @@ def test_import_an_example_and_export_it_as_yaml_and_dot(site, menu):
     assert "Topology two-routers (custom): 4 VMs, 3 links" in screen  # the preview
     screen = m.send("")
     assert "Slice created! ID: 1000 (two-routers, imported: 4 VMs, 3 links, VLAN pool 100-119)" in screen
-    m.send("15", "Choice (1-3): ")
-    m.send("3", "Slice ID: ")
-    screen = m.send("1000", "Enter: do not save): ")
+    screen = export(m, "1000", "1", "Enter: do not save): ")
     assert "topology_type: custom" in screen and "  - {vm1: h1, if1: eth1, vm2: r1, if2: eth1}" in screen
     assert "Written to" in m.send("mine.yaml")
-    m.send("15", "Choice (1-3): ")
-    m.send("3", "Slice ID: ")
-    m.send("1000", "Enter: do not save): ")
+    export(m, "1000", "1", "Enter: do not save): ")
     screen = m.send("mine.yaml")
     assert "mine.yaml already exists: choose another name (nothing is ever overwritten)" in screen
-    m.send("15", "Choice (1-3): ")
-    m.send("3", "Slice ID: ")
-    m.send("1000", "Enter: do not save): ")
+    screen = export(m, "1000", "2", "Enter: do not save): ")
+    assert 'graph "two-routers" {' in screen
     assert "Draw it with: dot -Tpng" in m.send("mine.dot")
     m.exit()
     with open(REPO / "topologies" / "two-routers.yaml") as f:
@@ -173,11 +168,32 @@ def test_import_an_example_and_export_it_as_yaml_and_dot(site, menu):
     assert (site.dir / "mine.dot").read_text().startswith('graph "two-routers" {')
 
 
+def export(m: MenuSession, slice_id: str, kind: str, until: str = CHOICE) -> str:
+    """Option 15, 3 (export) of ``slice_id``, format ``kind`` (1 YAML, 2 DOT); the screen up to ``until``."""
+    m.send("15", "Choice (1-3): ")
+    m.send("3", "Slice ID: ")
+    m.send(slice_id, "Choice (1-2): ")
+    return m.send(kind, until)
+
+
+def test_a_student_exports_to_the_screen_and_imports_examples_or_pasted_text_only(site, menu):
+    m = menu("student", "student")
+    template(m, "1", "2", "1", "none", "pair")
+    screen = export(m, "1000", "1")
+    assert "name: pair" in screen and "Save it" not in screen
+    assert "graph \"pair\" {" in export(m, "1000", "2")
+    m.send("15", "Choice (1-3): ")
+    screen = m.send("2", "Choose (1-5): ")
+    assert "A file on this machine" not in screen and "5. Paste a topology file here" in screen
+    m.send("")
+    m.exit()
+
+
 def test_a_pasted_bad_topology_is_refused_with_its_lines(site, menu):
     m = menu("student", "student")
     m.send("15", "Choice (1-3): ")
-    m.send("2", "Choose (1-6): ")
-    m.send("6", "a line holding only '.'")
+    m.send("2", "Choose (1-5): ")
+    m.send("5", "a line holding only '.'")
     for line in ["vms:", "  - {name: a, flavor: tiny, data_interfaces: 1}", "  - {name: a, flavor: cirros, "
                  "data_interfaces: 1}", "links:", "  - {vm1: a, if1: eth0, vm2: zz, if2: eth1}"]:
         m.p.sendline(line)
@@ -192,7 +208,7 @@ def test_a_pasted_bad_topology_is_refused_with_its_lines(site, menu):
 
 
 def test_a_file_path_that_cannot_be_read(site, menu):
-    m = menu("student", "student")
+    m = menu("admin", "admin")
     m.send("15", "Choice (1-3): ")
     m.send("2", "Choose (1-6): ")
     m.send("5", "Path of the topology file: ")
