@@ -13,9 +13,9 @@ Roster import, in this order, so that a refusal changes nothing:
 4. the generated passwords go to the file (and to the report, shown once);
 5. with a topology, every listed student who has no slice of that name yet
    gets one (``SliceBuilder.build``, all or nothing per student).  A student
-   whose slice fails is reported and the others go on; running the same
-   roster again makes only what is missing, so it changes nothing once all
-   is made.
+   whose slice fails is reported and the others go on; Ctrl-C undoes the
+   slice being made and stops there.  Running the same roster again makes
+   only what is missing, so it changes nothing once all is made.
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ import topology_file
 from access import require_admin
 from inventory import Inventory
 from models import User
+from runner import Cancel, interrupts_cancel, interrupts_ignored
 from services import Services
-from slice_builder import SliceBuilder, problems_text, recorded_type
+from slice_builder import INTERRUPTED, SliceBuilder, problems_text, recorded_type
 
 Say = Callable[[str], None]
 
@@ -176,10 +177,23 @@ class Instructor:
         if not ok:
             return False, msg
         if design is not None:
-            slices = list(self.s.db.load()["slices"].values())
-            for outcome in report.students:
-                self._slice_for(admin, outcome, design, slice_name, slices, say)
+            self._slices(admin, report, design, slice_name, say)
         return report.ok, report
+
+    def _slices(self, admin: str, report: RosterReport, design: topology.Design, slice_name: str, say: Say) -> None:
+        """A slice for each student who has none of that name; Ctrl-C stops before the next student."""
+        slices = list(self.s.db.load()["slices"].values())
+        cancel = Cancel()
+        with interrupts_cancel(cancel):  # while a slice is built, the builder's own handler undoes it
+            for outcome in report.students:
+                if cancel.is_set():
+                    break
+                self._slice_for(admin, outcome, design, slice_name, slices, say)
+                if outcome.slice == "failed" and outcome.message.startswith(INTERRUPTED):
+                    break
+        for outcome in report.students:
+            if outcome.slice is None:
+                outcome.slice, outcome.message = "failed", "not made: the import was interrupted (Ctrl-C)"
 
     @staticmethod
     def _topology(text: str, slice_name: Optional[str]) -> tuple:
@@ -199,40 +213,41 @@ class Instructor:
         new = [st for st in students if st.username not in data["users"]]
         generated = {st.username: roster.generate_password() for st in new if st.password is None}
         hashes = {st.username: passwords.hash_password(st.password or generated[st.username]) for st in new}
-        fd, path = None, None
-        if generated:
-            path = password_file or default_password_file(None)
+        path = (password_file or default_password_file(None)) if generated else None
+        with interrupts_ignored():  # from the password file's creation to its last line: all of it or nothing
             try:
-                fd = open_secret_file(path)
+                fd = open_secret_file(path) if path else None
             except OSError as e:
                 return False, f"Cannot create the password file {path}: {e.strerror or e} (nothing was changed)"
-        created: set = set()
-        try:
-            if new:
-                with self.s.db.transaction() as data:
-                    for st in new:
-                        if st.username not in data["users"]:
-                            data["users"][st.username] = User(st.username, hashes[st.username], st.quota).to_dict()
-                            created.add(st.username)
-                    users = data["users"]
-            else:  # nothing to create: the database is not even rewritten
-                users = data["users"]
-        except BaseException:
+            try:
+                created, users = self._create_accounts(new, hashes) if new else (set(), data["users"])
+            except Exception:
+                if fd is not None:
+                    os.close(fd)
+                    os.unlink(path)
+                raise
+            for st in students:
+                user = users.get(st.username)
+                account = "created" if st.username in created else "exists" if user else "missing"
+                report.students.append(StudentOutcome(
+                    st.username, st.line, account, int(user.get("quota_vms", 0)) if user else st.quota,
+                    generated.get(st.username) if account == "created" else None))
             if fd is not None:
-                os.close(fd)
-                os.unlink(path)
-            raise
-        for st in students:
-            user = users.get(st.username)
-            account = "created" if st.username in created else "exists" if user else "missing"
-            report.students.append(StudentOutcome(
-                st.username, st.line, account, int(user.get("quota_vms", 0)) if user else st.quota,
-                generated.get(st.username) if account == "created" else None))
-        if fd is not None:
-            self._write_passwords(fd, path, report, say)
+                self._write_passwords(fd, path, report, say)
         for outcome in report.students:
             say(f"{outcome.username}: account {outcome.account}")
         return True, None
+
+    def _create_accounts(self, new: list, hashes: dict) -> tuple:
+        """(usernames created, every user) after one transaction; someone made meanwhile is left alone."""
+        created = set()
+        with self.s.db.transaction() as data:
+            for st in new:
+                if st.username not in data["users"]:
+                    data["users"][st.username] = User(st.username, hashes[st.username], st.quota).to_dict()
+                    created.add(st.username)
+            users = data["users"]
+        return created, users
 
     @staticmethod
     def _write_passwords(fd: int, path: str, report: RosterReport, say: Say) -> None:

@@ -40,6 +40,7 @@ from services import Services
 log = logging.getLogger("cloudrepo.slice_builder")
 
 Say = Callable[[str], None]
+INTERRUPTED = "Interrupted (Ctrl-C)"
 
 
 def problems_text(what: str, problems: list) -> str:
@@ -105,21 +106,21 @@ class SliceBuilder:
         ids = {}
         for vm in design.vms:
             if cancel.is_set():
-                return "Interrupted (Ctrl-C)"
+                return INTERRUPTED
             ok, made = self.design.add_vm_to_slice(owner, sid, vm.name, vm.flavor, vm.data_interfaces, vm.internet)
             if not ok:
                 return f"VM {vm.name} could not be added: {made}"
             ids[vm.name] = made["vm_id"]
             progress(f"VM {vm.name} added (ID {made['vm_id']}, worker {made['worker_ip']})")
         if cancel.is_set():
-            return "Interrupted (Ctrl-C)"
+            return INTERRUPTED
         pairs = [((ids[x.vm1], x.if1), (ids[x.vm2], x.if2)) for x in design.links]
         ok, made = self.design.create_links(owner, sid, pairs) if pairs else (True, [])
         if not ok:
             return f"The links could not be created: {made}"
         for x, link in zip(design.links, made):
             progress(f"Link {x.vm1} {x.if1} -- {x.vm2} {x.if2}: VLAN {link['vlan_id']}")
-        return "Interrupted (Ctrl-C)" if cancel.is_set() else None
+        return INTERRUPTED if cancel.is_set() else None
 
     def _discard(self, owner: str, sid: int) -> str:
         """Remove a slice this build made: records, quota, overlays.  What could not be removed ("" if none)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import textwrap
 
@@ -304,3 +305,25 @@ def test_overview_ages_and_odd_stamps():
 def age_of_base() -> float:
     import time
     return time.mktime(time.strptime("2024-01-01 13:05:00", "%Y-%m-%d %H:%M:%S"))
+
+
+def test_ctrl_c_during_a_roster_undoes_that_slice_and_stops(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    overlays = []
+
+    def press_ctrl_c(cmd):
+        overlays.append(cmd.target)
+        if len(overlays) == 6:  # the second student's second VM
+            os.kill(os.getpid(), signal.SIGINT)
+
+    ex.hooks["create_overlay"] = press_ctrl_c
+    good, report = api.import_roster("admin", class_csv(3), "csv", topology_text(), None, str(tmp_path / "pw"))
+    assert not good
+    assert [(o.account, o.slice) for o in report.students] == [("created", "made"), ("created", "failed"),
+                                                                ("created", "failed")]
+    assert report.students[1].message.startswith("Interrupted (Ctrl-C). Nothing was made")
+    assert report.students[2].message == "not made: the import was interrupted (Ctrl-C)"
+    assert len(overlays) == 6 and len(ex.made("overlay")) == 4  # only the first student's slice is left
+    assert [s["owner"] for s in db.all_slices().values()] == ["s01"]
+    good, report = api.import_roster("admin", class_csv(3), "csv", topology_text(), None, str(tmp_path / "pw2"))
+    assert good and [o.slice for o in report.students] == ["exists", "made", "made"]
