@@ -2,7 +2,9 @@
 """The numbered text menu: prompts and rendering only.
 
 Usage: ``python3 cli.py [--config CLUSTER.yaml] [--db DATABASE.yaml]``
-(or the environment variables ``CLOUD_CONFIG`` and ``CLOUD_DB``).
+(or the environment variables ``CLOUD_CONFIG`` and ``CLOUD_DB``).  With a
+command (``python3 cli.py roster import FILE``, ``... overview``, ...) it
+runs that for a script instead of the menu: see ``commands.py``.
 
 Every use case is a call to ``OrchestratorAPI``, which returns
 ``(ok, payload_or_message)``; this module only asks and shows.  Bad input
@@ -13,110 +15,41 @@ screen: unexpected errors are logged and summarised.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import os
 import sys
-import threading
 import time
-from typing import Callable, Optional
+from typing import Optional
 
+import cli_classes
+import commands
 import console
+from menu_io import (
+    CANCELLED,
+    ERR,
+    LINE,
+    OK,
+    WARN,
+    WIDE,
+    Cancel,
+    ask,
+    ask_secret,
+    ask_valid,
+    choose_message,
+    parse_choice,
+    parse_int,
+    parse_number,
+    parse_yes_no,
+    read_line,
+    render_flavors,
+    result,
+    say,
+)
 from models import Flavor
+from topology import MAX_DATA_INTERFACES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("cloudrepo.cli")
-
-LINE = "=" * 50
-WIDE = "=" * 70
-OK, ERR, WARN = "\u2705", "\u274c", "\u26a0\ufe0f"
-CANCELLED = "Cancelled: nothing changed."
-
-
-class Cancel(Exception):
-    """The user cancelled the current option (empty answer, Ctrl-C or Ctrl-D)."""
-
-
-_OUT = threading.Lock()
-
-
-def say(text: str = "") -> None:
-    """Print one whole line (deploy progress comes from several threads)."""
-    with _OUT:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-
-
-def read_line(prompt: str) -> str:
-    """Show ``prompt`` and read one line (EOFError at the end of input).
-
-    Not ``input()``: its C line reader stops at a NUL byte and then waits for
-    more, so a line holding a NUL got no reaction at all.
-    """
-    with _OUT:
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-    line = sys.stdin.readline()
-    if not line:
-        raise EOFError
-    return line.rstrip("\r\n")
-
-
-def ask(prompt: str) -> str:
-    """One answer; Ctrl-C / Ctrl-D / an empty answer cancel the option."""
-    try:
-        answer = read_line(prompt)
-    except (EOFError, KeyboardInterrupt):
-        say()
-        raise Cancel() from None
-    answer = answer.strip()
-    if not answer:
-        raise Cancel()
-    return answer
-
-
-def ask_valid(prompt: str, parse: Callable[[str], Optional[object]], error: str, tries: int = 3):
-    """Ask until ``parse`` accepts the answer (returns non-None); give up after ``tries``."""
-    for _ in range(tries):
-        value = parse(ask(prompt))
-        if value is not None:
-            return value
-        say(f"{ERR} {error}")
-    raise Cancel()
-
-
-def ask_secret(prompt: str) -> str:
-    """A password: hidden on a terminal, read as a line when stdin is piped."""
-    try:
-        if sys.stdin.isatty():
-            return getpass.getpass(prompt)
-        return read_line(prompt)
-    except (EOFError, KeyboardInterrupt):
-        say()
-        raise Cancel() from None
-
-
-def is_number(text: str) -> bool:
-    """Only ASCII digits make a number (not '²', '①' or '٣')."""
-    return text.isascii() and text.isdigit()
-
-
-def parse_int(lo: int, hi: int) -> Callable[[str], Optional[int]]:
-    def parse(text: str) -> Optional[int]:
-        return int(text) if is_number(text) and lo <= int(text) <= hi else None
-    return parse
-
-
-def parse_number(text: str) -> Optional[int]:
-    return int(text) if is_number(text) else None
-
-
-def parse_yes_no(text: str) -> Optional[bool]:
-    return {"y": True, "yes": True, "n": False, "no": False}.get(text.lower())
-
-
-def result(ok: bool, message: str) -> None:
-    say(f"\n{OK} {message}" if ok else f"\n{ERR} Error: {message}")
 
 
 # --- rendering ------------------------------------------------------------------
@@ -153,27 +86,6 @@ def render_slices(slices: list, show_owner: bool) -> list:
                          f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})")
     lines.append(WIDE)
     return lines
-
-
-def render_flavors() -> list:
-    """The numbered flavor list of Add VM, from ``Flavor.FLAVORS``."""
-    lines = []
-    for n, (name, spec) in enumerate(Flavor.FLAVORS.items(), start=1):
-        cores = spec["cores"]
-        lines.append(f"{n}. {name} ({cores} core{'s' if cores != 1 else ''}, {spec['ram_gb']}GB RAM, "
-                     f"{spec['disk_gb']}GB disk)")
-    return lines
-
-
-def choose_message(n: int) -> str:
-    return "Choose 1 or 2" if n == 2 else f"Choose a number from 1 to {n}"
-
-
-def parse_choice(options: list) -> Callable[[str], Optional[str]]:
-    """Parse a 1-based number into one of ``options``."""
-    def parse(text: str) -> Optional[str]:
-        return options[int(text) - 1] if is_number(text) and 1 <= int(text) <= len(options) else None
-    return parse
 
 
 def render_interfaces(s: dict) -> list:
@@ -329,7 +241,9 @@ class CLI:
         items.append(("12", "Open VM console", self.open_console))
         items.append(("13", "Slice status and repair", self.slice_status))
         items.append(("14", "Start, stop or reboot VMs", self.vm_lifecycle))
+        items.append(("15", "Topology templates, import and export", self.topologies))
         if self.is_admin:
+            items.append(("16", "Instructor tools (overview, class roster)", self.instructor_tools))
             items.append(("17", "Cluster view", self.cluster_view))
         items.append(("0", "Exit", None))
         return items
@@ -399,8 +313,8 @@ class CLI:
         for line in render_flavors():
             say(line)
         flavor = ask_valid(f"Choose flavor (1-{len(names)}): ", parse_choice(names), choose_message(len(names)))
-        count = ask_valid("Number of data interfaces (eth1, eth2, ...): ", parse_int(0, 8),
-                          "Enter a number from 0 to 8")
+        count = ask_valid("Number of data interfaces (eth1, eth2, ...): ", parse_int(0, MAX_DATA_INTERFACES),
+                          f"Enter a number from 0 to {MAX_DATA_INTERFACES}")
         internet = ask_valid("Enable internet access (eth0 in VLAN 400)? (y/n): ", parse_yes_no,
                              "Answer y or n")
         say("Creating the VM disk on its worker...")
@@ -433,6 +347,8 @@ class CLI:
         if not ok:
             return result(False, slices)
         for line in render_slices(slices, show_owner=self.is_admin):
+            say(line)
+        for line in cli_classes.render_diagrams([s for s in slices if s.get("vms")]):
             say(line)
         mine = [s["slice_id"] for s in slices if s.get("owner") == self.username and s.get("status") == "running"]
         if mine:
@@ -529,6 +445,12 @@ class CLI:
         finally:
             session.channel.close()
         say("\r\n(console detached)" if how == "detached" else "\r\n(the console was closed)")
+
+    def topologies(self) -> None:
+        cli_classes.topology_menu(self)
+
+    def instructor_tools(self) -> None:
+        cli_classes.instructor_menu(self)
 
     def delete_slice(self) -> None:
         slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
@@ -641,21 +563,36 @@ def print_plan(api, executor, slice_id: int) -> int:
     return 0
 
 
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description="Cloud Repositorio slice manager (text menu)")
+def make_parser() -> argparse.ArgumentParser:
+    """The command line: the menu's options, and the script mode's commands."""
+    parser = argparse.ArgumentParser(
+        description="Cloud Repositorio slice manager: the text menu, or (with a COMMAND) a script's tool",
+        epilog="Without a COMMAND: the menu. Commands: see 'python3 cli.py COMMAND --help'.")
     parser.add_argument("--config", default=default_config_path(), help="cluster config YAML")
     parser.add_argument("--db", default=default_db_path(), help="database YAML")
     parser.add_argument("--plan", metavar="SLICE_ID", type=int,
                         help="print the host commands a deploy of this slice would run, run nothing")
-    args = parser.parse_args(argv)
+    commands.add_subcommands(parser)
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = make_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        return commands.run(args)
     from config import ConfigError
     from database import DatabaseError
 
     try:
         api, executor = build(args.config, args.db)
     except (ConfigError, DatabaseError, OSError) as e:
-        print(f"{ERR} Cannot start: {e}", file=sys.stderr)
+        print(f"error: cannot start: {e}" if args.command else f"{ERR} Cannot start: {e}", file=sys.stderr)
         return 2
+    if args.command:
+        try:
+            return commands.run(args, api)
+        finally:
+            executor.close()
     if args.plan is not None:
         return print_plan(api, executor, args.plan)
     started = time.monotonic()

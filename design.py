@@ -22,11 +22,12 @@ from inventory import settle_in
 from models import Flavor, Link, Network, Slice, User
 from runner import interrupts_ignored
 from services import Services
+from topology import MAX_DATA_INTERFACES
+from topology import TOPOLOGY_TYPES as DESIGNED_TYPES
 
 log = logging.getLogger("cloudrepo.design")
 
-MAX_DATA_INTERFACES = 8
-TOPOLOGY_TYPES = ("custom", "linear", "ring", "star", "mesh", "imported")
+TOPOLOGY_TYPES = DESIGNED_TYPES + ("imported",)  # imported: made from a custom topology file
 
 
 def all_vms(data: dict) -> list:
@@ -96,8 +97,12 @@ class Design:
     def config(self):
         return self.s.config
 
-    def create_slice(self, username: str, slice_name: str, topology_type: str = "custom") -> tuple:
-        """A new empty slice in ``design`` with its own VLAN pool."""
+    def create_slice(self, username: str, slice_name: str, topology_type: str = "custom", need_vms: int = 0) -> tuple:
+        """A new empty slice in ``design`` with its own VLAN pool.
+
+        ``need_vms``: the VMs about to be added to it (a whole topology): refused
+        with "Quota exceeded" unless the user's quota leaves room for all of them.
+        """
         slice_name = (slice_name or "").strip() if isinstance(slice_name, str) else ""
         if not naming.valid_name(slice_name):
             return False, f"Invalid slice name: {naming.NAME_RULE}"
@@ -107,6 +112,9 @@ class Design:
             user = data["users"].get(username)
             if not user:
                 return False, "User not found"
+            if need_vms and not User.from_dict(user).can_create_vms(need_vms):
+                return False, (f"Quota exceeded: {need_vms} VMs needed, {username} uses {user.get('used_vms', 0)} "
+                               f"of {user.get('quota_vms', 10)}")
             if any(s.get("owner") == username and s.get("name") == slice_name for s in data["slices"].values()):
                 return False, f"You already have a slice named {slice_name}"
             slice_id = int(data.get("next_vm_id", naming.FIRST_ID))
@@ -264,6 +272,27 @@ class Design:
             result = add_link(data, username, slice_id, (v1, if1), (v2, if2))
         self._remove_disks(dropped)
         return result
+
+    def create_links(self, username: str, slice_id, pairs: list) -> tuple:
+        """Several links in one transaction, all or none: (True, [link dict]) or (False, message).
+
+        ``pairs``: ``((vm1_id, vm1_interface), (vm2_id, vm2_interface))`` each, checked as ``create_link`` does.
+        """
+        try:
+            with self.s.db.transaction() as data:
+                made = []
+                for end1, end2 in pairs:
+                    ok, link = add_link(data, username, slice_id, end1, end2)
+                    if not ok:
+                        raise _Refused(link)  # leaves the transaction without saving anything
+                    made.append(link)
+        except _Refused as e:
+            return False, str(e)
+        return True, made
+
+
+class _Refused(Exception):
+    """Aborts a transaction: nothing of it is saved."""
 
 
 def slice_key(slice_id) -> set:

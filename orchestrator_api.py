@@ -13,6 +13,8 @@ done beside this file, one concern per module:
     operations  status and repair, per-VM stop/start/reboot, the cluster view
     capacity    what each worker may hold; admission of new and restarted VMs
     runner      the one parallel runner of host commands (failures, Ctrl-C)
+    slice_builder  whole slices from a template or a topology file (all or nothing), export
+    instructor  class rosters (accounts and a slice each) and the overview of every slice
 
 Database discipline: anything that reads then writes the database does it
 in one ``db.transaction()``; remote work never runs inside a transaction,
@@ -29,6 +31,7 @@ from database import Database
 from deployment_api import DeploymentAPI
 from design import Design
 from guest_access import GuestAccess
+from instructor import Instructor
 from inventory import Inventory
 from lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
 from operations import Operations
@@ -36,6 +39,7 @@ from reconcile import Orphan, Reconciler
 from runner import Progress, Runner
 from services import Services
 from sessions import normalise
+from slice_builder import SliceBuilder
 
 log = logging.getLogger("cloudrepo.orchestrator")
 
@@ -58,6 +62,8 @@ class OrchestratorAPI:
         self.reconciler = Reconciler(self.services)
         self.guests = GuestAccess(self.services)
         self.operations = Operations(self.services)
+        self.builder = SliceBuilder(self.services)
+        self.instructor = Instructor(self.services, self.builder)
 
     @property
     def runner(self) -> Runner:
@@ -198,3 +204,30 @@ class OrchestratorAPI:
 
     def cleanup_orphans(self, username: str, orphans: list) -> tuple:
         return self.reconciler.cleanup_orphans(username, orphans)
+
+    # --- classes: templates, topology files, rosters, overview (SPEC §13) ------------------
+
+    def create_from_template(self, username: str, kind: str, n_vms, flavor: str, internet, slice_name: str,
+                             owner: Optional[str] = None, progress=None) -> tuple:
+        """A linear, ring, star or mesh of ``n_vms`` VMs as a new slice, all or nothing: (True, slice dict)."""
+        return self.builder.create_from_template(username, kind, n_vms, flavor, internet, slice_name, owner,
+                                                 progress)
+
+    def import_topology(self, username: str, text: str, slice_name: Optional[str] = None,
+                        owner: Optional[str] = None, progress=None) -> tuple:
+        """A topology file (its text) as a new slice, all or nothing: (True, slice dict) or (False, problems)."""
+        return self.builder.import_topology(username, text, slice_name, owner, progress)
+
+    def export_slice(self, username: str, slice_id, fmt: str = "yaml") -> tuple:
+        """(True, text): the slice's topology file (``yaml``) or its Graphviz graph (``dot``)."""
+        return self.builder.export_slice(username, slice_id, fmt)
+
+    def import_roster(self, admin: str, roster_text: str, roster_format: str, topology_text: Optional[str] = None,
+                      slice_name: Optional[str] = None, password_file: Optional[str] = None, progress=None) -> tuple:
+        """Admin: accounts from a class list, and a slice from a topology for each: (ok, RosterReport or message)."""
+        return self.instructor.import_roster(admin, roster_text, roster_format, topology_text, slice_name,
+                                             password_file, progress)
+
+    def overview(self, admin: str) -> tuple:
+        """Admin: (True, [OverviewRow]) of every slice."""
+        return self.instructor.overview(admin)

@@ -1,0 +1,261 @@
+"""Script mode: the class tools without the menu, e.g. ``python3 cli.py roster import class.csv``.
+
+Subcommands (``--config`` and ``--db`` may come before or after them)::
+
+    overview [--csv]                                    every slice in one table
+    roster import FILE [--topology FILE] [--slice-name NAME] [--passwords FILE]
+    slice import FILE --owner USER [--name NAME]        a topology file as a new slice of USER
+    slice template KIND N --owner USER --name NAME [--flavor F] [--internet WHICH]
+    slice export ID [--dot] [--output FILE]             topology file (or DOT) on stdout or to a new file
+    slice show ID                                       the slice's text diagram
+    topology template KIND N [--flavor F] [--internet WHICH] [--name NAME] [--dot]
+    topology check FILE                                 is it a valid topology file? (its diagram)
+
+Who may: the commands that read or change the database act as its
+operator: whoever can write ``database.yaml`` (and its lock file) can change
+it by hand anyway, so a script that can open it is the operator.  They act
+as the database's admin account (``admin``, or ``--as NAME`` of another
+admin).  ``topology template`` and ``topology check`` touch no database.
+
+Output is plain text on stdout; errors go to stderr.  Exit status: 0 when it
+all worked, 1 when something was refused or failed (for a roster: any
+student's slice), 2 for a bad command line or a config/database that cannot
+be used.  Never a traceback (unexpected errors: one line, details in the log).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from typing import Optional
+
+import cli_classes
+import roster
+import topology
+import topology_file
+import topology_render
+from instructor import default_password_file
+
+log = logging.getLogger("cloudrepo.commands")
+
+
+class Failed(Exception):
+    """A refusal or failure to report on stderr (exit status 1)."""
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    """The subcommands, on the menu's parser (no subcommand: the menu)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="cluster config YAML")
+    common.add_argument("--db", default=argparse.SUPPRESS, help="database YAML")
+    common.add_argument("--as", dest="actor", default=argparse.SUPPRESS, metavar="ADMIN",
+                        help="the admin account to act as (default: admin)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("overview", parents=[common], help="every slice in one table (admin)")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.set_defaults(run=run_overview)
+
+    rost = sub.add_parser("roster", help="class rosters (admin)").add_subparsers(dest="action", metavar="ACTION",
+                                                                               required=True)
+    p = rost.add_parser("import", parents=[common], help="accounts (and a slice each) from a YAML or CSV roster")
+    p.add_argument("file", help="the roster: .csv, .yaml or .yml")
+    p.add_argument("--topology", metavar="FILE", help="give every student a new slice from this topology file")
+    p.add_argument("--slice-name", metavar="NAME", help="the slices' name (default: the topology file's name)")
+    p.add_argument("--passwords", metavar="FILE", help="where generated passwords go (a new file, mode 0600; "
+                                                       "default: ROSTER-passwords-TIME.txt beside the roster)")
+    p.set_defaults(run=run_roster_import)
+
+    sl = sub.add_parser("slice", help="one slice").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sl.add_parser("import", parents=[common], help="a topology file as a new slice of a user")
+    p.add_argument("file")
+    p.add_argument("--owner", required=True, help="the user who gets the slice")
+    p.add_argument("--name", help="the slice's name (default: the file's name)")
+    p.set_defaults(run=run_slice_import)
+    p = sl.add_parser("template", parents=[common], help="a linear, ring, star or mesh slice for a user")
+    _template_arguments(p)
+    p.add_argument("--owner", required=True, help="the user who gets the slice")
+    p.add_argument("--name", required=True, help="the slice's name")
+    p.set_defaults(run=run_slice_template)
+    p = sl.add_parser("export", parents=[common], help="a slice's topology file (or Graphviz DOT)")
+    p.add_argument("slice_id", metavar="ID")
+    p.add_argument("--dot", action="store_true", help="Graphviz DOT instead of the topology file")
+    p.add_argument("--output", "-o", metavar="FILE", help="write it to this new file (never overwritten)")
+    p.set_defaults(run=run_slice_export)
+    p = sl.add_parser("show", parents=[common], help="a slice's text diagram")
+    p.add_argument("slice_id", metavar="ID")
+    p.set_defaults(run=run_slice_show)
+
+    top = sub.add_parser("topology", help="topology files (no database)").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    p = top.add_parser("template", help="print a template as a topology file")
+    _template_arguments(p)
+    p.add_argument("--name", help="the suggested slice name written in the file")
+    p.add_argument("--dot", action="store_true", help="Graphviz DOT instead of the topology file")
+    p.set_defaults(run=run_topology_template, offline=True)
+    p = top.add_parser("check", help="check a topology file; print its diagram")
+    p.add_argument("file")
+    p.set_defaults(run=run_topology_check, offline=True)
+
+
+def _template_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=topology.TEMPLATES)
+    p.add_argument("vms", metavar="N", help="number of VMs")
+    p.add_argument("--flavor", default="cirros", help="flavor of every VM (default cirros)")
+    p.add_argument("--internet", default="none", metavar="WHICH",
+                   help="VMs with internet: none (default), all, first, or numbers like 1,3")
+
+
+def run(args: argparse.Namespace, api=None) -> int:
+    """Run the subcommand ``args`` names: its exit status; every failure is one line on stderr."""
+    try:
+        return args.run(args) if getattr(args, "offline", False) else args.run(args, api)
+    except Failed as e:
+        for line in str(e).split("\n"):
+            print(f"error: {line}" if line and not line.startswith("  ") else line, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - never a traceback
+        log.exception("command %s failed", args.command)
+        print(f"error: unexpected error: {e} (details in the log)", file=sys.stderr)
+        return 1
+
+
+def operator(api, args) -> str:
+    """The admin account the script acts as."""
+    name = getattr(args, "actor", None) or "admin"
+    user = api.db.get_user(name)
+    if not user or user.get("role") != "admin":
+        admins = sorted(n for n, u in api.db.all_users().items() if u.get("role") == "admin")
+        hint = f" (admins: {', '.join(admins)}; choose one with --as)" if admins else ""
+        raise Failed(f"{name} is not an admin account of this database{hint}")
+    return name
+
+
+def checked(pair: tuple):
+    ok, payload = pair
+    if not ok:
+        raise Failed(payload)
+    return payload
+
+
+def read_file(path: str, limit: int = topology_file.MAX_TEXT) -> str:
+    ok, text = cli_classes.read_text_file(path, limit)
+    if not ok:
+        raise Failed(text)
+    return text
+
+
+# --- the subcommands ------------------------------------------------------------------------
+
+def run_overview(args, api) -> int:
+    rows = checked(api.overview(operator(api, args)))
+    if args.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["slice_id", "owner", "name", "status", "topology_type", "vms", "links", "workers",
+                         "deployed_at", "running_seconds"])
+        for r in rows:
+            writer.writerow([r.slice_id, r.owner, r.name, r.status, r.topology_type, r.vms, r.links,
+                             " ".join(r.workers), r.deployed_at or "",
+                             "" if r.running_for is None else int(r.running_for)])
+        sys.stdout.write(buf.getvalue())
+        return 0
+    for line in cli_classes.render_overview(rows, list(api.config.workers)):
+        out(line)
+    return 0
+
+
+def run_roster_import(args, api) -> int:
+    fmt = roster.format_of(args.file)
+    if fmt is None:
+        raise Failed("the roster file must end in .csv, .yaml or .yml")
+    text = read_file(args.file, roster.MAX_TEXT)
+    topology_text = read_file(args.topology) if args.topology else None
+    password_file = args.passwords or default_password_file(args.file)
+    ok, report = api.import_roster(operator(api, args), text, fmt, topology_text, args.slice_name, password_file,
+                                   progress=lambda line: out(f"  {line}"))
+    if isinstance(report, str):
+        raise Failed(report)
+    for line in cli_classes.render_roster_report(report):
+        out(line)
+    return 0 if ok else 1
+
+
+def _made(s: dict) -> int:
+    for line in cli_classes.render_built(s):
+        out(line)
+    return 0
+
+
+def run_slice_import(args, api) -> int:
+    text = read_file(args.file)
+    return _made(checked(api.import_topology(operator(api, args), text, args.name, owner=args.owner,
+                                             progress=lambda line: out(f"  {line}"))))
+
+
+def run_slice_template(args, api) -> int:
+    return _made(checked(api.create_from_template(operator(api, args), args.kind, args.vms, args.flavor,
+                                                  args.internet, args.name, owner=args.owner,
+                                                  progress=lambda line: out(f"  {line}"))))
+
+
+def run_slice_export(args, api) -> int:
+    text = checked(api.export_slice(operator(api, args), args.slice_id, "dot" if args.dot else "yaml"))
+    return _write_or_print(text, args.output)
+
+
+def run_slice_show(args, api) -> int:
+    s = checked(api.get_slice(operator(api, args), args.slice_id))
+    for line in topology_render.render_diagram(s):
+        out(line)
+    return 0
+
+
+def run_topology_template(args) -> int:
+    ok, n = (True, int(args.vms)) if args.vms.isascii() and args.vms.isdigit() else (False, None)
+    if not ok:
+        raise Failed("the number of VMs must be a whole number")
+    try:
+        design = topology.build_template(args.kind, n, args.flavor, args.internet)
+    except topology.TemplateError as e:
+        raise Failed(str(e)) from None
+    design.name = args.name
+    problems = topology.validate(design)
+    if problems:
+        raise Failed("; ".join(str(p) for p in problems))
+    if args.dot:
+        return _write_or_print(topology_render.to_dot(design), None)
+    return _write_or_print(topology_file.design_to_yaml(design, f"the {args.kind} template"), None)
+
+
+def run_topology_check(args) -> int:
+    design, problems = topology_file.parse_topology(read_file(args.file))
+    if problems:
+        raise Failed("\n".join([f"{args.file}: {topology.plural(len(problems), 'problem')}"] +
+                               [f"  {p}" for p in problems]))
+    for line in topology_render.render_diagram(design):
+        out(line)
+    return 0
+
+
+def _write_or_print(text: str, output: Optional[str]) -> int:
+    if not output:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return 0
+    ok, where = cli_classes.write_new_file(output, text)
+    if not ok:
+        raise Failed(where)
+    out(f"written to {where}")
+    return 0
+

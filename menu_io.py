@@ -1,0 +1,138 @@
+"""Prompts and output of the text menu: one line at a time, cancellable, never a traceback.
+
+Shared by ``cli.py`` (the main menu and its options) and ``cli_classes.py``
+(templates, topology files, instructor tools).  ``ask`` cancels the option
+on an empty answer, Ctrl-C or Ctrl-D (raising ``Cancel``); ``ask_valid``
+re-asks up to three times; ``say`` prints one whole line at a time (deploy
+progress comes from several threads).
+"""
+from __future__ import annotations
+
+import getpass
+import sys
+import threading
+from typing import Callable, Optional
+
+from models import Flavor
+
+LINE = "=" * 50
+WIDE = "=" * 70
+OK, ERR, WARN = "\u2705", "\u274c", "\u26a0\ufe0f"
+CANCELLED = "Cancelled: nothing changed."
+
+
+class Cancel(Exception):
+    """The user cancelled the current option (empty answer, Ctrl-C or Ctrl-D)."""
+
+
+_OUT = threading.Lock()
+
+
+def say(text: str = "") -> None:
+    """Print one whole line (deploy progress comes from several threads)."""
+    with _OUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def read_line(prompt: str) -> str:
+    """Show ``prompt`` and read one line (EOFError at the end of input).
+
+    Not ``input()``: its C line reader stops at a NUL byte and then waits for
+    more, so a line holding a NUL got no reaction at all.
+    """
+    with _OUT:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
+
+
+def ask(prompt: str) -> str:
+    """One answer; Ctrl-C / Ctrl-D / an empty answer cancel the option."""
+    try:
+        answer = read_line(prompt)
+    except (EOFError, KeyboardInterrupt):
+        say()
+        raise Cancel() from None
+    answer = answer.strip()
+    if not answer:
+        raise Cancel()
+    return answer
+
+
+def ask_valid(prompt: str, parse: Callable[[str], Optional[object]], error: str, tries: int = 3):
+    """Ask until ``parse`` accepts the answer (returns non-None); give up after ``tries``."""
+    for _ in range(tries):
+        value = parse(ask(prompt))
+        if value is not None:
+            return value
+        say(f"{ERR} {error}")
+    raise Cancel()
+
+
+def ask_secret(prompt: str) -> str:
+    """A password: hidden on a terminal, read as a line when stdin is piped."""
+    try:
+        if sys.stdin.isatty():
+            return getpass.getpass(prompt)
+        return read_line(prompt)
+    except (EOFError, KeyboardInterrupt):
+        say()
+        raise Cancel() from None
+
+
+def is_number(text: str) -> bool:
+    """Only ASCII digits make a number (not '²', '①' or '٣')."""
+    return text.isascii() and text.isdigit()
+
+
+def parse_int(lo: int, hi: int) -> Callable[[str], Optional[int]]:
+    def parse(text: str) -> Optional[int]:
+        return int(text) if is_number(text) and lo <= int(text) <= hi else None
+    return parse
+
+
+def parse_number(text: str) -> Optional[int]:
+    return int(text) if is_number(text) else None
+
+
+def parse_yes_no(text: str) -> Optional[bool]:
+    return {"y": True, "yes": True, "n": False, "no": False}.get(text.lower())
+
+
+def result(ok: bool, message: str) -> None:
+    say(f"\n{OK} {message}" if ok else f"\n{ERR} Error: {message}")
+
+
+def choose_message(n: int) -> str:
+    return "Choose 1 or 2" if n == 2 else f"Choose a number from 1 to {n}"
+
+
+def parse_choice(options: list) -> Callable[[str], Optional[str]]:
+    """Parse a 1-based number into one of ``options``."""
+    def parse(text: str) -> Optional[str]:
+        return options[int(text) - 1] if is_number(text) and 1 <= int(text) <= len(options) else None
+    return parse
+
+
+def ask_optional(prompt: str, default: str) -> str:
+    """One answer, or ``default`` for an empty one; Ctrl-C / Ctrl-D cancel the option."""
+    try:
+        answer = read_line(prompt)
+    except (EOFError, KeyboardInterrupt):
+        say()
+        raise Cancel() from None
+    return answer.strip() or default
+
+
+def render_flavors() -> list:
+    """The numbered flavor list of Add VM, from ``Flavor.FLAVORS``."""
+    lines = []
+    for n, (name, spec) in enumerate(Flavor.FLAVORS.items(), start=1):
+        cores = spec["cores"]
+        lines.append(f"{n}. {name} ({cores} core{'s' if cores != 1 else ''}, {spec['ram_gb']}GB RAM, "
+                     f"{spec['disk_gb']}GB disk)")
+    return lines
