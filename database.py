@@ -109,6 +109,15 @@ def _describe(value: Any) -> str:
 Problem = Optional[tuple]   # (path below the checked value, "must be ..., not ...") or None
 
 
+class _Walk:
+    """What one check of a whole database found besides problems."""
+
+    __slots__ = ("plain",)
+
+    def __init__(self):
+        self.plain = True   # every unknown key's value survives JSON unchanged
+
+
 class _Scalar:
     """A scalar of given Python types, optionally null, within bounds or matching a pattern."""
 
@@ -117,48 +126,58 @@ class _Scalar:
         self.types, self.expected, self.nullable = types, expected, nullable
         self.low, self.high = low, high
         self.pattern = re.compile(pattern) if pattern else None
+        self.bounded = low is not None or high is not None or pattern is not None
 
-    def problem(self, value: Any) -> Problem:
-        if value is None and self.nullable:
+    def problem(self, value: Any, walk: _Walk) -> Problem:
+        if type(value) in self.types:
+            if not self.bounded or self._within(value):
+                return None
+        elif value is None and self.nullable:
             return None
-        if type(value) not in self.types or (
-                self.low is not None and value < self.low) or (
-                self.high is not None and value > self.high) or (
-                self.pattern is not None and not self.pattern.fullmatch(value)):
-            return (), f"must be {self.expected}, not {_describe(value)}"
-        return None
+        return (), f"must be {self.expected}, not {_describe(value)}"
+
+    def _within(self, value: Any) -> bool:
+        return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+                and (self.pattern is None or bool(self.pattern.fullmatch(value))))
 
 
 class _Record:
     """A mapping with documented keys (required or not); other keys are allowed and kept."""
 
     def __init__(self, expected: str, fields: dict, nullable: bool = False):
-        self.expected, self.fields, self.nullable = expected, fields, nullable
+        self.expected, self.nullable = expected, nullable
+        self.fields = tuple((key, required, spec.problem) for key, (required, spec) in fields.items())
+        self.known = frozenset(fields)
 
-    def problem(self, value: Any) -> Problem:
-        if value is None and self.nullable:
-            return None
+    def problem(self, value: Any, walk: _Walk) -> Problem:
         if type(value) is not dict:
+            if value is None and self.nullable:
+                return None
             return (), f"must be {self.expected}, not {_describe(value)}"
-        for key, (required, spec) in self.fields.items():
+        present = 0
+        for key, required, check in self.fields:
             if key in value:
-                found = spec.problem(value[key])
+                present += 1
+                found = check(value[key], walk)
                 if found:
                     return (key, *found[0]), found[1]
             elif required:
                 return (), f"has no {key} (it must be {self.expected})"
+        if present != len(value) and walk.plain:
+            walk.plain = all(type(k) is str and _plain(v) for k, v in value.items() if k not in self.known)
         return None
 
 
 class _ListOf:
     def __init__(self, expected: str, item):
-        self.expected, self.item = expected, item
+        self.expected, self.item = expected, item.problem
 
-    def problem(self, value: Any) -> Problem:
+    def problem(self, value: Any, walk: _Walk) -> Problem:
         if type(value) is not list:
             return (), f"must be {self.expected}, not {_describe(value)}"
+        check = self.item
         for i, item in enumerate(value):
-            found = self.item.problem(item)
+            found = check(item, walk)
             if found:
                 return (i, *found[0]), found[1]
         return None
@@ -170,17 +189,18 @@ class _Table:
     def __init__(self, expected: str, record: _Record, id_field: str, key_type: tuple):
         self.expected, self.record, self.id_field, self.key_type = expected, record, id_field, key_type
 
-    def problem(self, value: Any) -> Problem:
+    def problem(self, value: Any, walk: _Walk) -> Problem:
         if type(value) is not dict:
             return (), f"must be {self.expected}, not {_describe(value)}"
+        check, id_field = self.record.problem, self.id_field
         for key, item in value.items():
             if type(key) not in self.key_type:
                 return (key,), f"is not a valid key: {self.expected}"
-            found = self.record.problem(item)
+            found = check(item, walk)
             if found:
                 return (key, *found[0]), found[1]
-            if str(item[self.id_field]) != str(key):
-                return (key, self.id_field), f"must be {key} (its key), not {_describe(item[self.id_field])}"
+            if str(item[id_field]) != str(key):
+                return (key, id_field), f"must be {key} (its key), not {_describe(item[id_field])}"
         return None
 
 
@@ -277,16 +297,22 @@ def _dotted(path: tuple) -> str:
     return out.lstrip(".")
 
 
-def shape_problem(data: Any) -> Optional[tuple]:
-    """(key path, sentence) of the first way ``data`` differs from the documented shape, or None."""
+def check_shape(data: Any) -> tuple:
+    """(problem, plain): ``problem`` is (key path, sentence) of the first way ``data`` differs
+    from the documented shape, or None; ``plain`` says whether JSON keeps ``data`` exactly."""
     if type(data) is dict and data.get("slices") is None and "slices" in data:
         data = dict(data, slices={})
-    found = DATABASE.problem(data)
+    walk = _Walk()
+    found = DATABASE.problem(data, walk)
     if not found:
-        return None
+        return None, walk.plain
     path, text = found
-    what = _dotted(path) or "the file"
-    return path, f"{what} {text}"
+    return (path, f"{_dotted(path) or 'the file'} {text}"), False
+
+
+def shape_problem(data: Any) -> Optional[tuple]:
+    """(key path, sentence) of the first way ``data`` differs from the documented shape, or None."""
+    return check_shape(data)[0]
 
 
 def _normalised(data: dict) -> dict:
@@ -371,22 +397,22 @@ class Database:
         except OSError as e:
             raise DatabaseError(f"cannot read {self.name}: {e}") from e
 
-    def _parse(self, raw: bytes) -> dict:
-        """The checked data of the file's bytes; DatabaseError names the key path and line."""
+    def _parse(self, raw: bytes) -> tuple:
+        """(data, plain) of the file's bytes, checked; DatabaseError names the key path and line."""
         try:
             with _gc_paused():
                 data = yaml.load(raw, Loader=_Loader)
         except yaml.YAMLError as e:
             raise DatabaseError(f"{self.name} is not valid YAML{yaml_error_where(e)}") from e
         if data is None:
-            return default_data()
-        found = shape_problem(data)
+            return default_data(), True
+        found, plain = check_shape(data)
         if found:
             path, text = found
             line = line_of(raw, path)
             where = f"{self.name} line {line}" if line else self.name
             raise DatabaseError(f"{where}: {text}")
-        return _normalised(data)
+        return _normalised(data), plain
 
     def _read_file(self) -> dict:
         """A private copy of the file's data (the defaults when it is missing or empty)."""
@@ -394,7 +420,7 @@ class Database:
         if raw is None:
             return default_data()
         if not self.fast:
-            return self._parse(raw)
+            return self._parse(raw)[0]
         return self._current(raw).copy()
 
     def _current(self, raw: bytes) -> _Version:
@@ -405,10 +431,11 @@ class Database:
             return version
         version = self._read_cache(digest)
         if version is None:
-            data = self._parse(raw)
+            data, plain = self._parse(raw)
             version = _Version(digest, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
             version._data = data
-            self._write_cache(digest, data)
+            if plain:
+                self._write_cache(digest, data)
         self._version = version
         return version
 
@@ -421,7 +448,7 @@ class Database:
         if raw is None:
             return default_data()
         if not self.fast:
-            return self._parse(raw)
+            return self._parse(raw)[0]
         return self._current(raw).data
 
     # --- the cache file ----------------------------------------------------------------
@@ -443,10 +470,8 @@ class Database:
         version._data = data
         return version
 
-    def _write_cache(self, digest: str, data: dict, checked: bool = False) -> None:
-        """Best effort: a cache file for these YAML bytes (skipped when JSON would change the data)."""
-        if not checked and not _plain(data):
-            return
+    def _write_cache(self, digest: str, data: dict) -> None:
+        """Best effort: a cache file for these YAML bytes (the data must be plain: see check_shape)."""
         try:
             body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
         except (ValueError, UnicodeError):
@@ -467,32 +492,36 @@ class Database:
 
     # --- writing ---------------------------------------------------------------------
 
-    def _bytes_of(self, data: dict) -> bytes:
-        """The YAML file for data about to be saved; DatabaseError if it is not the documented shape."""
+    def _bytes_of(self, data: dict) -> tuple:
+        """(file bytes, plain) for data about to be saved; DatabaseError if it is not the documented shape."""
         if type(data) is not dict:
             raise DatabaseError(f"refusing to save {self.name}: the data must be a mapping")
         _normalised(data)
-        found = shape_problem(data)
+        found, plain = check_shape(data)
         if found:
             raise DatabaseError(f"refusing to save {self.name}: {found[1]}")
         try:
             text = HEADER + (fast_emit(data) if self.fast else reference_dump(data))
-            return text.encode("utf-8")
+            return text.encode("utf-8"), plain
         except (yaml.YAMLError, UnicodeError) as e:
             raise DatabaseError(f"refusing to save {self.name}: {e}") from e
 
     def _write_file(self, data: dict) -> None:
-        raw = self._bytes_of(data)
+        raw, plain = self._bytes_of(data)
         self._replace_file(raw)
         if self.fast:
-            self._remember(_sha256(raw), data)
+            self._remember(_sha256(raw), data, plain)
 
-    def _remember(self, digest: str, data: dict) -> None:
-        """After a save: the new version in memory and in the cache file (unless JSON would alter it)."""
+    def _remember(self, digest: str, data: dict, plain: bool) -> None:
+        """After a save: the new version in memory and in the cache file.
+
+        Data that JSON would change (non-text keys, dates, sets...) is not
+        remembered: the next read parses the YAML, so every reader sees what
+        the file says."""
         self._version = None
-        if _plain(data):
+        if plain:
             self._version = _Version(digest, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
-            self._write_cache(digest, data, checked=True)
+            self._write_cache(digest, data)
 
     def _replace_file(self, raw: bytes) -> None:
         """Atomic save: a temporary file in the same folder, fsync, rename, fsync of the folder."""

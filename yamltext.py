@@ -75,13 +75,14 @@ def _other_scalar(value: Any) -> Optional[str]:
         return "true" if value else "false"
     if kind is int:
         return str(value)
-    if kind is float:  # PyYAML's own spelling (.inf, 1.0e+20...)
-        return reference_dump([value])[2:-1]
+    if kind is float:
+        return _FLOATS[repr(value)]  # by repr: 0.0 and -0.0 are equal keys but different texts
     return None
 
 
 # Strings repeat from one save to the next: their texts are kept (bounded) across calls.
 _STRINGS = _Memo(_simple_str)
+_FLOATS = _Memo(lambda r: reference_dump([float(r)])[2:-1])   # PyYAML's spelling: .inf, 1.0e+20...
 _KEYS = _Memo(lambda k: _simple_str(k) if len(k) <= _MAX_SIMPLE_KEY else None)
 
 
