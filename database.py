@@ -316,9 +316,11 @@ def shape_problem(data: Any) -> Optional[tuple]:
 
 
 def _normalised(data: dict) -> dict:
-    """The documented spelling of a valid database: slice keys are text, no slices is ``{}``."""
-    slices = data.get("slices") or {}
-    if any(type(k) is not str for k in slices):
+    """The documented spelling of a valid database (checked first): slice keys are text, no slices is ``{}``."""
+    slices = data.get("slices")
+    if slices is None:
+        slices = {}
+    elif any(type(k) is not str for k in slices):
         slices = {str(k): v for k, v in slices.items()}
     data["slices"] = slices
     return data
@@ -409,7 +411,7 @@ class Database:
         found, plain = check_shape(data)
         if found:
             path, text = found
-            line = line_of(raw, path)
+            line = line_of(raw, path) if path else None
             where = f"{self.name} line {line}" if line else self.name
             raise DatabaseError(f"{where}: {text}")
         return _normalised(data), plain
@@ -496,10 +498,10 @@ class Database:
         """(file bytes, plain) for data about to be saved; DatabaseError if it is not the documented shape."""
         if type(data) is not dict:
             raise DatabaseError(f"refusing to save {self.name}: the data must be a mapping")
-        _normalised(data)
         found, plain = check_shape(data)
         if found:
             raise DatabaseError(f"refusing to save {self.name}: {found[1]}")
+        _normalised(data)
         try:
             text = HEADER + (fast_emit(data) if self.fast else reference_dump(data))
             return text.encode("utf-8"), plain

@@ -8,6 +8,9 @@ scalars (names, numbers, addresses, MACs, paths, hashes) are written
 directly; anything else (strings that need quoting, folding or escapes,
 unusual keys, other types, nested lists) is handed to PyYAML itself, placed
 at the same indentation as in the whole document, so the text is identical.
+One deliberate difference: an object that appears twice in the data is
+written in full at each place, where yaml.dump writes an anchor and an alias
+(``&id001`` / ``*id001``); both read back as equal data.
 
 ``line_of(text, path)`` finds the line of a key path (``("slices", "1000",
 "vms", 2)``) in a YAML text, for error messages that name the line.
