@@ -181,6 +181,183 @@ def fast_emit(data: dict) -> str:
     return "\n".join(emitter.out) + "\n"
 
 
+# --- reading the block YAML that fast_emit writes ---------------------------------------
+
+class NotSimple(Exception):
+    """The text uses YAML beyond what ``fast_load`` reads: PyYAML must parse it."""
+
+
+_STR_TAGS = {"tag:yaml.org,2002:" + t for t in ("int", "float", "bool", "null", "timestamp")}
+_INDICATOR_FIRST = frozenset("-?:,[]{}#&*!|>'\"%@` ")
+_constructor = yaml.constructor.SafeConstructor()
+
+
+def _read_plain(s: str) -> Any:
+    """A one-line plain scalar, resolved and constructed by PyYAML's own rules (5, 'x', True, None...)."""
+    first = s[0]
+    if (first in _INDICATOR_FIRST and not (first in "-?:" and len(s) > 1 and s[1] != " ")) \
+            or ": " in s or s[-1] in ": " or s.startswith(("---", "...")):
+        raise NotSimple(s)
+    tag = _resolver.resolve(yaml.ScalarNode, s, (True, False))
+    if tag == _STR_TAG:
+        return s
+    if tag not in _STR_TAGS:        # merge keys (<<), '=': leave them to PyYAML
+        raise NotSimple(s)
+    return _constructor.yaml_constructors[tag](_constructor, yaml.ScalarNode(tag, s))
+
+
+def _plain_value(s: str) -> Any:
+    if s.isdigit() and (s[0] != "0" or s == "0") and s.isascii():
+        return int(s)               # the common case, without the resolver
+    return _PLAIN[s]
+
+
+_PLAIN = _Memo(_read_plain)         # constructed scalars are immutable: shared safely
+
+
+def _read_quoted(s: str) -> str:
+    inner = s[1:-1]
+    if len(s) < 2 or s[-1] != "'" or "'" in inner.replace("''", ""):
+        raise NotSimple(s)
+    return inner.replace("''", "'")
+
+
+def _read_scalar(s: str) -> Any:
+    if s == "{}":
+        return {}
+    if s == "[]":
+        return []
+    return _read_quoted(s) if s[0] == "'" else _plain_value(s)
+
+
+def _read_key(s: str) -> Any:
+    if not s or s in ("{}", "[]"):
+        raise NotSimple(s)
+    return _read_quoted(s) if s[0] == "'" else _plain_value(s)
+
+
+def _split_entry(content: str) -> Optional[tuple]:
+    """(key text, value text) of ``key: value`` or ``key:``; None when the line is a lone scalar."""
+    if content[0] == "'":
+        end = 1
+        while True:
+            end = content.find("'", end)
+            if end < 0:
+                raise NotSimple(content)
+            if content[end + 1:end + 2] != "'":
+                break
+            end += 2
+        rest = content[end + 1:]
+        if not rest:
+            return None
+        if rest == ":" or rest.startswith(": "):
+            return content[:end + 1], rest[2:].lstrip(" ")
+        raise NotSimple(content)
+    pos = content.find(": ")
+    if pos >= 0:
+        return content[:pos], content[pos + 2:].lstrip(" ")
+    if content[-1] == ":":
+        return content[:-1], ""
+    return None
+
+
+def _tokens(text: str) -> list:
+    """[indent, is a list item, content] per line that is not blank or a comment."""
+    tokens = []
+    for line in text.split("\n"):
+        content = line.lstrip(" ")
+        if not content or content[0] == "#":
+            continue
+        indent = len(line) - len(content)
+        if content[:2] == "- ":
+            tokens.append([indent, True, content[2:]])
+        elif content == "-":
+            raise NotSimple(line)
+        else:
+            tokens.append([indent, False, content])
+    return tokens
+
+
+def _read_mapping(tokens: list, i: int, indent: int) -> tuple:
+    """(mapping, next token) of the block mapping whose keys start at column ``indent``."""
+    out: dict = {}
+    count = len(tokens)
+    while i < count:
+        col, dash, content = tokens[i]
+        if col < indent:
+            break
+        entry = _split_entry(content) if col == indent and not dash else None
+        if entry is None:
+            raise NotSimple(content)
+        key = _read_key(entry[0])
+        i += 1
+        if entry[1]:
+            value = _read_scalar(entry[1])
+            if i < count and tokens[i][0] > indent:     # a scalar continued on the next line
+                raise NotSimple(content)
+        elif i < count and tokens[i][0] > indent:
+            nested = tokens[i][0]
+            value, i = (_read_sequence if tokens[i][1] else _read_mapping)(tokens, i, nested)
+        elif i < count and tokens[i][0] == indent and tokens[i][1]:
+            value, i = _read_sequence(tokens, i, indent)   # "key:" then "- item" at the key's column
+        else:
+            value = None
+        out[key] = value
+    return out, i
+
+
+def _read_sequence(tokens: list, i: int, indent: int) -> tuple:
+    """(list, next token) of the block sequence whose ``- `` are at column ``indent``."""
+    out: list = []
+    count = len(tokens)
+    while i < count:
+        col, dash, content = tokens[i]
+        if col < indent or (col == indent and not dash):
+            break
+        if col > indent or content[:2] in ("- ", "? ") or content == "-":
+            raise NotSimple(content)
+        if _split_entry(content) is not None:         # "- key: value": a mapping two columns in
+            tokens[i] = [indent + 2, False, content]
+            value, i = _read_mapping(tokens, i, indent + 2)
+        else:
+            value = _read_scalar(content)
+            i += 1
+            if i < count and tokens[i][0] > indent:
+                raise NotSimple(content)
+        out.append(value)
+    return out, i
+
+
+def _unusual(text: str) -> bool:
+    """Characters or forms fast_load leaves to PyYAML: tabs, control and line-separator characters,
+    trailing spaces, comments after content, document markers."""
+    return (not text.replace("\n", " ").isprintable() or " \n" in text or text.endswith(" ")
+            or " #" in text or text.startswith(("---", "...", "%")) or "\n---" in text or "\n..." in text)
+
+
+def fast_load(text: str) -> Any:
+    """``yaml.safe_load(text)`` for the block YAML ``fast_emit`` writes (and hand edits that keep its form).
+
+    Reads block mappings and sequences of one-line plain or single-quoted
+    scalars, ``{}`` and ``[]``, comment lines; anything else (flow
+    collections, double quotes, multi-line scalars, anchors, tags, tabs...)
+    raises NotSimple, and the caller parses with PyYAML."""
+    if _unusual(text):
+        raise NotSimple("unusual characters")
+    tokens = _tokens(text)
+    if not tokens:
+        return None
+    if tokens[0][0] != 0 or tokens[0][1]:
+        raise NotSimple("not a mapping at column 0")
+    try:
+        data, end = _read_mapping(tokens, 0, 0)
+    except RecursionError as e:
+        raise NotSimple("too deep") from e
+    if end != len(tokens):
+        raise NotSimple("text after the mapping")
+    return data
+
+
 # --- where is a key path in a YAML text -------------------------------------------------
 
 def _child(node: yaml.Node, step: Any) -> tuple:
