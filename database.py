@@ -318,14 +318,24 @@ def shape_problem(data: Any) -> Optional[tuple]:
     return check_shape(data)[0]
 
 
+_ORDER = ("users", "slices", "next_vm_id")
+
+
 def _normalised(data: dict) -> dict:
-    """The documented spelling of a valid database (checked first): slice keys are text, no slices is ``{}``."""
+    """The documented spelling of a valid database (checked first): slice keys are text, no slices
+    is ``{}``, users then slices then next_vm_id come first (other keys follow, kept)."""
     slices = data.get("slices")
     if slices is None:
         slices = {}
     elif any(type(k) is not str for k in slices):
         slices = {str(k): v for k, v in slices.items()}
     data["slices"] = slices
+    if tuple(data)[:3] != _ORDER:
+        rest = {k: v for k, v in data.items() if k not in _ORDER}
+        ordered = {k: data[k] for k in _ORDER}
+        data.clear()
+        data.update(ordered)
+        data.update(rest)
     return data
 
 

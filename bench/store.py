@@ -13,6 +13,7 @@ shape checks run in both):
 * warm read: ``load()`` again in the same process; ``get_user``
 * menu view: "View my Slices" as admin (every slice): ``list_slices`` + rendering
 * one change: a transaction (read, change a quota, save): total and lock held
+* load: the machine's 1-minute load average when the row started (others share it)
 * 40 procs: that many processes (forked, started together) each make one
   change: wall time until all are done, the longest lock hold among them,
   and whether any change was lost (each must find its quota +1 and a unique ID).
@@ -138,7 +139,8 @@ def measure(folder: str, slices: int, fast: bool, repeat: int, procs: int) -> di
     write_database(path, slices)
     if not fast:
         os.unlink(path + ".cache")
-    row: dict = {"slices": slices, "impl": "new" if fast else "old", "kb": os.path.getsize(path) / 1024}
+    row: dict = {"slices": slices, "impl": "new" if fast else "old", "load": os.getloadavg()[0],
+                 "kb": os.path.getsize(path) / 1024}
     edits = iter(range(10 ** 6))
 
     def edit_then_read():
@@ -163,7 +165,7 @@ def measure(folder: str, slices: int, fast: bool, repeat: int, procs: int) -> di
 
 
 # (row key, title, decimals or None for text/integers)
-COLUMNS = [("slices", "slices", None), ("impl", "impl", None), ("kb", "file KB", 0),
+COLUMNS = [("slices", "slices", None), ("impl", "impl", None), ("load", "load", 1), ("kb", "file KB", 0),
            ("edit_read_s", "edit read", 3), ("cold_read_s", "cold read", 3), ("warm_read_s", "warm read", 3),
            ("get_user_s", "get_user", 4), ("menu_view_s", "menu view", 3), ("change_s", "change", 3),
            ("hold_s", "held", 3), ("procs_wall_s", "procs", 2), ("procs_max_hold_s", "max held", 3),
@@ -190,7 +192,7 @@ def print_table(rows: list, procs: int) -> None:
     for size, pair in by_size.items():
         if "new" in pair and "old" in pair:
             ratios = [f"{title} {pair['old'][key] / pair['new'][key]:.0f}x"
-                      for key, title, _d in COLUMNS[3:-1]
+                      for key, title, _d in COLUMNS[4:-1]
                       if pair["new"].get(key) and pair["old"].get(key)]
             print(f"  {size:>3} slices: " + ", ".join(ratios))
 

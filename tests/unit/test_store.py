@@ -163,6 +163,14 @@ def test_hand_written_variants_that_mean_the_same_are_read(tmp_path):
     assert db.all_slices() == {}
 
 
+def test_a_reordered_file_is_written_back_in_the_documented_order(tmp_path):
+    path = tmp_path / "database.yaml"
+    lines = _lines(VALID)
+    path.write_text(lines[20] + "extra: 1\n" + "".join(lines[9:20]) + "".join(lines[1:9]))
+    Database(str(path)).get_next_vm_id()
+    assert list(yaml.safe_load(path.read_text())) == ["users", "slices", "next_vm_id", "extra"]
+
+
 def test_unknown_keys_are_kept_at_every_level(tmp_path):
     path = tmp_path / "database.yaml"
     text = (VALID.replace("    role: admin\n", "    role: admin\n    email: a@example.org\n")
