@@ -167,7 +167,10 @@ class _Record:
             elif required:
                 return (), f"has no {key} (it must be {self.expected})"
         if present != len(value) and walk.plain:
-            walk.plain = all(type(k) is str and _plain(v) for k, v in value.items() if k not in self.known)
+            try:
+                walk.plain = all(type(k) is str and _plain(v) for k, v in value.items() if k not in self.known)
+            except RecursionError:      # data that contains itself
+                walk.plain = False
         return None
 
 
@@ -438,29 +441,42 @@ class Database:
             raise DatabaseError(f"{where}: {text}")
         return _normalised(data), plain
 
-    def _read_file(self) -> dict:
-        """A private copy of the file's data (the defaults when it is missing or empty)."""
+    def _read_file(self, remember: bool = True) -> dict:
+        """A private copy of the file's data (the defaults when it is missing or empty).
+
+        ``remember=False`` (a transaction, whose save remembers the new
+        version) skips keeping this one in memory."""
         raw = self._read_bytes()
         if raw is None:
             return default_data()
         if not self.fast:
             return self._parse(raw)[0]
-        return self._current(raw).copy()
-
-    def _current(self, raw: bytes) -> _Version:
-        """The parsed version of these bytes: from memory, from the cache file, or parsed now."""
         digest = _sha256(raw)
         version = self._version
         if version is not None and version.digest == digest:
-            return version
-        version = self._read_cache(digest)
-        if version is None:
+            return version.copy()
+        if not remember:
+            return self._load_version(raw, digest)
+        return self._current(raw, digest).copy()
+
+    def _load_version(self, raw: bytes, digest: str) -> dict:
+        """New data for these bytes: from the cache file, or parsed (and then cached)."""
+        data = self._read_cache(digest)
+        if data is None:
             data, plain = self._parse(raw)
-            version = _Version(digest, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
-            version._data = data
             if plain:
                 self._write_cache(digest, data)
-        self._version = version
+        return data
+
+    def _current(self, raw: bytes, digest: Optional[str] = None) -> _Version:
+        """The version of these bytes in memory: kept from before, or loaded now."""
+        digest = digest or _sha256(raw)
+        version = self._version
+        if version is None or version.digest != digest:
+            data = self._load_version(raw, digest)
+            version = _Version(digest, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+            version._data = data
+            self._version = version
         return version
 
     def _shared(self) -> dict:
@@ -477,8 +493,8 @@ class Database:
 
     # --- the cache file ----------------------------------------------------------------
 
-    def _read_cache(self, digest: str) -> Optional[_Version]:
-        """The cache file's version when it was made from exactly these YAML bytes (else None)."""
+    def _read_cache(self, digest: str) -> Optional[dict]:
+        """The cache file's data when it was made from exactly these YAML bytes (else None)."""
         try:
             with open(self.cache_path, "rb") as f:
                 text = f.read()
@@ -490,9 +506,7 @@ class Database:
                 data = json.loads(body)
         except (OSError, ValueError, UnicodeDecodeError):
             return None
-        version = _Version(digest, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
-        version._data = data
-        return version
+        return data if type(data) is dict else None
 
     def _write_cache(self, digest: str, data: dict) -> None:
         """Best effort: a cache file for these YAML bytes (the data must be plain: see check_shape)."""
@@ -615,7 +629,7 @@ class Database:
             if outer is not None:
                 yield outer
                 return
-            data = self._read_file()
+            data = self._read_file(remember=False)
             self._local.data = data
             try:
                 yield data
