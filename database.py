@@ -23,8 +23,10 @@ second, so the store parses a given content once:
   a private copy quickly);
 * ``<path>.cache`` beside it holds that version as JSON with the YAML's
   SHA-256 (and its own): other processes load it in milliseconds, and trust
-  it only while both hashes match.  It has the YAML's permission bits (it
-  holds the same password hashes); deleting it is always safe;
+  it only while both hashes match.  It is readable by whoever may read the
+  YAML (it holds the same password hashes) and by nobody more; a cache file
+  not owned by the YAML's owner, or writable by others, is ignored.
+  Deleting it is always safe;
 * saves write the YAML with ``yamltext.fast_emit`` (the same text as
   ``yaml.dump``) and refresh both caches while the lock is held;
 * a YAML the caches do not know (a hand edit) is read by
@@ -497,6 +499,8 @@ class Database:
         """The cache file's data when it was made from exactly these YAML bytes (else None)."""
         try:
             with open(self.cache_path, "rb") as f:
+                if not self._cache_file_trusted(os.fstat(f.fileno())):
+                    return None
                 text = f.read()
             header, hashes, body = text.split(b"\n", 2)
             yaml_digest, json_digest = hashes.decode().split()
@@ -507,6 +511,15 @@ class Database:
         except (OSError, ValueError, UnicodeDecodeError):
             return None
         return data if type(data) is dict else None
+
+    def _cache_file_trusted(self, st: os.stat_result) -> bool:
+        """Only a cache file of the YAML's owner that nobody else may write: whoever could plant
+        one could make every menu believe anything (its hashes are easy to make)."""
+        try:
+            owner = os.stat(self.path).st_uid
+        except OSError:
+            return False
+        return st.st_uid == owner and not st.st_mode & 0o022
 
     def _write_cache(self, digest: str, data: dict) -> None:
         """Best effort: a cache file for these YAML bytes (the data must be plain: see check_shape)."""
@@ -521,7 +534,7 @@ class Database:
             fd, tmp = tempfile.mkstemp(prefix=os.path.basename(self.cache_path) + ".tmp.", dir=folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(text)
-            os.chmod(tmp, os.stat(self.path).st_mode & 0o666)
+            os.chmod(tmp, os.stat(self.path).st_mode & 0o644)
             os.replace(tmp, self.cache_path)
         except OSError:
             if tmp:

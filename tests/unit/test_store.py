@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -268,15 +269,31 @@ def test_a_cache_file_that_does_not_match_is_never_trusted(tmp_path):
     assert cache.read_bytes() == good           # rebuilt from the YAML, the same as the saved one
 
 
-def test_the_cache_file_has_the_permissions_of_the_yaml(tmp_path):
+def test_the_cache_file_is_readable_by_whoever_reads_the_yaml_and_writable_by_its_owner_only(tmp_path):
     path = tmp_path / "database.yaml"
     cache = tmp_path / ("database.yaml" + CACHE_SUFFIX)
     db = Database(str(path))
-    for mode in (0o600, 0o640, 0o644):
+    for mode, cache_mode in ((0o600, 0o600), (0o640, 0o640), (0o644, 0o644), (0o666, 0o644)):
         os.chmod(path, mode)
         db.get_next_vm_id()
         assert os.stat(path).st_mode & 0o777 == mode
-        assert os.stat(cache).st_mode & 0o777 == mode
+        assert os.stat(cache).st_mode & 0o777 == cache_mode
+
+
+def test_a_cache_file_others_could_have_written_is_not_trusted(tmp_path):
+    path = tmp_path / "database.yaml"
+    cache = tmp_path / ("database.yaml" + CACHE_SUFFIX)
+    Database(str(path)).get_next_vm_id()
+    header, hashes, body = cache.read_bytes().split(b"\n", 2)
+    forged = body.replace(b'"quota_vms":6', b'"quota_vms":60')
+    forged_file = (header + b"\n" + hashes.split()[0] + b" " + hashlib.sha256(forged).hexdigest().encode()
+                   + b"\n" + forged)
+    cache.write_bytes(forged_file)
+    os.chmod(cache, 0o646)                  # anyone may write it: ignored (and replaced from the YAML)
+    assert Database(str(path)).get_user("student")["quota_vms"] == 6
+    cache.write_bytes(forged_file)
+    os.chmod(cache, 0o644)                  # the same bytes as the owner's own file: trusted, as it must be
+    assert Database(str(path)).get_user("student")["quota_vms"] == 60
 
 
 def test_data_json_would_change_is_read_back_from_the_yaml(tmp_path):
