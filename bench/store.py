@@ -15,7 +15,7 @@ shape checks run in both):
 * one change: a transaction (read, change a quota, save): total and lock held
 * load: the machine's 1-minute load average when the row started (others share it)
 * 40 procs: that many processes (forked, started together) each make one
-  change: wall time until all are done, the longest lock hold among them,
+  change: wall time until all are done, the median and longest lock hold among them,
   and whether any change was lost (each must find its quota +1 and a unique ID).
 
 Times are medians of ``--repeat`` runs (the 40-process run is done once).
