@@ -190,6 +190,9 @@ def _dotted(path: tuple) -> str:
 
 
 def _short(value: Any) -> str:
+    """A value as the file spells it (null, true, '10.0.0.1', [1, 2]), cut to 60 characters."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     text_ = repr(value)
     return text_ if len(text_) <= 60 else text_[:57] + "..."
 
