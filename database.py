@@ -398,7 +398,8 @@ class Database:
         self.lock_path = self.path + ".lock"
         self.cache_path = self.path + CACHE_SUFFIX
         self.fast = fast
-        self.last_lock_held_s = 0.0   # how long the last outermost transaction held the lock
+        self.last_lock_held_s = 0.0   # how long the last outermost transaction held the lock (wall clock)
+        self.last_lock_cpu_s = 0.0    # and the CPU time this process used meanwhile (bench/store.py)
         self._version: Optional[_Version] = None
         self._thread_lock = threading.RLock()
         self._local = threading.local()
@@ -618,13 +619,14 @@ class Database:
                 raise DatabaseError(f"cannot open lock file {self.lock_path}: {e}") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                locked_at = time.perf_counter()
+                locked_at, cpu_at = time.perf_counter(), time.process_time()
                 self._local.depth = 1
                 try:
                     yield
                 finally:
                     self._local.depth = 0
                     self.last_lock_held_s = time.perf_counter() - locked_at
+                    self.last_lock_cpu_s = time.process_time() - cpu_at
                     fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
