@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import vm_launcher
+from config import DEFAULTS as CONFIG_DEFAULTS
 from hostcmd import HostCommand, q
 
-DEFAULTS = {"cpu_ratio": 4.0, "ram_ratio": 1.0, "reserved_memory_mib": 512, "hosts": {}}
+DEFAULTS = CONFIG_DEFAULTS["capacity"]
 
 
 @dataclass(frozen=True)

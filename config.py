@@ -1,39 +1,27 @@
 """The cluster config file (SPEC §5): which hosts, how to reach them, settings.
 
-Defaults are the original cluster's.  ``ClusterConfig.load(path)`` reads a
-YAML file; unknown keys are kept (the lab adds a ``lab:`` section).
+Every key is one line of ``SCHEMA``: its default (the original cluster's), a
+check and what the value must be.  A section (``ssh``, ``internet``) is a
+nested table.  ``ClusterConfig.load(path)`` refuses an unknown key or a bad
+value with the key, the value, what was expected and the line, e.g.
+``cluster.yaml line 2: unknown key 'wokers' (known: workers, network_node, ...)``
+or ``cluster.yaml line 9: internet.cidr: '10.60.7.0/33' is not an IPv4 network``.
+The ``lab:`` section is free-form (lab/up.sh writes it).  To add a key, add a
+line to ``SCHEMA``; its checked value is ``config.setting("section.key")``.
 """
 from __future__ import annotations
 
 import copy
+import ipaddress
+import math
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
-DEFAULTS: dict[str, Any] = {
-    "workers": ["10.0.10.1", "10.0.10.2", "10.0.10.3"],
-    "network_node": "10.0.10.3",
-    "ssh": {
-        "user": "ubuntu",
-        "port": 22,
-        "key_file": "~/.ssh/id_rsa",
-        "known_hosts": "~/.ssh/known_hosts",
-        "accept_new_host_keys": False,
-        "sudo": True,
-        "connect_timeout": 10,
-        "command_timeout": 60,
-    },
-    "bridge": "br-int",
-    "worker_image_dir": "~/vm_images",
-    "flavor_images": {},
-    "qemu_accel": "kvm",
-    "internet": {"vlan": 400, "cidr": "10.60.7.0/24", "gateway": "10.60.7.1", "uplink": "ens3"},
-    "reserved_vlans": [],
-    "copy_timeout": 60,
-    "log_file": "logs/cloud-repositorio.log",
-}
+from yamltext import line_of
 
 
 def yaml_error_where(error: Exception) -> str:
@@ -46,14 +34,247 @@ class ConfigError(Exception):
     """The cluster config is missing or malformed."""
 
 
+# --- checks: each says whether a value is acceptable ----------------------------------------
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")          # a Linux interface / OVS bridge name
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_ip(v: Any) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return False
+
+
+def host(v: Any) -> bool:
+    """An IPv4/IPv6 address or a DNS host name (not a mistyped address like 10.0.10.256)."""
+    if type(v) is not str:
+        return False
+    if _is_ip(v):
+        return True
+    labels = v.rstrip(".").split(".")
+    return (len(v) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
+def hosts(v: Any) -> bool:
+    return type(v) is list and len(v) > 0 and all(host(h) for h in v)
+
+
+def vlan(v: Any) -> bool:
+    return _is_int(v) and 1 <= v <= 4094
+
+
+def vlans(v: Any) -> bool:
+    return v is None or (type(v) is list and all(vlan(x) for x in v))
+
+
+def positive(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v > 0
+
+
+def port(v: Any) -> bool:
+    return _is_int(v) and 1 <= v <= 65535
+
+
+def boolean(v: Any) -> bool:
+    return type(v) is bool
+
+
+def text(v: Any) -> bool:
+    return type(v) is str and v.strip() != "" and "\n" not in v and "\0" not in v
+
+
+def ifname(v: Any) -> bool:
+    return type(v) is str and bool(_NAME.fullmatch(v))
+
+
+def user_name(v: Any) -> bool:
+    return type(v) is str and bool(_USER.fullmatch(v))
+
+
+def ipv4(v: Any) -> bool:
+    try:
+        ipaddress.IPv4Address(v)
+        return type(v) is str
+    except ValueError:
+        return False
+
+
+def ipv4_network(v: Any) -> bool:
+    try:
+        ipaddress.IPv4Network(v, strict=True)
+        return type(v) is str and "/" in v
+    except ValueError:
+        return False
+
+
+def one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: type(v) is str and v in choices
+
+
+def text_map(v: Any) -> bool:
+    return v is None or (type(v) is dict and all(type(k) is str and text(x) for k, x in v.items()))
+
+
+def anything(v: Any) -> bool:
+    return True
+
+
+def non_negative_int(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def nice_level(v: Any) -> bool:
+    return _is_int(v) and 0 <= v <= 19
+
+
+def host_sizes(v: Any) -> bool:
+    """host -> {memory_mib: N, vcpus: N} (either may be left out): what a worker holds, overriding it."""
+    return v is None or (type(v) is dict and all(
+        host(h) and type(size) is dict and set(size) <= {"memory_mib", "vcpus"}
+        and all(_is_int(x) and x > 0 for x in size.values()) for h, size in v.items()))
+
+
+# --- the schema: one line per key ---------------------------------------------------------
+
+NO_DEFAULT = object()   # the key is absent unless the file has it
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key: default, check, and what the value must be (for messages)."""
+
+    default: Any
+    check: Callable[[Any], bool]
+    expected: str
+    item: Optional[Callable[[Any], bool]] = None   # lists: the check of one item, to name the bad one
+    item_expected: str = ""
+
+
+SCHEMA: dict = {
+    "workers": Setting(["10.0.10.1", "10.0.10.2", "10.0.10.3"], hosts,
+                       "a non-empty list of hosts (IP addresses or host names)",
+                       host, "a host (an IP address or a host name)"),
+    "network_node": Setting("10.0.10.3", host, "a host (an IP address or a host name)"),
+    "ssh": {
+        "user": Setting("ubuntu", user_name, "a user name"),
+        "port": Setting(22, port, "a port number (1-65535)"),
+        "key_file": Setting("~/.ssh/id_rsa", text, "a file path"),
+        "known_hosts": Setting("~/.ssh/known_hosts", text, "a file path"),
+        "accept_new_host_keys": Setting(False, boolean, "true or false"),
+        "sudo": Setting(True, boolean, "true or false"),
+        "connect_timeout": Setting(10, positive, "a positive number of seconds"),
+        "command_timeout": Setting(60, positive, "a positive number of seconds"),
+    },
+    "bridge": Setting("br-int", ifname, "a bridge name (1-15 letters, digits, '_', '.', '-')"),
+    "worker_image_dir": Setting("~/vm_images", text, "a folder path"),
+    "flavor_images": Setting({}, text_map, "a mapping of flavor name to image path"),
+    "qemu_accel": Setting("kvm", one_of("kvm", "tcg", "kvm:tcg"), "kvm, tcg or kvm:tcg"),
+    "internet": {
+        "vlan": Setting(400, vlan, "a VLAN (1-4094)"),
+        "cidr": Setting("10.60.7.0/24", ipv4_network, "an IPv4 network (like 10.60.7.0/24)"),
+        "gateway": Setting("10.60.7.1", ipv4, "an IPv4 address"),
+        "uplink": Setting("ens3", ifname, "an interface name (1-15 letters, digits, '_', '.', '-')"),
+    },
+    "reserved_vlans": Setting([], vlans, "a list of VLANs (1-4094)", vlan, "a VLAN (1-4094)"),
+    "copy_timeout": Setting(60, positive, "a positive number of seconds"),
+    "log_file": Setting("logs/cloud-repositorio.log", text, "a file path"),
+    "qemu_nice": Setting(0, nice_level, "a nice level from 0 to 19 (guests below the hosts' own daemons)"),
+    "capacity": {
+        "cpu_ratio": Setting(4.0, positive, "a positive number (vCPUs per host CPU)"),
+        "ram_ratio": Setting(1.0, positive, "a positive number (guest memory per MiB of host memory)"),
+        "reserved_memory_mib": Setting(512, non_negative_int, "a whole number of MiB kept for the host itself"),
+        "hosts": Setting({}, host_sizes, "a mapping of host to {memory_mib: N, vcpus: N}"),
+    },
+    "lab": Setting(NO_DEFAULT, anything, "free-form (written by lab/up.sh)"),
+}
+
+
+def _defaults(schema: dict) -> dict:
+    return {key: _defaults(spec) if isinstance(spec, dict) else copy.deepcopy(spec.default)
+            for key, spec in schema.items()
+            if isinstance(spec, dict) or spec.default is not NO_DEFAULT}
+
+
+DEFAULTS: dict[str, Any] = _defaults(SCHEMA)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _short(value: Any) -> str:
+    """A value as the file spells it (null, true, '10.0.0.1', [1, 2]), cut to 60 characters."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text_ = repr(value)
+    return text_ if len(text_) <= 60 else text_[:57] + "..."
+
+
+def _problem(data: dict, schema: dict, prefix: tuple = ()) -> Optional[tuple]:
+    """(key path, message) of the first unknown key or bad value in ``data``, or None."""
+    for key, value in data.items():
+        path = prefix + (key,)
+        spec = schema.get(key) if isinstance(key, str) else None
+        if spec is None:
+            section = f" in {_dotted(prefix)}" if prefix else ""
+            return path, f"unknown key {_dotted(path)!r} (known{section}: {', '.join(schema)})"
+        if isinstance(spec, dict):
+            if value is None:
+                continue
+            if type(value) is not dict:
+                return path, f"{_dotted(path)}: {_short(value)} is not a mapping (of {', '.join(spec)})"
+            found = _problem(value, spec, path)
+            if found:
+                return found
+        elif not spec.check(value):
+            return _bad_value(spec, path, value)
+    return None
+
+
+def _bad_value(spec: Setting, path: tuple, value: Any) -> tuple:
+    """(path, message) for a value its check refused, naming the bad item of a list."""
+    if spec.item is not None and type(value) is list:
+        for i, item in enumerate(value):
+            if not spec.item(item):
+                return path + (i,), f"{_dotted(path)}[{i}]: {_short(item)} is not {spec.item_expected}"
+    return path, f"{_dotted(path)}: {_short(value)} is not {spec.expected}"
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
-        else:
+        elif v is not None or not isinstance(out.get(k), (dict, list)):
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _cross_problem(merged: dict) -> Optional[tuple]:
+    """Checks between keys, on the merged config."""
+    inet = merged["internet"]
+    if ipaddress.IPv4Address(inet["gateway"]) not in ipaddress.IPv4Network(inet["cidr"]):
+        return (("internet", "gateway"),
+                f"internet.gateway: {inet['gateway']!r} is not inside internet.cidr {inet['cidr']}")
+    return None
+
+
+def config_problem(data: Any) -> Optional[tuple]:
+    """(key path, message) of what is wrong with a config mapping, or None."""
+    if data is None:
+        return None
+    if type(data) is not dict:
+        return (), f"the file must be a mapping of settings ({', '.join(SCHEMA)}), not {_short(data)}"
+    return _problem(data, SCHEMA) or _cross_problem(_merge(DEFAULTS, data))
 
 
 @dataclass
@@ -70,7 +291,7 @@ class SSHSettings:
 
 @dataclass
 class ClusterConfig:
-    """Parsed cluster config.  ``raw`` keeps every key of the file."""
+    """Parsed cluster config.  ``raw`` keeps every key of the file (with the defaults)."""
 
     workers: list
     network_node: str
@@ -88,51 +309,44 @@ class ClusterConfig:
 
     @classmethod
     def from_dict(cls, data: Optional[dict], path: Optional[str] = None) -> ClusterConfig:
+        """A checked config from a mapping (missing keys take the defaults)."""
+        found = config_problem(data)
+        if found:
+            raise ConfigError(f"bad cluster config{' ' + path if path else ''}: {found[1]}")
         merged = _merge(DEFAULTS, data or {})
         base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-        try:
-            s = merged["ssh"]
-            ssh = SSHSettings(
-                user=str(s["user"]), port=int(s["port"]),
-                key_file=os.path.expanduser(str(s["key_file"])),
-                known_hosts=os.path.expanduser(str(s["known_hosts"])),
-                accept_new_host_keys=bool(s["accept_new_host_keys"]), sudo=bool(s["sudo"]),
-                connect_timeout=float(s["connect_timeout"]),
-                command_timeout=float(s["command_timeout"]))
-            workers = [str(w) for w in merged["workers"]]
-            if not workers:
-                raise ConfigError("the config names no workers")
-            accel = str(merged["qemu_accel"])
-            if accel not in ("kvm", "tcg", "kvm:tcg"):
-                raise ConfigError(f"qemu_accel must be kvm, tcg or kvm:tcg, not {accel!r}")
-            log_file = os.path.expanduser(str(merged["log_file"]))
-            if not os.path.isabs(log_file):
-                log_file = os.path.join(base_dir, log_file)
-            internet = dict(merged["internet"])
-            internet["vlan"] = int(internet["vlan"])
-            return cls(
-                workers=workers, network_node=str(merged["network_node"]), ssh=ssh,
-                bridge=str(merged["bridge"]), worker_image_dir=str(merged["worker_image_dir"]),
-                flavor_images=dict(merged["flavor_images"] or {}), qemu_accel=accel,
-                internet=internet,
-                reserved_vlans=[int(v) for v in merged["reserved_vlans"] or []],
-                copy_timeout=float(merged["copy_timeout"]), log_file=log_file,
-                path=path, raw=merged)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"bad cluster config{' ' + path if path else ''}: {e}") from e
+        s = merged["ssh"]
+        ssh = SSHSettings(
+            user=s["user"], port=s["port"],
+            key_file=os.path.expanduser(s["key_file"]), known_hosts=os.path.expanduser(s["known_hosts"]),
+            accept_new_host_keys=s["accept_new_host_keys"], sudo=s["sudo"],
+            connect_timeout=float(s["connect_timeout"]), command_timeout=float(s["command_timeout"]))
+        log_file = os.path.expanduser(merged["log_file"])
+        if not os.path.isabs(log_file):
+            log_file = os.path.join(base_dir, log_file)
+        return cls(
+            workers=list(merged["workers"]), network_node=merged["network_node"], ssh=ssh,
+            bridge=merged["bridge"], worker_image_dir=merged["worker_image_dir"],
+            flavor_images=dict(merged["flavor_images"] or {}), qemu_accel=merged["qemu_accel"],
+            internet=dict(merged["internet"]), reserved_vlans=list(merged["reserved_vlans"] or []),
+            copy_timeout=float(merged["copy_timeout"]), log_file=log_file,
+            path=path, raw=merged)
 
     @classmethod
     def load(cls, path: str) -> ClusterConfig:
-        """Read a cluster config file."""
+        """Read a cluster config file; ConfigError names the key, the value and the line."""
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except OSError as e:
+                text_ = f.read()
+            data = yaml.safe_load(text_)
+        except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read cluster config {path}: {e}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"cluster config {path} is not valid YAML{yaml_error_where(e)}") from e
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"cluster config {path} is not a mapping")
+        found = config_problem(data)
+        if found:
+            line = line_of(text_, found[0]) if found[0] else None
+            raise ConfigError(f"{path}{f' line {line}' if line else ''}: {found[1]}")
         return cls.from_dict(data, path)
 
     @classmethod
@@ -142,6 +356,13 @@ class ClusterConfig:
         if isinstance(config, str):
             return cls.load(config)
         return cls.from_dict(config)
+
+    def setting(self, dotted: str) -> Any:
+        """The checked value of any key, e.g. ``config.setting("ssh.port")`` (KeyError if unknown)."""
+        value: Any = self.raw
+        for part in dotted.split("."):
+            value = value[part]
+        return value
 
     @property
     def internet_vlan(self) -> int:

@@ -71,7 +71,7 @@ def launch_command(vm: dict, ctx: HostContext, credentials):
     config = ctx.config
     password = credentials.password(vm["vm_id"])
     return vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), config.bridge, config.qemu_accel,
-                                         int(config.internet["vlan"]), password)
+                                         int(config.internet["vlan"]), password, config.setting("qemu_nice"))
 
 
 def teardown_commands(s: dict, ctx: HostContext) -> tuple:

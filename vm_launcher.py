@@ -317,9 +317,10 @@ def set_vnc_password(vm_id: int) -> str:
 
 
 def launch_vm_command(vm: dict, home: str, bridge: str, accel: str, internet_vlan: int = naming.INTERNET_VLAN,
-                      password: str = "") -> HostCommand:
+                      password: str = "", nice: int = 0) -> HostCommand:
     """One root script on the VM's worker: clear leftovers, make the seed, start QEMU, wire the TAPs,
     set the VNC password.  The VM's password comes on stdin.  Prints the QEMU pid as its last line.
+    ``nice``: the guest runs at that nice level (below the host's own daemons: sshd, OVS).
     """
     if not password:
         raise ValueError("a VM is launched with its password (the script reads it on stdin)")
@@ -344,7 +345,7 @@ def launch_vm_command(vm: dict, home: str, bridge: str, accel: str, internet_vla
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
         *vm_teardown(vm, bridge, keep_log=True),
         *make_seed(vm, internet_vlan),
-        join(qemu_argv(vm, overlay, accel)),
+        join((["nice", "-n", str(int(nice))] if nice else []) + qemu_argv(vm, overlay, accel)),
         join(ovs) if len(ovs) > 2 else ":",
         *ups,
         f"pid=$(cat {pidfile})",

@@ -97,6 +97,7 @@ worker_image_dir: ~/vm_images
 flavor_images: {cirros: $IMAGE, ubuntu: $CLOUD_IMAGE}
 copy_timeout: 300
 qemu_accel: "kvm:tcg"
+qemu_nice: 10
 internet: {vlan: 400, cidr: 10.60.7.0/24, gateway: 10.60.7.1, uplink: uplink0}
 lab:
   root: $LAB_DIR

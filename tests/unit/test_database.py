@@ -189,4 +189,4 @@ def test_no_temp_file_left_after_save(tmp_path):
     for _ in range(3):
         db.get_next_vm_id()
     names = sorted(os.listdir(tmp_path))
-    assert names == ["database.yaml", "database.yaml.lock"]
+    assert names == ["database.yaml", "database.yaml.cache", "database.yaml.lock"]
