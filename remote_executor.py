@@ -38,9 +38,8 @@ import stat
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
 from config import ClusterConfig
 from hostcmd import CommandResult, HostCommand, q
@@ -184,13 +183,6 @@ class RemoteExecutor:
         """Shorthand for ``run(HostCommand(...))``."""
         return self.run(HostCommand(host, script, sudo, timeout, step))
 
-    def run_all(self, cmds: Iterable[HostCommand], parallel: bool = True) -> list:
-        """Run commands (in parallel across and within hosts); results in order."""
-        cmds = list(cmds)
-        if not parallel or len(cmds) < 2:
-            return [self.run(c) for c in cmds]
-        with ThreadPoolExecutor(max_workers=min(16, len(cmds))) as pool:
-            return list(pool.map(self.run, cmds))
 
     def render(self, cmd: HostCommand) -> str:
         """The exact text sent to the host's shell.
@@ -358,6 +350,18 @@ class RemoteExecutor:
 
     def _connect(self, paramiko, host: str):
         """A new, authenticated SSHClient to ``host`` (ExecutorError with a clear message if not)."""
+        client = self._client_checking_host_keys(paramiko, host)
+        sock = self._tcp(host)
+        try:
+            pkey = self._key(paramiko)
+            self._authenticate(paramiko, client, host, sock, pkey)
+        except BaseException:
+            self._discard(client, sock)
+            raise
+        return client
+
+    def _client_checking_host_keys(self, paramiko, host: str):
+        """An SSHClient that knows the recorded host keys and refuses (or records) unknown ones."""
         ssh = self.config.ssh
         client = paramiko.SSHClient()
         try:
@@ -372,37 +376,42 @@ class RemoteExecutor:
             client.set_missing_host_key_policy(_append_new_host_key(paramiko, ssh.known_hosts))
         else:
             client.set_missing_host_key_policy(_reject_unknown_host_key(paramiko, host, ssh.known_hosts))
+        return client
+
+    def _tcp(self, host: str) -> socket.socket:
+        """A TCP connection to the host's sshd with TCP_NODELAY (without it every small command waits on Nagle)."""
+        ssh = self.config.ssh
         try:
             sock = socket.create_connection((host, ssh.port), timeout=ssh.connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
         except OSError as e:
             raise ExecutorError(f"cannot connect to {host}:{ssh.port}: {e}") from e
+
+    def _key(self, paramiko):
+        # loaded here, not by connect(key_filename=): that one tries every key type and, when the
+        # host refuses the key, reports the last type's parse error instead of the refusal
         try:
-            # loaded here, not by connect(key_filename=): that one tries every key type and, when the
-            # host refuses the key, reports the last type's parse error instead of the refusal
-            pkey = paramiko.PKey.from_path(ssh.key_file)
+            return paramiko.PKey.from_path(self.config.ssh.key_file)
         except Exception as e:  # noqa: BLE001 - OSError, SSHException, UnknownKeyType...
-            sock.close()
-            raise ExecutorError(f"cannot use the SSH key {ssh.key_file}: {e or type(e).__name__}") from e
+            raise ExecutorError(f"cannot use the SSH key {self.config.ssh.key_file}: {e or type(e).__name__}") from e
+
+    def _authenticate(self, paramiko, client, host: str, sock: socket.socket, pkey) -> None:
+        ssh = self.config.ssh
         try:
             client.connect(host, port=ssh.port, username=ssh.user, pkey=pkey,
                            sock=sock, timeout=ssh.connect_timeout,
                            banner_timeout=ssh.connect_timeout, auth_timeout=ssh.connect_timeout,
                            allow_agent=False, look_for_keys=False)
-        except UnknownHostKeyError:
-            self._discard(client, sock)
+        except (UnknownHostKeyError, ExecutorError):
             raise
         except paramiko.BadHostKeyException as e:
-            self._discard(client, sock)
             raise ExecutorError(f"host key of {host} does not match {ssh.known_hosts} "
                                 f"(possible man-in-the-middle): refusing to connect") from e
         except paramiko.AuthenticationException as e:
-            self._discard(client, sock)
             raise ExecutorError(f"SSH to {ssh.user}@{host} failed: the host refused the key {ssh.key_file}") from e
         except (paramiko.SSHException, OSError) as e:
-            self._discard(client, sock)
             raise ExecutorError(f"SSH to {ssh.user}@{host} failed: {e or type(e).__name__}") from e
-        return client
 
     @staticmethod
     def _discard(client, sock: socket.socket) -> None:

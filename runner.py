@@ -99,6 +99,44 @@ def interrupts_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
+class _Phase:
+    """The state of one ``Runner.run``: results, the cancellation flag, progress events."""
+
+    def __init__(self, executor, cmds: list, phase: str, progress: Optional[Progress], t0: float,
+                 cancel: Cancel, stop_on_failure: bool):
+        self.executor, self.cmds, self.phase, self.progress, self.t0 = executor, cmds, phase, progress, t0
+        self.cancel, self.stop_on_failure = cancel, stop_on_failure
+        self.report = StepReport(results=[None] * len(cmds))
+        self.lock = threading.Lock()
+
+    def stopped(self) -> bool:
+        return self.cancel.interrupted or (self.stop_on_failure and self.cancel.is_set())
+
+    def one(self, index: int, cmd: HostCommand) -> None:
+        """Run one command (in a pool thread), unless the phase was stopped meanwhile."""
+        if self.stopped():
+            self.report.results[index] = CommandResult.failed(cmd, "cancelled")
+            return
+        res = self.executor.run(cmd)
+        with self.lock:
+            self.report.results[index] = res
+        if not res.ok and self.stop_on_failure:
+            self.cancel.set("failed")
+        if self.progress:
+            self.progress({"phase": self.phase, "host": cmd.host, "step": cmd.step, "ok": res.ok,
+                           "duration": res.duration, "elapsed": time.monotonic() - self.t0,
+                           "message": res.message(), "action": cmd.action, "target": cmd.target})
+
+    def finish(self, futures: list) -> StepReport:
+        """The report, with an internal error recorded for any command whose thread raised."""
+        for index, f in enumerate(futures):
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None and self.report.results[index] is None:
+                self.report.results[index] = CommandResult.failed(self.cmds[index], f"internal error: {exc}")
+        self.report.interrupted = self.cancel.interrupted
+        return self.report
+
+
 class Runner:
     """Runs ``HostCommand`` lists through one executor, in parallel."""
 
@@ -114,52 +152,27 @@ class Runner:
             t0: Optional[float] = None, cancel: Optional[Cancel] = None,
             stop_on_failure: bool = True) -> StepReport:
         """Run ``cmds`` in parallel; see the module docstring for failures and Ctrl-C."""
-        cancel = cancel or Cancel()
-        t0 = time.monotonic() if t0 is None else t0
-        report = StepReport(results=[None] * len(cmds))
+        phase_run = _Phase(self.executor, cmds, phase, progress, time.monotonic() if t0 is None else t0,
+                           cancel or Cancel(), stop_on_failure)
         if not cmds:
-            return report
-        lock = threading.Lock()
-
-        def stopped() -> bool:
-            return cancel.interrupted or (stop_on_failure and cancel.is_set())
-
-        def one(index: int, cmd: HostCommand) -> None:
-            if stopped():
-                report.results[index] = CommandResult.failed(cmd, "cancelled")
-                return
-            res = self.executor.run(cmd)
-            with lock:
-                report.results[index] = res
-            if not res.ok and stop_on_failure:
-                cancel.set("failed")
-            if progress:
-                progress({"phase": phase, "host": cmd.host, "step": cmd.step, "ok": res.ok,
-                          "duration": res.duration, "elapsed": time.monotonic() - t0,
-                          "message": res.message(), "action": cmd.action, "target": cmd.target})
-
+            return phase_run.report
         pool = ThreadPoolExecutor(max_workers=min(self.max_parallel, len(cmds)), thread_name_prefix=phase or "run")
         futures: list = []
         try:
             for index, cmd in enumerate(cmds):
-                if stopped():
+                if phase_run.stopped():
                     break
-                futures.append(self._submit(pool, one, index, cmd))
-            self._wait_all(futures, cancel)
+                futures.append(self._submit(pool, phase_run.one, index, cmd))
+            self._wait_all(futures, phase_run.cancel)
         except KeyboardInterrupt:
-            cancel.set("interrupted")
+            phase_run.cancel.set("interrupted")
         finally:
             with interrupts_ignored():
                 for f in futures:
                     f.cancel()
                 wait(futures)
                 pool.shutdown(wait=True)
-        for index, f in enumerate(futures):
-            exc = None if f.cancelled() else f.exception()
-            if exc is not None and report.results[index] is None:
-                report.results[index] = CommandResult.failed(cmds[index], f"internal error: {exc}")
-        report.interrupted = cancel.interrupted
-        return report
+        return phase_run.finish(futures)
 
     # Seams for tests: an interrupt can be injected exactly while submitting or waiting.
 

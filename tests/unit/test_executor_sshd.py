@@ -18,6 +18,7 @@ from uhelpers import lab_config
 
 from hostcmd import HostCommand
 from remote_executor import RemoteExecutor
+from runner import Runner
 
 pytestmark = hang_limit(300)
 _hang_guard = hang_guard(300)
@@ -58,11 +59,11 @@ def test_home_is_the_neutral_temporary_one(sshd, ex):
 
 
 def test_thousands_of_real_commands_in_parallel_lose_nothing(sshd, ex):
-    # 16 threads (run_all) on one connection to an sshd with the default MaxSessions (10);
+    # 16 threads (the runner) on one connection to an sshd with the default MaxSessions (10);
     # every command answers differently on both streams, with its own exit status.
     n = 2400
     cmds = [command(f'printf "%s/{i}" "$HOME"; printf e{i} >&2; exit {i % 4}') for i in range(n)]
-    results = ex.run_all(cmds)
+    results = Runner(ex, max_parallel=16).run(cmds, stop_on_failure=False).results
     wrong = [(i, r.exit_status, r.stdout, r.stderr, r.error) for i, r in enumerate(results)
              if (r.exit_status, r.stdout, r.stderr, r.error) != (i % 4, f"{sshd.home}/{i}", f"e{i}", "")]
     assert wrong == []
