@@ -68,7 +68,8 @@ def test_cluster_yaml(lab):
     assert ssh["known_hosts"] == str(STATE / "ssh" / "known_hosts")
     assert lab["bridge"] == "br-int"
     assert lab["worker_image_dir"] == "~/vm_images"
-    assert lab["flavor_images"] == {"cirros": str(IMAGE), "ubuntu": str(IMAGE)}
+    assert lab["flavor_images"] == {"cirros": str(IMAGE), "ubuntu": str(IMAGE.parent / "cloudvm.qcow2")}
+    assert lab["qemu_nice"] == 10
     assert lab["qemu_accel"] == "kvm:tcg"
     assert lab["internet"] == {"vlan": 400, "cidr": "10.60.7.0/24", "gateway": "10.60.7.1", "uplink": "uplink0"}
     assert lab["lab"]["root"] == str(LAB_DIR)
