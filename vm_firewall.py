@@ -43,6 +43,7 @@ number; the old rules then match nothing).  The deploy step that (re)adds a TAP 
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -211,7 +212,7 @@ def _bundle(bridge: str, lines: list) -> str:
     return f"printf '%s\\n' {' '.join(q(x) for x in lines)} | {join(OFCTL + ['--bundle', 'add-flows', bridge, '-'])}"
 
 
-def vm_rules(bridge: str, vm: dict, edge: InternetEdge) -> str:
+def vm_rules(bridge: str, vm: dict, edge: InternetEdge, trunk_filter: bool = False) -> str:
     """Root script: (re)install a VM's rules on a worker's ``br-int``, atomically and idempotently.
 
     Run it after the VM's TAPs were added to the bridge (the rules name the TAPs; ovs-ofctl turns
@@ -219,12 +220,19 @@ def vm_rules(bridge: str, vm: dict, edge: InternetEdge) -> str:
     bundle: delete the VM's rules (cookie), delete this system's VM rules left on the same
     ports by anyone, add the rules.  Nothing else on the bridge changes.  A VM with no port on
     the bridge gets ``:`` (nothing to do).
+
+    ``trunk_filter=True`` (for a worker that does not hold the gateway) also (re)installs the
+    worker's trunk filter in the same bundle when the VM has an internet port: one ``ovs-ofctl``
+    call instead of two (``worker_trunk_rules`` does it alone).
     """
     vm_id = int(vm["vm_id"])
     ports = ports_of(vm)
     if not ports:
         return ":"
-    lines = [f"delete {_cookie_match(vm_cookie(vm_id))}"]
+    lines = []
+    if trunk_filter and any(p.vlan == edge.vlan for p in ports):
+        lines += _trunk_lines(edge)
+    lines += [f"delete {_cookie_match(vm_cookie(vm_id))}"]
     lines += [f"delete {_cookie_match(COOKIE_PREFIX, COOKIE_PREFIX_MASK | KIND_MASK)},in_port={p.tap}"
               for p in ports]
     lines += [f"add {f}" for f in vm_flows(vm, edge)]
@@ -332,8 +340,11 @@ def worker_trunk_rules(bridge: str, edge: InternetEdge) -> str:
     DHCP server's MACs.  Install it on every worker before its first internet VM starts; never on
     a host that holds the gateway itself (there the VMs' frames must reach it through the trunk).
     """
-    lines = [f"delete {_cookie_match(trunk_cookie(edge.vlan))}"] + [f"add {f}" for f in trunk_flows(edge)]
-    return _bundle(bridge, lines)
+    return _bundle(bridge, _trunk_lines(edge))
+
+
+def _trunk_lines(edge: InternetEdge) -> list:
+    return [f"delete {_cookie_match(trunk_cookie(edge.vlan))}"] + [f"add {f}" for f in trunk_flows(edge)]
 
 
 def remove_worker_trunk_rules(bridge: str, edge: InternetEdge) -> str:
@@ -434,12 +445,36 @@ def ipv6_isolation_rules() -> str:
     ])
 
 
+def policy_marker(rules: str) -> str:
+    """The comment that marks a loaded policy: ``cr-policy-`` + 16 hex digits of its SHA-256."""
+    return "cr-policy-" + hashlib.sha256(rules.encode()).hexdigest()[:16]
+
+
 def _load_chains(tool: str, rules: str) -> list:
+    """Shell: load ``rules`` (with its marker) and the jumps, unless exactly that is in place already.
+
+    "In place" = the chains' rules and the jumps to them read back (``-save``) exactly as right
+    after this system's last load (a checksum kept in the state directory) and carry this policy's
+    marker.  Any change (a rule deleted by hand, another policy, a reboot) reloads.  The check is
+    one ``-save``, much cheaper than a restore: the policy is re-applied by every gateway set-up,
+    one after another under the node's lock.
+    """
     fwd, inp = naming.FORWARD_CHAIN, naming.INPUT_CHAIN
+    marker = policy_marker(rules)
+    marked = rules.replace("COMMIT\n", f"-A {inp} -m comment --comment {marker}\nCOMMIT\n")
+    ours = f"^-A ({fwd}|{inp}) |^-A (FORWARD -j {fwd}|INPUT -j {inp})$"
+    state = f"{tool}-save -t filter 2>/dev/null | grep -E -- {q(ours)}"
+    sums = q(f"{naming.STATE_DIR}/policy-{tool}.sum")
     return [
-        f"printf '%s' {q(rules)} | {tool}-restore -w --noflush",
+        f"st=$({state})",
+        f"if [ \"$(printf '%s' \"$st\" | sha256sum)\" != \"$(cat {sums} 2>/dev/null)\" ] || "
+        f"! printf '%s' \"$st\" | grep -qF -- {q(marker)}; then",
+        f"printf '%s' {q(marked)} | {tool}-restore -w --noflush",
         f"{tool} -w -C FORWARD -j {fwd} 2>/dev/null || {tool} -w -I FORWARD 1 -j {fwd}",
         f"{tool} -w -C INPUT -j {inp} 2>/dev/null || {tool} -w -I INPUT 1 -j {inp}",
+        f"st=$({state})",
+        f"mkdir -p {q(naming.STATE_DIR)} && printf '%s' \"$st\" | sha256sum > {sums}",
+        "fi",
     ]
 
 
@@ -454,7 +489,8 @@ def node_policy(internet_vlan: int, uplink: str, management: Iterable[str] = ())
     """Root script: the network node's isolation for IPv4 and IPv6, replaced atomically, idempotent.
 
     Drop-in replacement for the body of ``vlan_manager.isolation_rules`` (run it under the same
-    ``iptables.lock``).
+    ``iptables.lock``).  Each family is reloaded only when its marker (``policy_marker``) or a
+    jump is missing, so the many gateway set-ups of one deploy pay for one load.
     """
     return "\n".join([*_load_chains("iptables", ipv4_isolation_rules(internet_vlan, uplink, management)),
                       node_ipv6_policy()])

@@ -136,6 +136,16 @@ def test_vm_rules_is_one_atomic_bundle_replacing_the_vms_rules():
     assert lines[3:] == ["add " + f for f in VM_1001_FLOWS]
 
 
+def test_vm_rules_can_carry_the_trunk_filter_in_the_same_bundle():
+    printf, _ofctl = fw.vm_rules("br-int", vm_1001(), EDGE, trunk_filter=True).split(" | ")
+    lines = words(printf)[2:]
+    assert lines[:4] == ["delete cookie=0x4352000100000190/0xffffffffffffffff"] + \
+        ["add " + f for f in fw.trunk_flows(EDGE)]
+    assert lines[4:] == words(fw.vm_rules("br-int", vm_1001(), EDGE).split(" | ")[0])[2:]
+    link_only = {"vm_id": 1002, "interfaces": [{"mac": "52:54:00:03:ea:01", "vlan_id": 101}]}
+    assert fw.vm_rules("br-int", link_only, EDGE, trunk_filter=True) == fw.vm_rules("br-int", link_only, EDGE)
+
+
 def test_bad_vm_data_is_refused_with_a_clear_message():
     vm = vm_1001()
     del vm["interfaces"][0]["ip_config"]
@@ -234,13 +244,59 @@ def test_ipv4_policy_tightens_icmp_and_blocks_management_before_the_uplink():
         fw.ipv4_isolation_rules(400, "uplink0", ["10.0.10.0/24 -j ACCEPT"])
 
 
+def test_policy_is_reloaded_only_when_what_is_loaded_differs():
+    rules = fw.ipv4_isolation_rules(400, "uplink0", ["10.0.10.0/24"])
+    marker = fw.policy_marker(rules)
+    assert marker == fw.policy_marker(rules) and marker.startswith("cr-policy-") and len(marker) == 26
+    assert marker != fw.policy_marker(fw.ipv4_isolation_rules(400, "uplink0", ["10.0.11.0/24"]))
+    lines = fw.node_policy(400, "uplink0", ["10.0.10.0/24"]).splitlines()
+    check = next(i for i, line in enumerate(lines) if line.startswith("if [ \"$(printf"))
+    assert lines[check - 1] == ("st=$(iptables-save -t filter 2>/dev/null | grep -E -- "
+                                "'^-A (CR-FORWARD|CR-INPUT) |^-A (FORWARD -j CR-FORWARD|INPUT -j CR-INPUT)$')")
+    assert f"grep -qF -- {marker}; then" in lines[check]
+    assert "/run/cloud-repositorio/policy-iptables.sum" in lines[check]
+    # the loaded text carries the marker as the last rule of CR-INPUT
+    assert f"-A CR-INPUT -m comment --comment {marker}\nCOMMIT" in "\n".join(lines)
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no sh")
+def test_policy_check_runs_the_restore_once_then_skips(tmp_path):
+    """The generated check/load logic, run by sh against fake iptables tools that keep a state file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    state = tmp_path / "state"
+    log = tmp_path / "log"
+    fake = f"""#!/bin/sh
+case "$0" in
+*-restore) cat >> {state}; echo restore >> {log} ;;
+*-save) cat {state} 2>/dev/null ;;
+*) case "$*" in *" -C "*) grep -qx -- "-A $3 -j $5" {state} 2>/dev/null ;;
+   *" -I "*) echo "-A $3 -j $6" >> {state} ;; esac ;;
+esac
+"""
+    for tool in ("iptables", "iptables-restore", "iptables-save"):
+        (bin_dir / tool).write_text(fake)
+        (bin_dir / tool).chmod(0o755)
+    script = "\n".join(fw._load_chains("iptables", fw.ipv4_isolation_rules(400, "uplink0")))
+    script = script.replace("/run/cloud-repositorio", str(tmp_path / "run"))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    for _ in range(3):
+        proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert log.read_text().split() == ["restore"]
+    assert "-A INPUT -j CR-INPUT" in state.read_text().splitlines()
+    state.write_text(state.read_text().replace("-A CR-INPUT -i gw_vlan+ -j REJECT\n", ""))   # tampered
+    subprocess.run(["sh", "-c", script], env=env, check=True)
+    assert log.read_text().split() == ["restore", "restore"]
+
+
 def test_ipv6_policy_drops_everything_from_gateway_ports():
     assert fw.ipv6_isolation_rules().splitlines() == [
         "*filter", ":CR-FORWARD - [0:0]", ":CR-INPUT - [0:0]",
         "-A CR-FORWARD -i gw_vlan+ -j DROP", "-A CR-FORWARD -o gw_vlan+ -j DROP",
         "-A CR-INPUT -i gw_vlan+ -j DROP", "COMMIT"]
     script = fw.node_ipv6_policy()
-    assert "ip6tables-restore -w --noflush" in script
+    assert "ip6tables-restore -w --noflush" in script and script.startswith("if [ -e /proc/net/if_inet6 ]; then")
     assert "ip6tables -w -C INPUT -j CR-INPUT 2>/dev/null || ip6tables -w -I INPUT 1 -j CR-INPUT" in script
     policy = fw.node_policy(400, "uplink0", ["10.0.10.0/24"])
     assert "iptables-restore -w --noflush" in policy and script in policy
