@@ -154,6 +154,14 @@ def wire(config: ClusterConfig, mode: str) -> None:
             lines = [ln.replace(f"peer name {inside}", f"peer name {inside} {peer}") for ln in lines]
         return lines
 
+    internet_up = vlan_manager.internet_up_command
+
+    def internet_up_with_rules(node, internet, bridge, reservations):
+        cmd = internet_up(node, internet, bridge, reservations)   # a running setup may predate the fixed MACs
+        script = cmd.script + "\n" + fw.node_internet_macs(bridge, edge)
+        return HostCommand(cmd.host, script, cmd.sudo, cmd.timeout, cmd.step, cmd.action, cmd.target)
+
+    vlan_manager.internet_up_command = internet_up_with_rules
     vm_launcher.launch_vm_command = launch_with_rules
     vm_launcher.stop_vm_command = stop_with_rules
     vlan_manager._gateway = gateway_with_rules
@@ -274,11 +282,11 @@ def main() -> int:
     subprocess.run([os.path.join(LAB, "up.sh")], check=True, stdout=subprocess.DEVNULL)
     config = ClusterConfig.load(args.config)
     saved = (vm_launcher.launch_vm_command, vm_launcher.stop_vm_command, vlan_manager._gateway,
-             vlan_manager._dhcp_namespace_up, vlan_manager.isolation_rules)
+             vlan_manager._dhcp_namespace_up, vlan_manager.isolation_rules, vlan_manager.internet_up_command)
 
     def plain() -> None:
         (vm_launcher.launch_vm_command, vm_launcher.stop_vm_command, vlan_manager._gateway,
-         vlan_manager._dhcp_namespace_up, vlan_manager.isolation_rules) = saved
+         vlan_manager._dhcp_namespace_up, vlan_manager.isolation_rules, vlan_manager.internet_up_command) = saved
 
     with open(args.config) as f:
         hosts = {ip: name for name, ip in yaml.safe_load(f)["lab"]["hosts"].items()}
