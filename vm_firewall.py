@@ -40,6 +40,19 @@ disappear from a port when the port is deleted and re-added (a re-added TAP gets
 number; the old rules then match nothing).  The deploy step that (re)adds a TAP must therefore
 (re)install its VM's rules, which ``vm_rules`` does idempotently; ``scan_rules`` +
 ``parse_rule_scan``/``stale_rule_vms`` let a status or repair pass find VMs whose rules are missing.
+
+Where each builder is called (``edge = internet_edge(config.internet)``)
+    worker, launching a VM: make the TAPs of connected NICs before QEMU (``ip tuntap add dev TAP
+    mode tap vnet_hdr``), add them with ``tag=V`` + ``port_columns`` in one ``ovs-vsctl``, then run
+    ``vm_rules(bridge, vm, edge, trunk_filter=worker != network node)`` (it may run in the
+    background while QEMU starts), and set the TAPs up only after it succeeded: a TAP that is down
+    passes no frame, so no frame leaves a VM before its rules exist;
+    worker, stopping a VM: ``remove_vm_rules``; orphan scan: ``scan_rules`` -> ``parse_rule_scan``;
+    network node: ``gateway_port_columns`` on the internet ``gw_vlan`` port, ``dhcp_veth_peer_args``
+    on its DHCP veth, ``node_internet_macs`` in every internet set-up (a running one may predate
+    the fixed MACs: the trunk filter drops the frames of any other gateway MAC),
+    ``gateway_ipv6_off`` between a gateway's add-port and its link up, and ``node_policy`` in place
+    of ``isolation_rules`` (``management``: the workers, the network node, the manager).
 """
 from __future__ import annotations
 
