@@ -132,6 +132,18 @@ def non_negative_int(v: Any) -> bool:
     return _is_int(v) and v >= 0
 
 
+def ip_network(v: Any) -> bool:
+    try:
+        ipaddress.ip_network(v, strict=False)
+        return type(v) is str
+    except ValueError:
+        return False
+
+
+def ip_networks(v: Any) -> bool:
+    return v is None or (type(v) is list and all(ip_network(x) for x in v))
+
+
 def nice_level(v: Any) -> bool:
     return _is_int(v) and 0 <= v <= 19
 
@@ -187,6 +199,8 @@ SCHEMA: dict = {
     "reserved_vlans": Setting([], vlans, "a list of VLANs (1-4094)", vlan, "a VLAN (1-4094)"),
     "copy_timeout": Setting(60, positive, "a positive number of seconds"),
     "log_file": Setting("logs/cloud-repositorio.log", text, "a file path"),
+    "management_networks": Setting([], ip_networks, "a list of IP addresses or networks (e.g. the manager's)",
+                                   ip_network, "an IP address or network"),
     "qemu_nice": Setting(0, nice_level, "a nice level from 0 to 19 (guests below the hosts' own daemons)"),
     "capacity": {
         "cpu_ratio": Setting(4.0, positive, "a positive number (vCPUs per host CPU)"),
@@ -363,6 +377,12 @@ class ClusterConfig:
         for part in dotted.split("."):
             value = value[part]
         return value
+
+    @property
+    def management(self) -> list:
+        """Addresses VMs must never reach: the hosts' own (when given as IPs) and ``management_networks``."""
+        hosts = [h for h in self.hosts if _is_ip(h)]
+        return hosts + [str(n) for n in (self.raw.get("management_networks") or [])]
 
     @property
     def internet_vlan(self) -> int:

@@ -58,10 +58,11 @@ def deploy_commands(s: dict, ctx: HostContext, credentials) -> tuple:
     config = ctx.config
     node, bridge, inet = config.network_node, config.bridge, config.internet
     sl = Slice.from_dict(s)
-    node_cmds = [vlan_manager.vlan_up_command(node, v, bridge, int(inet["vlan"]), inet["uplink"])
+    node_cmds = [vlan_manager.vlan_up_command(node, v, bridge, int(inet["vlan"]), inet["uplink"], config.management)
                  for v in sl.link_vlans()]
     if sl.uses_internet(int(inet["vlan"])):
-        node_cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet)))
+        node_cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet),
+                                                          config.management))
     vm_cmds = [launch_command(vm, ctx, credentials) for vm in s["vms"]]
     return node_cmds, vm_cmds
 
@@ -70,8 +71,8 @@ def launch_command(vm: dict, ctx: HostContext, credentials):
     """The script that (re)starts one VM on its worker."""
     config = ctx.config
     password = credentials.password(vm["vm_id"])
-    return vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), config.bridge, config.qemu_accel,
-                                         int(config.internet["vlan"]), password, config.setting("qemu_nice"))
+    return vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), vm_launcher.LaunchSettings.of(config),
+                                         password)
 
 
 def teardown_commands(s: dict, ctx: HostContext) -> tuple:

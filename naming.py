@@ -39,26 +39,33 @@ On a worker, per VM ``vm_id``
                 pid file, serial log (everything the guest printed since it
                 started), serial console socket, QMP monitor socket, NoCloud
                 seed disk, console lock (one console session at a time)
-    TAPs        ``tap{vm_id}_{i}`` for interface ``eth{i}`` (15 chars at most);
-                on ``br-int`` with ``external_ids:cloud-repositorio=vm{vm_id}``
-    OpenFlow    rules on ``br-int`` with cookie ``0x4352000000000000 | vm_id``
+    TAPs        ``tap{vm_id}_{i}`` for interface ``eth{i}`` (15 chars at most), made
+                before QEMU starts; on ``br-int`` with
+                ``external_ids:cloud-repositorio=vm{vm_id}``, internet-VLAN TAPs
+                ``protected`` (no frame between two of them)
+    OpenFlow    the VM's rules on ``br-int`` (``vm_firewall``): cookie
+                ``0x4352_0000_<vm_id as 32 bits>``; a worker's trunk filter of the
+                internet VLAN: cookie ``0x4352_0001_<vlan>``
     VNC         TCP ``vnc_port`` = display ``vnc_port - 5900``; ports come from
                 5901 up, unique among the VMs in the database; password = the
                 VM's password
 
 On the network node, per link VLAN V
-    gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V, MAC
-                ``02:43:52:00:{V>>8:02x}:{V&255:02x}``,
-                ``external_ids:cloud-repositorio=vlan{V}``
+    gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V,
+                ``external_ids:cloud-repositorio=vlan{V}``, no IPv6 address
+    fixed MACs  a port of the node holding IPv4 address A.B.C.D (a gateway, a DHCP
+                server) has MAC ``02:00:AA:BB:CC:DD`` (``port_mac``): locally
+                administered, never a VM's ``52:54:00:...``, known to every worker
     DHCP        namespace ``ns-dhcp-vlan{V}``, veth ``dhcp{V}-o`` (on br-int,
                 tag V, same external_ids) / ``dhcp{V}-i`` (inside), dnsmasq with
                 ``/run/cloud-repositorio/dnsmasq-vlan{V}.{pid,leases,log}`` and
                 reservations in ``dnsmasq-vlan{V}.hosts.d/vm{vm_id}``; the marker
                 ``/run/cloud-repositorio/vlan{V}.owner`` says the VLAN is this system's
     isolation   iptables and ip6tables chains ``CR-FORWARD`` (forwarding only
-                VLAN 400 <-> uplink, nothing between gateways) and ``CR-INPUT``
-                (from a gateway port only ICMP to that port's own address, and
-                replies, reach the node itself)
+                VLAN 400 <-> uplink, nothing between gateways, nothing to the
+                management addresses) and ``CR-INPUT`` (from a gateway port only
+                ping to that port's own address, and replies, reach the node
+                itself; nothing at all over IPv6), marked ``cr-policy-<hash>``
     NAT         ``POSTROUTING -s <internet cidr> -o <uplink> -j MASQUERADE`` with
                 the comment ``cloud-repositorio``
     locks       ``/run/cloud-repositorio/{iptables,vlan400}.lock`` (flock)
@@ -82,7 +89,8 @@ MAX_VLAN = 4094
 INTERNET_VLAN = 400
 STATE_DIR = "/run/cloud-repositorio"
 MARK = "cloud-repositorio"          # OVS external_ids key, marker files, iptables comments
-FLOW_COOKIE_BASE = 0x4352000000000000
+FLOW_COOKIE_PREFIX = 0x4352 << 48    # "CR": this system's OpenFlow rules
+FLOW_COOKIE_VM, FLOW_COOKIE_TRUNK = 0, 1  # bits 32..47: what the low 32 bits name
 IMAGE_DIR = "~/vm_images"
 IFNAMSIZ = 15
 
@@ -211,9 +219,21 @@ def vm_mark(vm_id: int) -> str:
     return f"vm{vm_id}"
 
 
+def flow_cookie(kind: int, ident: int) -> int:
+    """An OpenFlow cookie of this system: the prefix, what it names, and that thing's number."""
+    if not 0 <= int(ident) <= 0xFFFFFFFF:
+        raise ValueError(f"ID {ident} does not fit a cookie")
+    return FLOW_COOKIE_PREFIX | (kind << 32) | int(ident)
+
+
 def vm_flow_cookie(vm_id: int) -> int:
-    """The OpenFlow cookie of a VM's rules on br-int."""
-    return FLOW_COOKIE_BASE | int(vm_id)
+    """The cookie of every OpenFlow rule of VM ``vm_id``."""
+    return flow_cookie(FLOW_COOKIE_VM, vm_id)
+
+
+def trunk_flow_cookie(vlan: int) -> int:
+    """The cookie of a worker's trunk filter of internet VLAN ``vlan``."""
+    return flow_cookie(FLOW_COOKIE_TRUNK, vlan)
 
 
 def tap_name(vm_id: int, index: int) -> str:
@@ -246,9 +266,9 @@ def gateway_port(vlan: int) -> str:
     return f"gw_vlan{vlan}"
 
 
-def gateway_mac(vlan: int) -> str:
-    """A fixed, locally administered MAC for ``gw_vlan{vlan}`` (never a VM's 52:54:00:...)."""
-    return f"02:43:52:00:{(vlan >> 8) & 0xFF:02x}:{vlan & 0xFF:02x}"
+def port_mac(ip: str) -> str:
+    """The fixed MAC of a network-node port holding IPv4 ``ip``: ``02:00:`` + the address bytes."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 def vlan_mark(vlan: int) -> str:

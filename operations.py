@@ -30,7 +30,7 @@ import sessions
 import vlan_manager
 import vm_launcher
 from access import as_int, authorized_slice, require_admin
-from hostcmd import HostCommand, join, q
+from hostcmd import HostCommand, q
 from inventory import Inventory, settle_in
 from lifecycle import launch_command, reservations_of
 from runner import Cancel, Progress, interrupts_cancel
@@ -60,24 +60,6 @@ class ActionOutcome:
         return self.ok, self.message
 
 
-def wire_command(vm: dict, bridge: str) -> HostCommand:
-    """Root script: put a running VM's TAPs back on br-int with their tags (idempotent)."""
-    vm_id = int(vm["vm_id"])
-    ovs = ["ovs-vsctl", "--timeout=10"]
-    ups = []
-    for idx, iface in enumerate(vm.get("interfaces") or []):
-        tap = naming.tap_name(vm_id, idx)
-        ups.append(f"ip link set {q(tap)} up")
-        if iface.get("vlan_id") is not None:
-            ovs += ["--", "--if-exists", "del-port", bridge, tap, "--", "add-port", bridge, tap,
-                    f"tag={int(iface['vlan_id'])}", "--", "set", "port", tap,
-                    f"external_ids:{naming.MARK}={naming.vm_mark(vm_id)}"]
-    script = "\n".join(["set -e", vm_launcher.ovs_preflight(vm["worker_ip"]), join(ovs) if len(ovs) > 2 else ":",
-                        *ups])
-    return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30, step=f"wire VM {vm_id} ({vm['name']})",
-                       action="wire_vm", target=vm_id)
-
-
 def reboot_command(vm: dict) -> HostCommand:
     """Root script: reset the VM's virtual machine over QMP (its QEMU process and disk stay)."""
     vm_id = int(vm["vm_id"])
@@ -98,23 +80,25 @@ def repair_plan(report: SliceReport, services: Services) -> list:
     bad = report.problems
     cmds = []
     bad_vlans = sorted({c.key.vlan for c in bad if c.key.kind in NODE_KINDS and c.key.vlan != internet_vlan})
-    cmds += [vlan_manager.vlan_up_command(node, v, bridge, internet_vlan, inet["uplink"]) for v in bad_vlans]
+    cmds += [vlan_manager.vlan_up_command(node, v, bridge, internet_vlan, inet["uplink"], config.management)
+             for v in bad_vlans]
     internet_bad = any((c.key.kind in NODE_KINDS and c.key.vlan == internet_vlan)
                        or c.key.kind in ("nat", "isolation", "reservation") for c in bad)
     if internet_bad and reservations_of(s, inet):
-        cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet)))
+        cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet), config.management))
     elif any(c.key.kind == "isolation" for c in bad) and s.get("links"):
         first = min(int(link["vlan_id"]) for link in s["links"])
         if first not in bad_vlans:
-            cmds.append(vlan_manager.vlan_up_command(node, first, bridge, internet_vlan, inet["uplink"]))
+            cmds.append(vlan_manager.vlan_up_command(node, first, bridge, internet_vlan, inet["uplink"],
+                                                     config.management))
     ctx = services.host_context()
     for vm in s.get("vms", []):
         vm_id = int(vm["vm_id"])
         mine = {c.key.kind for c in bad if c.key.vm_id == vm_id}
         if mine & {"qemu", "tap", "vmfiles"}:
             cmds.append(launch_command(vm, ctx, services.credentials))
-        elif "port" in mine:
-            cmds.append(wire_command(vm, bridge))
+        elif mine & {"port", "flows"}:
+            cmds.append(vm_launcher.wire_vm_command(vm, vm_launcher.LaunchSettings.of(config)))
     return cmds
 
 

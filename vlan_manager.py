@@ -33,6 +33,7 @@ import re
 from typing import Optional
 
 import naming
+import vm_firewall
 from hostcmd import HostCommand, join, q, stop_by_pidfile
 from resources import Found, HostContext, Key, Kind, int_or_none, register
 from vm_launcher import OVS_DOWN_EXIT, del_ports, ovs_alive, ovs_preflight
@@ -54,11 +55,13 @@ def _dnsmasq_running(vlan: int) -> str:
 
 
 def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int) -> list:
+    """Shell: the gateway port with its fixed MAC and address, and no IPv6 (set before it comes up)."""
     gw = naming.gateway_port(vlan)
     return [
         join([*OVS, "--may-exist", "add-port", bridge, gw, "--", "set", "interface", gw,
-              "type=internal", f"mac=\"{naming.gateway_mac(vlan)}\"", "--", "set", "port", gw, f"tag={vlan}",
+              "type=internal", f"mac=\"{naming.port_mac(gateway_ip)}\"", "--", "set", "port", gw, f"tag={vlan}",
               f"external_ids:{naming.MARK}={naming.vlan_mark(vlan)}"]),
+        vm_firewall.gateway_ipv6_off(gw),
         join(["ip", "addr", "replace", f"{gateway_ip}/{prefixlen}", "dev", gw]),
         join(["ip", "link", "set", gw, "up"]),
     ]
@@ -96,7 +99,8 @@ def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
     return [
         f"mkdir -p {q(files['hostsdir'])}",
         join(["ip", "netns", "add", ns]),
-        join(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside]),
+        join(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside,
+              "address", naming.port_mac(server_ip)]),
         join(["ip", "link", "set", inside, "netns", ns]),
         join([*OVS, "--", "--if-exists", "del-port", bridge, outside,
               "--", "add-port", bridge, outside, f"tag={vlan}",
@@ -122,35 +126,14 @@ def _vlan_marker_up(vlan: int) -> str:
     return f"printf '%s\\n' {q(naming.MARK)} > {q(naming.vlan_marker_file(vlan))}"
 
 
-def isolation_rules(internet_vlan: int, uplink: str) -> str:
-    """Shell: (re)load ``CR-FORWARD`` and ``CR-INPUT`` atomically and jump to them.
+def isolation_rules(internet_vlan: int, uplink: str, management=()) -> str:
+    """Shell: the node's isolation (IPv4 and IPv6 chains ``CR-FORWARD``/``CR-INPUT``), loaded if not in place.
 
-    Forwarding: only internet VLAN <-> uplink.  Input from any gateway port:
-    only ICMP to that port's own address (VMs may ping their gateway, not the
-    node's other addresses) and replies, so VMs never reach the network
-    node's own services.
+    Forwarding: only internet VLAN <-> uplink, never to ``management`` (the hosts' and the
+    manager's addresses).  From any gateway port only ping to that port's own address and replies
+    reach the node; over IPv6 nothing does.  See ``vm_firewall.node_policy``.
     """
-    gw400 = naming.gateway_port(internet_vlan)
-    fwd, inp = naming.FORWARD_CHAIN, naming.INPUT_CHAIN
-    rules = "\n".join([
-        "*filter",
-        f":{fwd} - [0:0]",
-        f":{inp} - [0:0]",
-        f"-A {fwd} -i {gw400} -o {uplink} -j ACCEPT",
-        f"-A {fwd} -i {uplink} -o {gw400} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        f"-A {fwd} -i gw_vlan+ -j DROP",
-        f"-A {fwd} -o gw_vlan+ -j DROP",
-        f"-A {inp} -i gw_vlan+ -p icmp -m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT",
-        f"-A {inp} -i gw_vlan+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        f"-A {inp} -i gw_vlan+ -j REJECT",
-        "COMMIT",
-        "",
-    ])
-    return _locked("iptables.lock", [
-        f"printf '%s' {q(rules)} | iptables-restore -w --noflush",
-        f"iptables -w -C FORWARD -j {fwd} 2>/dev/null || iptables -w -I FORWARD 1 -j {fwd}",
-        f"iptables -w -C INPUT -j {inp} 2>/dev/null || iptables -w -I INPUT 1 -j {inp}",
-    ])
+    return _locked("iptables.lock", [vm_firewall.node_policy(internet_vlan, uplink, management)])
 
 
 def isolation_teardown_if_unused() -> str:
@@ -164,11 +147,13 @@ def isolation_teardown_if_unused() -> str:
 
 
 def remove_isolation_rules() -> str:
-    """Shell: unhook and delete the isolation chains (idempotent)."""
+    """Shell: unhook and delete the isolation chains of both families (idempotent)."""
     lines = []
-    for chain, parent in ((naming.FORWARD_CHAIN, "FORWARD"), (naming.INPUT_CHAIN, "INPUT")):
-        lines.append(f"while iptables -w -D {parent} -j {chain} 2>/dev/null; do :; done; "
-                     f"iptables -w -F {chain} 2>/dev/null; iptables -w -X {chain} 2>/dev/null; true")
+    for tool in ("iptables", "ip6tables"):
+        for chain, parent in ((naming.FORWARD_CHAIN, "FORWARD"), (naming.INPUT_CHAIN, "INPUT")):
+            lines.append(f"while {tool} -w -D {parent} -j {chain} 2>/dev/null; do :; done; "
+                         f"{tool} -w -F {chain} 2>/dev/null; {tool} -w -X {chain} 2>/dev/null; true")
+        lines.append(f"rm -f {q(naming.STATE_DIR + '/policy-' + tool + '.sum')}")
     return "\n".join(lines)
 
 
@@ -187,7 +172,8 @@ def nat_rule_down(internet: dict) -> str:
     return f"while {join(['iptables', '-w', '-t', 'nat', '-D', *nat_rule_args(internet)])} 2>/dev/null; do :; done"
 
 
-def vlan_up_command(node: str, vlan: int, bridge: str, internet_vlan: int, uplink: str) -> HostCommand:
+def vlan_up_command(node: str, vlan: int, bridge: str, internet_vlan: int, uplink: str,
+                    management=()) -> HostCommand:
     """Root script: gateway + fresh DHCP namespace for link VLAN ``vlan`` (idempotent).
 
     A link is an L2 segment: its DHCP sends no router option, so a VM's default
@@ -198,7 +184,7 @@ def vlan_up_command(node: str, vlan: int, bridge: str, internet_vlan: int, uplin
     dhcp_range = f"{net['dhcp_start']},{net['dhcp_end']},255.255.255.0,12h"
     script = "\n".join(["set -e", ovs_preflight(node), f"mkdir -p {q(naming.STATE_DIR)}",
                         _vlan_marker_up(vlan),
-                        isolation_rules(internet_vlan, uplink),
+                        isolation_rules(internet_vlan, uplink, management),
                         *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"]),
                         *_dhcp_namespace_down(bridge, vlan),
                         *_dhcp_namespace_up(bridge, vlan, net["dhcp_server_ip"], net["prefixlen"],
@@ -221,7 +207,8 @@ def vlan_down_command(node: str, vlan: int, bridge: str) -> HostCommand:
                        action="vlan_down", target=vlan)
 
 
-def internet_up_command(node: str, internet: dict, bridge: str, reservations: list) -> HostCommand:
+def internet_up_command(node: str, internet: dict, bridge: str, reservations: list,
+                        management=()) -> HostCommand:
     """Root script: the shared internet VLAN (gateway, static-only DHCP, NAT), kept if running.
 
     ``reservations``: (vm_id, mac, ip) of the VMs of the slice being deployed.
@@ -239,12 +226,14 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
         _locked(f"vlan{vlan}.lock", [
             _vlan_marker_up(vlan),
             "sysctl -q -w net.ipv4.ip_forward=1",
-            isolation_rules(vlan, uplink),
+            isolation_rules(vlan, uplink, management),
             nat_rule_up(internet),
             *_gateway(bridge, vlan, internet["gateway"], net.prefixlen),
             *reservation_lines(vlan, reservations),
             f"if ! {_dnsmasq_running(vlan)} || ! ip netns exec {q(naming.dhcp_namespace(vlan))} true 2>/dev/null; then",
             *setup,
+            "else",
+            vm_firewall.node_internet_macs(bridge, vm_firewall.internet_edge(internet)),
             "fi",
         ]),
     ])
@@ -488,17 +477,22 @@ class IsolationRules(Kind):
     role = "node"
 
     def scan(self, ctx, host):
-        return f"iptables -w -S {naming.FORWARD_CHAIN} >/dev/null 2>&1 && echo 'isolation ipv4' || true"
+        chain = naming.FORWARD_CHAIN
+        return "\n".join([  # a node without IPv6 has nothing to protect over IPv6
+            f"iptables -w -S {chain} >/dev/null 2>&1 && echo 'isolation ipv4' || true",
+            f"if [ -e /proc/net/if_inet6 ]; then ip6tables -w -S {chain} >/dev/null 2>&1; "
+            f"else iptables -w -S {chain} >/dev/null 2>&1; fi && echo 'isolation ipv6' || true"])
 
     def parse(self, host, fields):
         return Found(Key(self.name, host, name=fields[0])) if fields else None
 
     def owned(self, view):
         if view.vlans(owned=True):
-            yield Key(self.name, view.config.network_node, name="ipv4")
+            yield from (Key(self.name, view.config.network_node, name=f) for f in ("ipv4", "ipv6"))
 
     def expected(self, view):
-        return {Key(self.name, view.config.network_node, name="ipv4"): ""} if view.vlans(owned=False) else {}
+        node = view.config.network_node
+        return {Key(self.name, node, name=f): "" for f in ("ipv4", "ipv6")} if view.vlans(owned=False) else {}
 
     def remove(self, ctx, host, keys):
         return [_locked("iptables.lock", [remove_isolation_rules()])]

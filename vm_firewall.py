@@ -64,13 +64,13 @@ from typing import Iterable, Optional
 
 import naming
 from hostcmd import join, q
+from resources import Found, Key, Kind, register
 
 # --- cookies ------------------------------------------------------------------------------------
 
-COOKIE_PREFIX = 0x4352 << 48          # "CR" in the top 16 bits: this system's flows
+COOKIE_PREFIX = naming.FLOW_COOKIE_PREFIX   # cookies: see naming
 COOKIE_PREFIX_MASK = 0xFFFF << 48
-KIND_VM = 0                           # bits 32..47: what the low 32 bits name
-KIND_TRUNK = 1
+KIND_VM, KIND_TRUNK = naming.FLOW_COOKIE_VM, naming.FLOW_COOKIE_TRUNK
 KIND_MASK = 0xFFFF << 32
 ID_MASK = 0xFFFFFFFF
 ALL_ONES = (1 << 64) - 1
@@ -88,20 +88,8 @@ MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow14"]   # bundles (atomic flow transactions) need OpenFlow 1.4
 
 
-def _cookie(kind: int, ident: int) -> int:
-    if not 0 <= int(ident) <= ID_MASK:
-        raise ValueError(f"ID {ident} does not fit a cookie")
-    return COOKIE_PREFIX | (kind << 32) | int(ident)
-
-
-def vm_cookie(vm_id: int) -> int:
-    """The cookie of every OpenFlow rule of VM ``vm_id``: ``0x4352_0000_<vm_id as 32 bits>``."""
-    return _cookie(KIND_VM, vm_id)
-
-
-def trunk_cookie(vlan: int) -> int:
-    """The cookie of a worker's trunk filter for internet VLAN ``vlan``: ``0x4352_0001_<vlan>``."""
-    return _cookie(KIND_TRUNK, vlan)
+vm_cookie = naming.vm_flow_cookie
+trunk_cookie = naming.trunk_flow_cookie
 
 
 def cookie_text(cookie: int) -> str:
@@ -115,13 +103,7 @@ def _cookie_match(cookie: int, mask: int = ALL_ONES) -> str:
 
 # --- addresses -----------------------------------------------------------------------------------
 
-def fixed_mac(ip: str) -> str:
-    """The fixed MAC of a network-node port holding IPv4 ``ip``: ``02:00:`` + the address bytes.
-
-    Locally administered, unicast, and never of the form ``52:54:00:...`` of VM MACs.
-    """
-    packed = ipaddress.IPv4Address(ip).packed
-    return "02:00:" + ":".join(f"{b:02x}" for b in packed)
+fixed_mac = naming.port_mac
 
 
 def _mac(mac: str) -> str:
@@ -476,7 +458,7 @@ def _load_chains(tool: str, rules: str) -> list:
     marker = policy_marker(rules)
     marked = rules.replace("COMMIT\n", f"-A {inp} -m comment --comment {marker}\nCOMMIT\n")
     ours = f"^-A ({fwd}|{inp}) |^-A (FORWARD -j {fwd}|INPUT -j {inp})$"
-    state = f"{tool}-save -t filter 2>/dev/null | grep -E -- {q(ours)}"
+    state = f"{tool}-save -t filter 2>/dev/null | grep -E -- {q(ours)} || true"  # "none" must not stop a set -e script
     sums = q(f"{naming.STATE_DIR}/policy-{tool}.sum")
     return [
         f"st=$({state})",
@@ -507,3 +489,85 @@ def node_policy(internet_vlan: int, uplink: str, management: Iterable[str] = ())
     """
     return "\n".join([*_load_chains("iptables", ipv4_isolation_rules(internet_vlan, uplink, management)),
                       node_ipv6_policy()])
+
+
+# --- kinds: the rules as host objects (scan, parser, owned/expected, removal) --------------------
+
+def _flow_scan_lines(ctx, kind_name: str) -> str:
+    """Shell: this system's flows on br-int, one ``<kind> <flow line>`` each (ports by name)."""
+    return f"{scan_rules(ctx.config.bridge)} 2>/dev/null | grep -F cookie= | sed 's/^ */{kind_name} /' || true"
+
+
+def _flow_of(fields: list) -> Optional[tuple]:
+    """(cookie, in_port or None) of one scanned flow line (its words)."""
+    entries = _scan_entries(" ".join(fields))
+    return entries[0] if entries else None
+
+
+@register
+class VMFlows(Kind):
+    """A VM's OpenFlow rules on its worker's br-int; detail ``stale`` when they name a port number
+    (the TAP was re-added and the rules no longer match it)."""
+
+    name = "flows"
+    label = "OpenFlow rules of VM"
+
+    def scan(self, ctx, host):
+        return _flow_scan_lines(ctx, self.name)
+
+    def parse(self, host, fields):
+        flow = _flow_of(fields)
+        if flow is None or flow[0] & (COOKIE_PREFIX_MASK | KIND_MASK) != COOKIE_PREFIX:
+            return None
+        cookie, port = flow
+        stale = port is not None and port.isdigit()
+        return Found(Key(self.name, host, vm_id=cookie & ID_MASK), "stale" if stale else "ok")
+
+    def owned(self, view):
+        return (Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"])) for vm in view.all_vms())
+
+    def expected(self, view):
+        return {Key(self.name, vm["worker_ip"], vm_id=int(vm["vm_id"])): "ok"
+                for vm in view.running_vms() if ports_of(vm)}
+
+    def remove(self, ctx, host, keys):
+        return [f"{remove_vm_rules(ctx.config.bridge, k.vm_id)} || true" for k in keys]
+
+    def describe(self, key):
+        return f"OpenFlow rules of VM {key.vm_id}"
+
+
+@register
+class TrunkFilter(Kind):
+    """A worker's filter of the internet VLAN on its trunk (only the gateway's frames come in)."""
+
+    name = "trunkfilter"
+    label = "trunk filter of VLAN"
+
+    def scan(self, ctx, host):
+        return _flow_scan_lines(ctx, self.name)
+
+    def parse(self, host, fields):
+        flow = _flow_of(fields)
+        if flow is None or flow[0] & (COOKIE_PREFIX_MASK | KIND_MASK) != COOKIE_PREFIX | (KIND_TRUNK << 32):
+            return None
+        return Found(Key(self.name, host, vlan=flow[0] & ID_MASK))
+
+    def _keys(self, view, vms):
+        vlan = int(view.config.internet["vlan"])
+        return {Key(self.name, vm["worker_ip"], vlan=vlan) for vm in vms
+                if vm["worker_ip"] != view.config.network_node
+                and any(p.vlan == vlan for p in ports_of(vm))}
+
+    def owned(self, view):
+        return self._keys(view, view.all_vms())
+
+    def expected(self, view):
+        return {k: "" for k in self._keys(view, view.running_vms())}
+
+    def remove(self, ctx, host, keys):
+        edge = internet_edge(ctx.config.internet)
+        return [f"{remove_worker_trunk_rules(ctx.config.bridge, edge)} || true" for _k in keys]
+
+    def describe(self, key):
+        return f"trunk filter of VLAN {key.vlan}"

@@ -15,10 +15,12 @@ launch script first removes the VM's leftovers with those same removals
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import naming
 import seed
+import vm_firewall
 from hostcmd import HostCommand, home_path, join, q, stop_by_pidfile, wait_gone
 from models import Flavor
 from resources import Found, HostContext, Key, Kind, int_or_none, register
@@ -279,6 +281,7 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
     taps = [naming.tap_name(vm_id, i) for i in range(count)]
     return [
         kill_vm(vm_id),
+        f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true",
         del_ports(bridge, taps),
         *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps),
         remove_vm_files(vm_id, keep_log),
@@ -316,38 +319,81 @@ def set_vnc_password(vm_id: int) -> str:
             "*) echo \"could not set the VNC password: $resp\" >&2; exit 6;; esac")
 
 
-def launch_vm_command(vm: dict, home: str, bridge: str, accel: str, internet_vlan: int = naming.INTERNET_VLAN,
-                      password: str = "", nice: int = 0) -> HostCommand:
-    """One root script on the VM's worker: clear leftovers, make the seed, start QEMU, wire the TAPs,
-    set the VNC password.  The VM's password comes on stdin.  Prints the QEMU pid as its last line.
-    ``nice``: the guest runs at that nice level (below the host's own daemons: sshd, OVS).
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What a VM's start script needs from the cluster config (builders stay pure)."""
+
+    bridge: str = "br-int"
+    accel: str = "kvm:tcg"
+    internet: dict = field(default_factory=lambda: {"vlan": naming.INTERNET_VLAN, "cidr": "10.60.7.0/24",
+                                                    "gateway": "10.60.7.1", "uplink": "ens3"})
+    network_node: str = ""
+    nice: int = 0
+
+    @classmethod
+    def of(cls, config) -> LaunchSettings:
+        return cls(config.bridge, config.qemu_accel, dict(config.internet), config.network_node,
+                   int(config.setting("qemu_nice")))
+
+    @property
+    def edge(self) -> vm_firewall.InternetEdge:
+        return vm_firewall.internet_edge(self.internet)
+
+
+def make_taps(vm: dict) -> list:
+    """Shell lines: every TAP of the VM made before QEMU (which attaches to them), still down."""
+    vm_id = int(vm["vm_id"])
+    return [f"ip tuntap add dev {q(naming.tap_name(vm_id, i))} mode tap vnet_hdr"
+            for i in range(len(_vm_interfaces(vm)))]
+
+
+def plug_ports(vm: dict, settings: LaunchSettings) -> list:
+    """Shell lines: the VM's TAPs that have a VLAN on br-int (tag, our external id, internet ones
+    ``protected``), then the VM's OpenFlow rules (with the worker's trunk filter); idempotent."""
+    vm_id, bridge, edge = int(vm["vm_id"]), settings.bridge, settings.edge
+    ovs = ["ovs-vsctl", "--timeout=10"]
+    for port in vm_firewall.ports_of(vm):
+        ovs += ["--", "--if-exists", "del-port", bridge, port.tap,
+                "--", "add-port", bridge, port.tap, f"tag={port.vlan}",
+                "--", "set", "port", port.tap, f"external_ids:{naming.MARK}={naming.vm_mark(vm_id)}",
+                *vm_firewall.port_columns(port, edge)]
+    return [
+        join(ovs) if len(ovs) > 2 else ":",
+        vm_firewall.vm_rules(bridge, vm, edge, trunk_filter=vm["worker_ip"] != settings.network_node),
+    ]
+
+
+def up_taps(vm: dict) -> list:
+    vm_id = int(vm["vm_id"])
+    return [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(_vm_interfaces(vm)))]
+
+
+def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: str) -> HostCommand:
+    """One root script on the VM's worker: clear leftovers, make the seed and the TAPs (on br-int with
+    their rules, still down), start QEMU on them, bring them up, set the VNC password.
+
+    The VM's password comes on stdin.  Prints the QEMU pid as its last line.  The guest runs at
+    ``settings.nice`` (below the host's own daemons: sshd, OVS).
     """
     if not password:
         raise ValueError("a VM is launched with its password (the script reads it on stdin)")
     vm_id = int(vm["vm_id"])
     worker = vm["worker_ip"]
     overlay = home_path(vm["qcow_image"], home)
-    ifaces = _vm_interfaces(vm)
-    ovs = ["ovs-vsctl", "--timeout=10"]
-    for idx, iface in enumerate(ifaces):
-        if iface.get("vlan_id") is not None:
-            tap = naming.tap_name(vm_id, idx)
-            ovs += ["--", "--if-exists", "del-port", bridge, tap,
-                    "--", "add-port", bridge, tap, f"tag={int(iface['vlan_id'])}",
-                    "--", "set", "port", tap, f"external_ids:{naming.MARK}={naming.vm_mark(vm_id)}"]
-    ups = [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(ifaces))]
     pidfile = q(naming.vm_pidfile(vm_id))
+    nice = ["nice", "-n", str(int(settings.nice))] if settings.nice else []
     script = "\n".join([
         PASSWORD_CHECK,
         "set -e",
         ovs_preflight(worker),
         f"mkdir -p {q(naming.STATE_DIR)} && chmod 700 {q(naming.STATE_DIR)}",
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
-        *vm_teardown(vm, bridge, keep_log=True),
-        *make_seed(vm, internet_vlan),
-        join((["nice", "-n", str(int(nice))] if nice else []) + qemu_argv(vm, overlay, accel)),
-        join(ovs) if len(ovs) > 2 else ":",
-        *ups,
+        *vm_teardown(vm, settings.bridge, keep_log=True),
+        *make_seed(vm, int(settings.internet["vlan"])),
+        *make_taps(vm),
+        *plug_ports(vm, settings),
+        join(nice + qemu_argv(vm, overlay, settings.accel)),
+        *up_taps(vm),
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
         set_vnc_password(vm_id),
@@ -366,3 +412,11 @@ def stop_vm_command(vm: dict, bridge: str, keep_log: bool = False) -> HostComman
     script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge, keep_log=keep_log)])
     return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30,
                        step=f"stop VM {vm_id} ({vm['name']})", action="stop_vm", target=vm_id)
+
+
+def wire_vm_command(vm: dict, settings: LaunchSettings) -> HostCommand:
+    """Root script: put a running VM's TAPs back on br-int with their tags and rules (idempotent)."""
+    vm_id = int(vm["vm_id"])
+    script = "\n".join(["set -e", ovs_preflight(vm["worker_ip"]), *plug_ports(vm, settings), *up_taps(vm)])
+    return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30, step=f"wire VM {vm_id} ({vm['name']})",
+                       action="wire_vm", target=vm_id)

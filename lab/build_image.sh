@@ -23,7 +23,7 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 GUEST="$SCRIPT_DIR/guest"
 OUTDIR=${1:-$REPO/lab/image}
 KFLAVOUR=${KFLAVOUR:-cloud-amd64}
-MODULES="virtio_pci virtio_net virtio_blk qemu_fw_cfg vfat nls_cp437 nls_ascii ${LAB_EXTRA_MODULES:-}"
+MODULES="virtio_pci virtio_net virtio_blk qemu_fw_cfg vfat nls_cp437 nls_ascii 8021q ${LAB_EXTRA_MODULES:-}"
 CMDLINE="console=tty0 console=ttyS0,115200 quiet ${LAB_CMDLINE_EXTRA:-}"
 CMDLINE=${CMDLINE% }
 IMAGE_NAME=labvm.qcow2

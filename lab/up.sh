@@ -98,6 +98,7 @@ flavor_images: {cirros: $IMAGE, ubuntu: $CLOUD_IMAGE}
 copy_timeout: 300
 qemu_accel: "kvm:tcg"
 qemu_nice: 10
+management_networks: [10.250.0.0/24]
 internet: {vlan: 400, cidr: 10.60.7.0/24, gateway: 10.60.7.1, uplink: uplink0}
 lab:
   root: $LAB_DIR

@@ -68,7 +68,7 @@ def test_link_vlan_made_checked_removed_twice(lab, svc):
     assert sh(lab, "netnode", f"ovs-vsctl get port gw_vlan{VLAN} tag").strip() == str(VLAN)
     assert f"{net['gateway_ip']}/24" in sh(lab, "netnode", f"ip -o -4 addr show dev gw_vlan{VLAN}")
     assert sh(lab, "netnode", f"ovs-vsctl get interface gw_vlan{VLAN} mac_in_use").strip().strip('"') \
-        == naming.gateway_mac(VLAN)
+        == naming.port_mac(net["gateway_ip"])
     assert f"ns-dhcp-vlan{VLAN}" in sh(lab, "netnode", "ip netns list")
     pidfile = naming.dnsmasq_files(VLAN)["pid"]
     pid = sh(lab, "netnode", f"cat {pidfile}").strip()
@@ -119,8 +119,7 @@ def test_vm_made_checked_removed_twice(lab, svc):
           "qcow_image": f"~/vm_images/{image}", "flavor": {"cores": 1, "ram_gb": 0.125},
           "interfaces": [{"name": "eth0", "mac": "52:54:00:86:1d:00", "vlan_id": None},
                          {"name": "eth1", "mac": "52:54:00:86:1d:01", "vlan_id": VLAN}]}
-    launch = vm_launcher.launch_vm_command(vm, home, svc.config.bridge, svc.config.qemu_accel,
-                                           password="Func2345")
+    launch = vm_launcher.launch_vm_command(vm, home, vm_launcher.LaunchSettings.of(svc.config), password="Func2345")
     pid = run(svc, launch).stdout.split()[-1]
     wname = next(n for n, ip in lab.hosts.items() if ip == worker)
     assert f"-name cr-vm{VM_ID},process=cr-vm{VM_ID}" in sh(lab, wname, f"tr '\\0' ' ' < /proc/{pid}/cmdline")

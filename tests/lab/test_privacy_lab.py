@@ -36,6 +36,7 @@ from labtools import STATE, console, host_of, leases, make_api, sh, wait_for_lea
 
 import naming
 import vm_firewall as fw
+from lifecycle import launch_command
 
 NODE_PORT = 2222          # a listener on "::" of the network node
 HTTP6_PID = "/tmp/cr-privacy-http6.pid"
@@ -352,7 +353,7 @@ def test_rules_are_reinstalled_when_the_vm_restarts_and_a_second_run_changes_not
     host = host_of(lab, vm["worker_ip"])
     before = sh(lab, host, f"ovs-vsctl get interface {naming.tap_name(vm['vm_id'], 0)} ofport").strip()
     for _ in range(2):                 # QEMU restart = the launch command again (new TAPs, new OpenFlow ports)
-        result = t.api.executor.run(t.api.vm_launcher.launch_command(vm))
+        result = t.api.executor.run(launch_command(vm, t.api.services.host_context(), t.api.services.credentials))
         assert result.ok, result.message()
     after = sh(lab, host, f"ovs-vsctl get interface {naming.tap_name(vm['vm_id'], 0)} ofport").strip()
     assert after != before

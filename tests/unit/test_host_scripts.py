@@ -46,7 +46,8 @@ def all_commands() -> list:
     every_key = [key for k in resources.kinds() for key in _sample_keys(k, config)]
     removals = reconcile.removal_commands(ctx, every_key)
     return scans + removals + [
-        vm_launcher.launch_vm_command(vm, "/home/ubuntu", "br-int", "kvm:tcg", password="Abc23456"),
+        vm_launcher.launch_vm_command(vm, "/home/ubuntu", vm_launcher.LaunchSettings(network_node="n"),
+                                      password="Abc23456"),
         vm_launcher.stop_vm_command(vm, "br-int"),
         vlan_manager.vlan_up_command("n", 100, "br-int", 400, "ens3"),
         vlan_manager.vlan_up_command("n", 4000, "br-int", 400, "ens3"),

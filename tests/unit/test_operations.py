@@ -18,8 +18,12 @@ def healthy_scans(ex, ids, crashed=(), dead_vlan=None):
     for i, (vm_id, worker) in enumerate(zip(ids, WORKERS)):
         lines = [] if vm_id in crashed else [f"qemu {vm_id} {4000 + i}", f"vmfiles vm{vm_id}.pid"]
         lines += [f"tap tap{vm_id}_0", f"tap tap{vm_id}_1", f"port tap{vm_id}_1 100"] if vm_id not in crashed else []
+        if vm_id not in crashed:
+            lines.append(f"flows cookie=0x4352{0:04x}{vm_id:08x}, priority=200,udp,in_port=tap{vm_id}_1,"
+                         "tp_src=67,tp_dst=68 actions=drop")
         if i == 0 and vm_id not in crashed:
             lines.append(f"port tap{vm_id}_0 400")
+            lines.append("trunkfilter cookie=0x4352000100000190, priority=50,dl_vlan=400 actions=drop")
         lines.append(f"overlay vm{i + 1}_img.qcow2")
         ex.answer("scan", host=worker, out="\n".join(lines) + "\n")
     node = []
@@ -27,7 +31,7 @@ def healthy_scans(ex, ids, crashed=(), dead_vlan=None):
         node += [f"vlan {vlan}", f"gateway {vlan} {gw}", f"namespace {vlan}",
                  f"dnsmasq {vlan} {'dead' if vlan == dead_vlan else 'alive'}"]
     node += [f"reservation {ids[0]}", "nat -A POSTROUTING -s 10.60.7.0/24 -o uplink0 -m comment "
-             "--comment cloud-repositorio -j MASQUERADE", "isolation ipv4"]
+             "--comment cloud-repositorio -j MASQUERADE", "isolation ipv4", "isolation ipv6"]
     ex.answer("scan", host=NODE, out="\n".join(node) + "\n")
 
 
