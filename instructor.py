@@ -24,17 +24,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import naming
 import passwords
 import roster
 import topology
-import topology_file
 from access import require_admin
 from inventory import Inventory
 from models import User
 from runner import Cancel, interrupts_cancel, interrupts_ignored
 from services import Services
-from slice_builder import INTERRUPTED, SliceBuilder, problems_text, recorded_type
+from slice_builder import INTERRUPTED, SliceBuilder, named_design, problems_text, recorded_type
 
 Say = Callable[[str], None]
 
@@ -197,15 +195,8 @@ class Instructor:
 
     @staticmethod
     def _topology(text: str, slice_name: Optional[str]) -> tuple:
-        design, problems = topology_file.parse_topology(text)
-        if problems:
-            return False, problems_text("The topology file", problems)
-        name = slice_name or design.name
-        if not name:
-            return False, "The topology file names no slice (name:): give the slices a name"
-        if not naming.valid_name(name):
-            return False, f"Invalid slice name: {naming.NAME_RULE}"
-        return True, design
+        ok, found = named_design(text, slice_name)
+        return (True, found[0]) if ok else (False, found)
 
     def _accounts(self, students: list, data: dict, password_file: Optional[str], report: RosterReport,
                   say: Say) -> tuple:

@@ -10,7 +10,9 @@ option 8 finds).
 """
 from __future__ import annotations
 
+import copy
 import logging
+from typing import Optional
 
 import sessions
 from access import authorized_slice
@@ -43,6 +45,24 @@ def settle_in(data: dict, slice_ids=None, reap: bool = True) -> list:
         log.warning("slice %s: rolled back %d VM(s) left pending by a dead session: %s",
                     sid, len(dead), sorted(dead_ids))
     return dropped
+
+
+def mark_in(data: dict, username: str, slice_id, status: str, allowed: Optional[tuple] = None) -> tuple:
+    """In a transaction's data: mark the user's (or an admin's) slice ``status`` for this session.
+
+    Refused when another live session works on it, or (``allowed``) when it is in another state.
+    Returns (True, a copy of the marked slice) or (False, why).
+    """
+    ok, s = authorized_slice(data, username, slice_id)
+    if not ok:
+        return False, s
+    if sessions.is_busy(s):
+        return False, f"Slice is {s['status']} in another session"
+    if allowed is not None and s.get("status") not in allowed:
+        return False, f"Slice {s['slice_id']} is {s.get('status')}: deploy it first"
+    s["busy"] = sessions.marker(s["status"])  # the status to go back to if this session dies
+    s["status"] = status
+    return True, copy.deepcopy(s)
 
 
 class Inventory:

@@ -27,7 +27,7 @@ import vlan_manager
 import vm_launcher
 from access import authorized_slice
 from hostcmd import CommandResult
-from inventory import Inventory, settle_in
+from inventory import Inventory, mark_in, settle_in
 from models import Slice
 from resources import HostContext
 from runner import Cancel, Progress, StepReport, interrupts_cancel, interrupts_ignored
@@ -268,15 +268,7 @@ class Lifecycle:
     def _reserve_for_delete(self, username: str, slice_id) -> tuple:
         with self.s.db.transaction() as data:
             dropped = settle_in(data, None)
-            ok, s = authorized_slice(data, username, slice_id)
-            if not ok:
-                return False, s, dropped
-            if sessions.is_busy(s):
-                return False, f"Slice is {s['status']} in another session", dropped
-            restore = s["status"]  # what the slice is if this delete does not finish
-            s["status"] = "deleting"
-            s["busy"] = sessions.marker(restore)
-            return True, copy.deepcopy(s), dropped
+            return (*mark_in(data, username, slice_id, "deleting"), dropped)
 
     def delete(self, username: str, slice_id, progress: Optional[Progress] = None) -> Outcome:
         """Delete a slice in any state: stop its VMs, tear its VLANs down, delete its overlays."""

@@ -19,19 +19,17 @@ worker's CPU and memory (capacity no longer counts it) and keeps its quota.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import capacity
 import naming
-import sessions
 import vlan_manager
 import vm_launcher
 from access import as_int, authorized_slice, require_admin
 from hostcmd import HostCommand, q
-from inventory import Inventory, settle_in
+from inventory import Inventory, mark_in, settle_in
 from lifecycle import launch_command, reservations_of
 from runner import Cancel, Progress, interrupts_cancel
 from services import Services
@@ -178,16 +176,7 @@ class Operations:
         """Owner/admin; the slice in one of ``allowed``; mark it ``status`` for this session."""
         with self.s.db.transaction() as data:
             dropped = settle_in(data, None)
-            ok, s = authorized_slice(data, username, slice_id)
-            if not ok:
-                return False, s, dropped
-            if sessions.is_busy(s):
-                return False, f"Slice is {s['status']} in another session", dropped
-            if s.get("status") not in allowed:
-                return False, f"Slice {s['slice_id']} is {s.get('status')}: deploy it first", dropped
-            s["busy"] = sessions.marker(s["status"])
-            s["status"] = status
-            return True, copy.deepcopy(s), dropped
+            return (*mark_in(data, username, slice_id, status, allowed), dropped)
 
     def _unmark(self, sid: int, status: str, vm_updates: dict) -> None:
         with self.s.db.transaction() as data:

@@ -169,14 +169,10 @@ class SliceBuilder:
 
         The slice records the template the file names (``topology_type``), or ``imported``.
         """
-        design, problems = topology_file.parse_topology(text)
-        if problems:
-            return False, problems_text("The topology file", problems)
-        name = slice_name or design.name
-        if not name:
-            return False, "The topology file names no slice (name:): give the slice a name"
-        if not naming.valid_name(name):
-            return False, f"Invalid slice name: {naming.NAME_RULE}"
+        ok, found = named_design(text, slice_name)
+        if not ok:
+            return False, found
+        design, name = found
         return self.build(actor, design, name, recorded_type(design), owner, progress)
 
     def export_slice(self, actor: str, slice_id, fmt: str = "yaml") -> tuple:
@@ -192,3 +188,16 @@ class SliceBuilder:
             return True, topology_file.export_topology(s)
         except topology.ExportError as e:
             return False, f"Cannot export slice {s['slice_id']}: {e}"
+
+
+def named_design(text: str, slice_name: Optional[str]) -> tuple:
+    """(True, (design, slice name)) from a topology file's text, or (False, its problems for people)."""
+    design, problems = topology_file.parse_topology(text)
+    if problems:
+        return False, problems_text("The topology file", problems)
+    name = slice_name or design.name
+    if not name:
+        return False, "The topology file names no slice (name:): give the slice a name"
+    if not naming.valid_name(name):
+        return False, f"Invalid slice name: {naming.NAME_RULE}"
+    return True, (design, name)

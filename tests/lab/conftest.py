@@ -239,3 +239,15 @@ def site(lab, tmp_path):
         assert api.db.all_slices() == {}
     finally:
         api.executor.close()
+
+
+@pytest.fixture
+def api(lab, tmp_path):
+    """The real product on the lab with a fresh database; every slice it holds is deleted afterwards."""
+    from labtools import make_api
+
+    api = make_api(lab, tmp_path / "database.yaml")
+    yield api
+    for s in api.db.all_slices().values():  # never leave a slice behind, whatever the test did
+        api.delete_slice(s["owner"], s["slice_id"])
+    api.executor.close()

@@ -9,8 +9,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-from labtools import LAB_DIR, assert_clean, host_of, make_api, sh
+from labtools import LAB_DIR, assert_clean, host_of, sh
 
 KILL_AT = """
 import os, signal, sys
@@ -33,15 +32,6 @@ def run_and_die(db_path, target: str, user: str, sid: int) -> int:
     root = str(LAB_DIR.parent)
     proc = subprocess.run([sys.executable, "-c", KILL_AT, root, str(db_path), target, user, str(sid)], timeout=120)
     return proc.returncode
-
-
-@pytest.fixture
-def api(lab, tmp_path):
-    api = make_api(lab, tmp_path / "database.yaml")
-    yield api
-    for s in api.db.all_slices().values():
-        api.delete_slice(s["owner"], s["slice_id"])
-    api.executor.close()
 
 
 def slice_with(api, name: str, n: int, internet: tuple = (), link: bool = True):

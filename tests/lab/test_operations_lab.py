@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import yaml
-from labtools import LAB_DIR, assert_clean, console, host_of, leases, make_api, serial_log, sh
+from labtools import LAB_DIR, assert_clean, console, host_of, leases, serial_log, sh
 
 import naming
 from config import ClusterConfig
@@ -14,15 +13,6 @@ from database import Database
 from deployment_api import DeploymentAPI
 from orchestrator_api import OrchestratorAPI
 from remote_executor import RemoteExecutor
-
-
-@pytest.fixture
-def api(lab, tmp_path):
-    api = make_api(lab, tmp_path / "database.yaml")
-    yield api
-    for s in api.db.all_slices().values():
-        api.delete_slice(s["owner"], s["slice_id"])
-    api.executor.close()
 
 
 def linked_slice(api, name: str, internet: bool = False):

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 from labtools import (
     STATE,
     assert_clean,
@@ -22,7 +21,6 @@ from labtools import (
     host_of,
     kill_manager_mid_deploy,
     leases,
-    make_api,
     rfb_banner,
     serial_log,
     sh,
@@ -31,16 +29,6 @@ from labtools import (
 )
 
 import naming
-
-
-@pytest.fixture
-def api(lab, tmp_path):
-    api = make_api(lab, tmp_path / "database.yaml")
-    yield api
-    # never leave a slice behind, whatever the test did
-    for s in api.db.all_slices().values():
-        api.delete_slice(s["owner"], s["slice_id"])
-    api.executor.close()
 
 
 def fetch_internet(lab) -> str:

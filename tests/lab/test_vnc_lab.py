@@ -1,18 +1,7 @@
 """VNC asks for the VM's password (SPEC §11): never 'None', a wrong password refused, the owner's opens it."""
 from __future__ import annotations
 
-import pytest
-from labtools import make_api
 from rfb import NONE, VNC_AUTH, security_types, try_password
-
-
-@pytest.fixture
-def api(lab, tmp_path):
-    api = make_api(lab, tmp_path / "database.yaml")
-    yield api
-    for s in api.db.all_slices().values():
-        api.delete_slice(s["owner"], s["slice_id"])
-    api.executor.close()
 
 
 def test_vnc_needs_the_vms_password(lab, api):

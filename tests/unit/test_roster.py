@@ -215,7 +215,7 @@ def test_a_bad_topology_refuses_the_whole_roster(tmp_path):
     assert not good and msg.startswith("The topology file has 1 problem") and "line 19: link 1: VM 'vm9' does not" \
                                                                                  " exist" in msg
     good, msg = api.import_roster("admin", "username\nalice\n", "csv", topology_text().replace("name: ring4\n", ""))
-    assert not good and msg == "The topology file names no slice (name:): give the slices a name"
+    assert not good and msg == "The topology file names no slice (name:): give the slice a name"
     assert open(db.path, "rb").read() == before and ex.commands == []
 
 
