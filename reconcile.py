@@ -97,8 +97,7 @@ def orphans_of(found: Iterable[Found], owned: set) -> list:
         if f.key in owned or f.key in seen:
             continue
         seen.add(f.key)
-        out.append(Orphan(f.key.host, resources.kind(f.key.kind).label, resources.kind(f.key.kind).describe(f.key),
-                          f.key))
+        out.append(Orphan(f.key.host, f.key.kind, resources.kind(f.key.kind).describe(f.key), f.key))
     return out
 
 

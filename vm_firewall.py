@@ -342,6 +342,30 @@ def _trunk_lines(edge: InternetEdge) -> list:
     return [f"delete {_cookie_match(trunk_cookie(edge.vlan))}"] + [f"add {f}" for f in trunk_flows(edge)]
 
 
+TRUNK_LOCK = f"{naming.STATE_DIR}/trunk.lock"
+
+
+def install_trunk_rules_locked(bridge: str, edge: InternetEdge) -> str:
+    """Root script: the worker's trunk filter, (re)installed under the worker's trunk lock.
+
+    Run after the VM's internet TAP is on the bridge: a VM stopping at the same moment either
+    sees that TAP and keeps the filter, or removes it before this reinstalls it.
+    """
+    return "\n".join(["(", "flock 9", worker_trunk_rules(bridge, edge), f") 9>{q(TRUNK_LOCK)}"])
+
+
+def remove_trunk_rules_if_unused(bridge: str) -> str:
+    """Root script: under the trunk lock, remove the worker's trunk filters once no internet TAP of
+    this system is left on the bridge (internet TAPs are the protected ones)."""
+    mask = COOKIE_PREFIX_MASK | KIND_MASK
+    ports = join(["ovs-vsctl", "--timeout=5", "--bare", "--columns=name", "find", "port", "protected=true",
+                  f"external_ids:{naming.MARK}!=none"])
+    remove = join(OFCTL + ["del-flows", bridge, _cookie_match(COOKIE_PREFIX | (KIND_TRUNK << 32), mask)])
+    return "\n".join(["(", "flock 9",
+                      f"if [ -z \"$({ports} 2>/dev/null)\" ]; then {remove} 2>/dev/null || true; fi",
+                      f") 9>{q(TRUNK_LOCK)}"])
+
+
 def remove_worker_trunk_rules(bridge: str, edge: InternetEdge) -> str:
     """Root script: delete a worker's trunk filter for the internet VLAN (idempotent)."""
     return join(OFCTL + ["del-flows", bridge, _cookie_match(trunk_cookie(edge.vlan))])

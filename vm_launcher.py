@@ -284,6 +284,7 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
         f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true",
         del_ports(bridge, taps),
         *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps),
+        f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}",
         remove_vm_files(vm_id, keep_log),
     ]
 
@@ -357,10 +358,10 @@ def plug_ports(vm: dict, settings: LaunchSettings) -> list:
                 "--", "add-port", bridge, port.tap, f"tag={port.vlan}",
                 "--", "set", "port", port.tap, f"external_ids:{naming.MARK}={naming.vm_mark(vm_id)}",
                 *vm_firewall.port_columns(port, edge)]
-    return [
-        join(ovs) if len(ovs) > 2 else ":",
-        vm_firewall.vm_rules(bridge, vm, edge, trunk_filter=vm["worker_ip"] != settings.network_node),
-    ]
+    lines = [join(ovs) if len(ovs) > 2 else ":", vm_firewall.vm_rules(bridge, vm, edge)]
+    if vm["worker_ip"] != settings.network_node and any(p.vlan == edge.vlan for p in vm_firewall.ports_of(vm)):
+        lines.append(vm_firewall.install_trunk_rules_locked(bridge, edge))
+    return lines
 
 
 def up_taps(vm: dict) -> list:

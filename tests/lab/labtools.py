@@ -159,3 +159,25 @@ def forget_slice_by_hand(db, sid: int) -> None:
         user = data["users"][s["owner"]]
         user["slices"] = [x for x in user["slices"] if int(x) != sid]
         user["used_vms"] -= len(s["vms"])
+
+
+def kill_sshd(lab, host: str) -> None:
+    """Make a host unreachable over SSH: its sshd and every session killed, until connections are refused."""
+    probe = f"timeout 1 bash -c 'exec 3<>/dev/tcp/{lab.hosts[host]}/22'"
+    for _ in range(100):
+        sh(lab, host, "kill -9 $(pgrep -x sshd) 2>/dev/null; true")
+        if lab.exec(host, probe).returncode != 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"sshd of {host} keeps answering")
+
+
+def restart_sshd(lab, host: str) -> None:
+    """Start a host's sshd again (as lab/host_init.sh does) and wait until it answers."""
+    sh(lab, host, f"/usr/sbin/sshd -f /run/crlab/hosts/{host}/sshd_config -E /run/crlab/hosts/{host}/log/sshd.log")
+    probe = f"timeout 1 bash -c 'exec 3<>/dev/tcp/{lab.hosts[host]}/22'"
+    for _ in range(100):
+        if lab.exec(host, probe).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"sshd of {host} did not come back")

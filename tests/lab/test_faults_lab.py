@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from labtools import LAB_DIR, assert_clean, host_of, sh
+from labtools import LAB_DIR, assert_clean, host_of, kill_sshd, restart_sshd, sh
 
 KILL_AT = """
 import os, signal, sys
@@ -85,15 +85,6 @@ def test_a_vm_half_added_by_a_dead_session_is_rolled_back(lab, api):
     assert ok, msg
 
 
-def restart_sshd(lab, host: str) -> None:
-    sh(lab, host, f"/usr/sbin/sshd -f /run/crlab/hosts/{host}/sshd_config -E /run/crlab/hosts/{host}/log/sshd.log")
-    for _ in range(100):
-        if lab.exec(host, f"timeout 1 bash -c 'exec 3<>/dev/tcp/{lab.hosts[host]}/22'").returncode == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"sshd of {host} did not come back")
-
-
 def test_rollback_visits_every_reachable_worker_when_one_dies_mid_deploy(lab, api):
     sid, vms = slice_with(api, "spread", 3)
     assert len({vm["worker_ip"] for vm in vms}) == 3
@@ -102,7 +93,7 @@ def test_rollback_visits_every_reachable_worker_when_one_dies_mid_deploy(lab, ap
     def kill_sshd_after_network(event):
         if event["phase"] == "network" and event["ok"] and not killed:
             killed.append(dead)
-            sh(lab, dead, "kill $(pgrep -x sshd) 2>/dev/null; true")  # listener and every session
+            kill_sshd(lab, dead)  # listener and every session
 
     killed: list = []
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import yaml
-from labtools import LAB_DIR, assert_clean, console, host_of, leases, serial_log, sh
+from labtools import LAB_DIR, assert_clean, console, host_of, kill_sshd, leases, restart_sshd, serial_log, sh
 
 import naming
 from config import ClusterConfig
@@ -115,7 +115,7 @@ def test_stop_and_start_keep_the_disk_and_reboot_keeps_the_process(lab, api):
 def test_an_unreachable_worker_shows_in_the_cluster_view_and_in_status(lab, api):
     sid, vms, _vlan = linked_slice(api, "reach")
     dead = host_of(lab, vms[0]["worker_ip"])
-    sh(lab, dead, "kill $(pgrep -x sshd) 2>/dev/null; true")
+    kill_sshd(lab, dead)
     try:
         api.executor.close()
         ok, view = api.cluster_view("admin")
@@ -129,8 +129,7 @@ def test_an_unreachable_worker_shows_in_the_cluster_view_and_in_status(lab, api)
         assert ok and report.reachable[vms[0]["worker_ip"]] is not True
         assert report.vm_state(report.slice["vms"][0]) == "unreachable"
     finally:
-        sh(lab, dead, f"/usr/sbin/sshd -f /run/crlab/hosts/{dead}/sshd_config -E /run/crlab/hosts/{dead}/log/sshd.log")
-        time.sleep(0.5)
+        restart_sshd(lab, dead)
 
 
 def test_with_small_capacity_a_slice_that_cannot_fit_is_refused_and_nothing_is_made(lab, tmp_path):
