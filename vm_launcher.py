@@ -271,22 +271,24 @@ def remove_vm_files(vm_id: int, keep_log: bool = False) -> str:
     return "rm -f " + " ".join(q(f) for f in files)
 
 
-def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log: bool = False) -> list:
+def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log: bool = False,
+                rules: bool = True) -> list:
     """Shell lines that remove everything of a VM on its worker except its disk (idempotent).
 
     ``keep_log``: keep the serial log (a VM stopped or restarted keeps what it printed).
+    ``rules=False`` (a relaunch): leave the VM's OpenFlow rules to the launch, which replaces them
+    in one atomic bundle.
     """
     vm_id = int(vm["vm_id"])
     count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
     taps = [naming.tap_name(vm_id, i) for i in range(count)]
-    return [
-        kill_vm(vm_id),
-        f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true",
-        del_ports(bridge, taps),
-        *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps),
-        f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}",
-        remove_vm_files(vm_id, keep_log),
-    ]
+    lines = [kill_vm(vm_id)]
+    if rules:
+        lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true")
+    lines += [del_ports(bridge, taps), *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps)]
+    if rules:
+        lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}")
+    return [*lines, remove_vm_files(vm_id, keep_log)]
 
 
 PASSWORD_CHECK = ("IFS= read -r pw || true\n"
@@ -350,7 +352,8 @@ def make_taps(vm: dict) -> list:
 
 def plug_ports(vm: dict, settings: LaunchSettings) -> list:
     """Shell lines: the VM's TAPs that have a VLAN on br-int (tag, our external id, internet ones
-    ``protected``), then the VM's OpenFlow rules (with the worker's trunk filter); idempotent."""
+    ``protected``), then the VM's OpenFlow rules in one atomic bundle, with the worker's trunk filter
+    (under the worker's trunk lock) when the VM has an internet port; idempotent."""
     vm_id, bridge, edge = int(vm["vm_id"]), settings.bridge, settings.edge
     ovs = ["ovs-vsctl", "--timeout=10"]
     for port in vm_firewall.ports_of(vm):
@@ -358,10 +361,11 @@ def plug_ports(vm: dict, settings: LaunchSettings) -> list:
                 "--", "add-port", bridge, port.tap, f"tag={port.vlan}",
                 "--", "set", "port", port.tap, f"external_ids:{naming.MARK}={naming.vm_mark(vm_id)}",
                 *vm_firewall.port_columns(port, edge)]
-    lines = [join(ovs) if len(ovs) > 2 else ":", vm_firewall.vm_rules(bridge, vm, edge)]
-    if vm["worker_ip"] != settings.network_node and any(p.vlan == edge.vlan for p in vm_firewall.ports_of(vm)):
-        lines.append(vm_firewall.install_trunk_rules_locked(bridge, edge))
-    return lines
+    trunk = vm["worker_ip"] != settings.network_node and any(p.vlan == edge.vlan for p in vm_firewall.ports_of(vm))
+    rules = vm_firewall.vm_rules(bridge, vm, edge, trunk_filter=trunk)
+    if trunk:
+        rules = "\n".join(["(", "flock 9", rules, f") 9>{q(vm_firewall.TRUNK_LOCK)}"])
+    return [join(ovs) if len(ovs) > 2 else ":", rules]
 
 
 def up_taps(vm: dict) -> list:
@@ -389,11 +393,14 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         ovs_preflight(worker),
         f"mkdir -p {q(naming.STATE_DIR)} && chmod 700 {q(naming.STATE_DIR)}",
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
-        *vm_teardown(vm, settings.bridge, keep_log=True),
+        *vm_teardown(vm, settings.bridge, keep_log=True, rules=False),
         *make_seed(vm, int(settings.internet["vlan"])),
         *make_taps(vm),
-        *plug_ports(vm, settings),
+        # while QEMU starts: the TAPs stay down until both end; a failing script still waits for it (trap)
+        "(", *plug_ports(vm, settings), ") & wiring=$!",
+        "trap 'wait \"$wiring\" 2>/dev/null || true' EXIT",
         join(nice + qemu_argv(vm, overlay, settings.accel)),
+        "wait \"$wiring\" || { echo 'could not put the VM on br-int with its rules' >&2; exit 8; }",
         *up_taps(vm),
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
