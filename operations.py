@@ -209,7 +209,7 @@ class Operations:
         if not ok:
             self._unmark(int(s["slice_id"]), previous, {})
             return False, vms
-        cmds = [vm_launcher.stop_vm_command(vm, self.s.config.bridge, keep_log=True) for vm in vms]
+        cmds = [vm_launcher.stop_vm_command(vm, self.s.config.bridge, keep_log=True, graceful=True) for vm in vms]
         outcome, results = self._run(cmds, "stop", progress)
         stopped = {c.target: ("stopped", None) for c, r in results if r.ok}
         whole = vm_id is None or all(v["vm_id"] in stopped or v.get("status") == "stopped" for v in s["vms"])

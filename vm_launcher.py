@@ -242,12 +242,15 @@ def del_ports(bridge: str, ports: list) -> str:
     return f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true"
 
 
-def kill_vm(vm_id: int) -> str:
-    """Shell: end the VM's QEMU (the pid file's process, checked against its command line), disks written out.
+def kill_vm(vm_id: int, graceful: bool = True) -> str:
+    """Shell: end the VM's QEMU (the pid file's process, checked against its command line).
 
-    QMP ``quit`` makes QEMU flush its disks (a guest's last writes may still sit in QEMU's qcow2
-    caches: a plain SIGKILL loses them) and exit; SIGKILL follows if it has not ended within 5 s.
+    ``graceful``: QMP ``quit`` first, so QEMU writes its disks out (a guest's last writes may still
+    sit in QEMU's qcow2 caches: a plain SIGKILL loses them) and exits; SIGKILL follows if it has
+    not ended within 5 s.  Not graceful (the disk is about to be deleted): SIGKILL at once.
     """
+    if not graceful:
+        return stop_by_pidfile(naming.vm_pidfile(vm_id), _qemu_marker(vm_id), signal="KILL", wait_s=STOP_WAIT_S)
     qmp = naming.vm_qmp_socket(vm_id)
     quit_ = (f"{{ [ -S {q(qmp)} ] && printf '%s\\n' '{{\"execute\":\"qmp_capabilities\"}}' "
              f"'{{\"execute\":\"quit\"}}' | timeout 3 socat -t 3 - {q('UNIX-CONNECT:' + qmp)} >/dev/null 2>&1; }}")
@@ -263,7 +266,7 @@ def qemu_pattern(vm_id: Optional[int] = None) -> str:
 def kill_vm_everywhere(vm_id: int) -> str:
     """Shell: SIGKILL every QEMU running as this VM, pid file or not (orphan cleanup); wait."""
     return (f"for pid in $(pgrep -f -- {q(qemu_pattern(vm_id))}); do kill -9 \"$pid\" 2>/dev/null; "
-            f"{wait_gone(STOP_WAIT_S)}; done; " + kill_vm(vm_id))
+            f"{wait_gone(STOP_WAIT_S)}; done; " + kill_vm(vm_id, graceful=False))
 
 
 def remove_vm_files(vm_id: int, keep_log: bool = False) -> str:
@@ -272,17 +275,17 @@ def remove_vm_files(vm_id: int, keep_log: bool = False) -> str:
 
 
 def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log: bool = False,
-                rules: bool = True) -> list:
+                rules: bool = True, graceful: bool = True) -> list:
     """Shell lines that remove everything of a VM on its worker except its disk (idempotent).
 
     ``keep_log``: keep the serial log (a VM stopped or restarted keeps what it printed).
     ``rules=False`` (a relaunch): leave the VM's OpenFlow rules to the launch, which replaces them
-    in one atomic bundle.
+    in one atomic bundle.  ``graceful``: see ``kill_vm``.
     """
     vm_id = int(vm["vm_id"])
     count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
     taps = [naming.tap_name(vm_id, i) for i in range(count)]
-    lines = [kill_vm(vm_id)]
+    lines = [kill_vm(vm_id, graceful)]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true")
     lines += [del_ports(bridge, taps), *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps)]
@@ -411,13 +414,14 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
                        action="start_vm", target=vm_id, stdin=password)
 
 
-def stop_vm_command(vm: dict, bridge: str, keep_log: bool = False) -> HostCommand:
-    """Root script: kill the VM, remove its TAPs and state files (idempotent; works with OVS down).
+def stop_vm_command(vm: dict, bridge: str, keep_log: bool = False, graceful: bool = False) -> HostCommand:
+    """Root script: end the VM, remove its TAPs, rules and state files (idempotent; works with OVS down).
 
-    ``keep_log``: a VM that is only stopped keeps its serial log.
+    ``keep_log``: a VM that is only stopped keeps its serial log.  ``graceful``: its disk is kept and
+    must hold the guest's last writes (see ``kill_vm``); a delete or a rollback needs neither.
     """
     vm_id = int(vm["vm_id"])
-    script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge, keep_log=keep_log)])
+    script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge, keep_log=keep_log, graceful=graceful)])
     return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30,
                        step=f"stop VM {vm_id} ({vm['name']})", action="stop_vm", target=vm_id)
 

@@ -308,6 +308,22 @@ class SSHServer:
         with self._lock:
             self.commands.append(command)
         transport = chan.get_transport()
+        ended = threading.Event()
+        close = chan.close
+
+        def end_session() -> None:
+            # The session ends for the count before the client can see its channel close; counted
+            # after, a client that opens its next session at once would be seen above its limit.
+            if not ended.is_set():
+                ended.set()
+                with self._lock:
+                    self.sessions -= 1
+
+        def close_and_count() -> None:
+            end_session()
+            close()
+
+        chan.close = close_and_count
         try:
             transport.reply_sent(chan).wait(30)
             transport.forget_reply(chan)
@@ -318,8 +334,7 @@ class SSHServer:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 send_reply(chan, 255, err=traceback.format_exc().encode())
         finally:
-            with self._lock:
-                self.sessions -= 1
+            end_session()
 
 
 def _serve_forever() -> None:
