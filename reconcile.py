@@ -112,21 +112,46 @@ def pending_orphans(data: dict) -> list:
     return out
 
 
+# Script characters per removal command.  sshd hands the whole command line to the login shell as
+# one argument, and Linux refuses one argument over 128 KiB; quoting may multiply a script's size.
+REMOVAL_SCRIPT_BUDGET = 20_000
+KEYS_PER_REMOVAL = 40
+
+
+def _removal_chunks(ctx: HostContext, host: str, by_kind: dict) -> list:
+    """(lines, key count) per group of at most ``KEYS_PER_REMOVAL`` keys of one kind, in kind order."""
+    chunks = []
+    for name in [k.name for k in resources.kinds() if k.name in by_kind]:
+        keys = sorted(by_kind[name])
+        for i in range(0, len(keys), KEYS_PER_REMOVAL):
+            group = keys[i:i + KEYS_PER_REMOVAL]
+            chunks.append((resources.kind(name).remove(ctx, host, group), len(group)))
+    return chunks
+
+
+def _removal_command(host: str, lines: list, count: int) -> HostCommand:
+    return HostCommand(host, "\n".join([*lines, "true"]), sudo=True, timeout=120,
+                       step=f"remove {count} orphan(s)", action="remove_orphans", target=host)
+
+
 def removal_commands(ctx: HostContext, keys: list) -> list:
-    """One root command per host removing exactly ``keys`` (each kind's removal, deduplicated)."""
+    """Root commands removing exactly ``keys`` (each kind's removal, deduplicated): one per host,
+    or several when a host has more than ``REMOVAL_SCRIPT_BUDGET`` characters of script to run."""
     by_host: dict = defaultdict(lambda: defaultdict(list))
     for key in keys:
         by_host[key.host][key.kind].append(key)
     cmds = []
     for host, by_kind in by_host.items():
         lines: list = []
-        for name in [k.name for k in resources.kinds() if k.name in by_kind]:
-            for line in resources.kind(name).remove(ctx, host, sorted(by_kind[name])):
-                if line not in lines:
-                    lines.append(line)
-        cmds.append(HostCommand(host, "\n".join([*lines, "true"]), sudo=True, timeout=120,
-                                step=f"remove {sum(len(v) for v in by_kind.values())} orphan(s)",
-                                action="remove_orphans", target=host))
+        count = 0
+        for chunk, n in _removal_chunks(ctx, host, by_kind):
+            new = [line for line in dict.fromkeys(chunk) if line not in lines]
+            if lines and sum(map(len, lines + new)) > REMOVAL_SCRIPT_BUDGET:
+                cmds.append(_removal_command(host, lines, count))
+                lines, count, new = [], 0, list(dict.fromkeys(chunk))
+            lines += new
+            count += n
+        cmds.append(_removal_command(host, lines, count))
     return cmds
 
 

@@ -54,13 +54,30 @@ def _dnsmasq_running(vlan: int) -> str:
             f"tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {q('--pid-file=' + pidfile)}; }}")
 
 
+PORT_WAIT_S = 30
+
+
+def _wait_for_device(dev: str) -> str:
+    """Shell: wait until Open vSwitch has made the internal port ``dev`` (exit 70 after ``PORT_WAIT_S``).
+
+    Port adds on the node use ``--no-wait``: the client does not wait for vswitchd's whole
+    reconfiguration, whose cost grows with every port on the bridge, and vswitchd applies the
+    transactions of parallel steps in one pass.  Only the device itself is needed here.
+    """
+    tries = PORT_WAIT_S * 20
+    return (f"n=0; until ip link show dev {q(dev)} >/dev/null 2>&1; do [ $n -lt {tries} ] || "
+            f"{{ echo {q(f'Open vSwitch did not create {dev} within {PORT_WAIT_S} s')} >&2; exit 70; }}; "
+            f"sleep 0.05; n=$((n+1)); done")
+
+
 def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int) -> list:
     """Shell: the gateway port with its fixed MAC and address, and no IPv6 (set before it comes up)."""
     gw = naming.gateway_port(vlan)
     return [
-        join([*OVS, "--may-exist", "add-port", bridge, gw, "--", "set", "interface", gw,
+        join([*OVS, "--no-wait", "--may-exist", "add-port", bridge, gw, "--", "set", "interface", gw,
               "type=internal", f"mac=\"{naming.port_mac(gateway_ip)}\"", "--", "set", "port", gw, f"tag={vlan}",
               f"external_ids:{naming.MARK}={naming.vlan_mark(vlan)}"]),
+        _wait_for_device(gw),
         vm_firewall.gateway_ipv6_off(gw),
         join(["ip", "addr", "replace", f"{gateway_ip}/{prefixlen}", "dev", gw]),
         join(["ip", "link", "set", gw, "up"]),
@@ -79,6 +96,19 @@ def _dhcp_namespace_down(bridge: str, vlan: int, keep_reservations: bool = False
         f"ip link del {q(outside)} 2>/dev/null || true",
         f"rm -rf {q(files['leases'])} {q(files['log'])}{hostsdir}",
     ]
+
+
+# Every dnsmasq watches its hosts directory through an inotify instance of its own; the kernel's
+# default of 128 instances per user stops a node at about 128 links ("failed to create inotify").  One per
+# possible VLAN, twice over.
+INOTIFY_INSTANCES = 2 * 4096
+
+
+def inotify_room() -> str:
+    """Shell: raise the node's inotify instances per user to ``INOTIFY_INSTANCES`` (never lower)."""
+    sysctl = "/proc/sys/fs/inotify/max_user_instances"
+    return (f"[ \"$(cat {sysctl} 2>/dev/null || echo 0)\" -ge {INOTIFY_INSTANCES} ] || "
+            f"sysctl -q -w fs.inotify.max_user_instances={INOTIFY_INSTANCES} || true")
 
 
 def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
@@ -102,13 +132,14 @@ def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
         join(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside,
               "address", naming.port_mac(server_ip)]),
         join(["ip", "link", "set", inside, "netns", ns]),
-        join([*OVS, "--", "--if-exists", "del-port", bridge, outside,
+        join([*OVS, "--no-wait", "--", "--if-exists", "del-port", bridge, outside,
               "--", "add-port", bridge, outside, f"tag={vlan}",
               "--", "set", "port", outside, f"external_ids:{naming.MARK}={naming.vlan_mark(vlan)}"]),
         join(["ip", "link", "set", outside, "up"]),
         join(nsexec + ["ip", "link", "set", "lo", "up"]),
         join(nsexec + ["ip", "addr", "add", f"{server_ip}/{prefixlen}", "dev", inside]),
         join(nsexec + ["ip", "link", "set", inside, "up"]),
+        inotify_room(),
         join(dnsmasq),
         _dnsmasq_running(vlan) + " || { echo 'dnsmasq did not start' >&2; exit 4; }",
     ]

@@ -180,3 +180,23 @@ def test_removal_commands_are_root_and_one_per_host():
     assert all(c.sudo for c in cmds)
     w = next(c for c in cmds if c.host == WORKERS[0]).script
     assert "rm -f /home/ubuntu/vm_images/a_img.qcow2 /home/ubuntu/vm_images/a_img.qcow2.owner" in w
+
+
+def test_a_thousand_orphans_are_removed_in_commands_a_login_shell_accepts():
+    # 1,654 leftovers on one node once made a single command line that sshd could not run.
+    from fakes import FakeExecutor
+    from remote_executor import RemoteExecutor
+    config = FakeExecutor().config
+    ctx = HostContext(config, {h: "/home/ubuntu" for h in config.hosts})
+    keys = [Key(kind, NODE, vlan=v) for v in range(1000, 1500) for kind in ("vlan", "namespace", "dnsmasq")]
+    keys += [Key("reservation", NODE, vm_id=100000 + i) for i in range(100)]
+    cmds = reconcile.removal_commands(ctx, keys)
+    assert len(cmds) > 1 and {c.host for c in cmds} == {NODE}
+    render = RemoteExecutor.__new__(RemoteExecutor)
+    render.config = config
+    assert max(len(render.render(c)) for c in cmds) < 128 * 1024
+    assert sum(int(c.step.split()[1]) for c in cmds) == len(keys)
+    every = "\n".join(c.script for c in cmds)
+    for v in (1000, 1250, 1499):
+        assert f"ip netns del ns-dhcp-vlan{v} " in every
+    assert "vm100099" in every
