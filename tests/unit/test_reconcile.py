@@ -185,6 +185,7 @@ def test_removal_commands_are_root_and_one_per_host():
 def test_a_thousand_orphans_are_removed_in_commands_a_login_shell_accepts():
     # 1,654 leftovers on one node once made a single command line that sshd could not run.
     from fakes import FakeExecutor
+
     from remote_executor import RemoteExecutor
     config = FakeExecutor().config
     ctx = HostContext(config, {h: "/home/ubuntu" for h in config.hosts})
