@@ -20,7 +20,7 @@
 # systemd-networkd (cloud-init's networkd renderer: network-config v2 `match: macaddress` + `set-name`,
 # `dhcp4-overrides`), systemd-resolved, openssh-server (ed25519 host key made at first boot), a serial
 # getty on ttyS0 that starts once cloud-init has applied the seed (so the login prompt means the seed's
-# password works). Kernel command line: console=tty0 console=ttyS0,115200 net.ifnames=0 (NICs are ethN).
+# password works). Kernel command line: no_timer_check console=tty0 console=ttyS0,115200 net.ifnames=0 (NICs are ethN).
 # Environment: CLOUD_DISK_MIB (virtual disk size, default 2048).
 set -euo pipefail
 
@@ -33,7 +33,10 @@ SUITE=bookworm
 IMAGE_NAME=cloudvm.qcow2
 DISK_MIB=${CLOUD_DISK_MIB:-2048}
 ROOT_LABEL=cloudroot
-CMDLINE="root=LABEL=$ROOT_LABEL rw console=tty0 console=ttyS0,115200 net.ifnames=0"
+# no_timer_check: on a host busy with many TCG guests the kernel's boot-time check of the
+# IO-APIC timer can miss its deadline and panic ("IO-APIC + timer doesn't work"); cloud
+# images boot with it for the same reason.
+CMDLINE="root=LABEL=$ROOT_LABEL rw no_timer_check console=tty0 console=ttyS0,115200 net.ifnames=0"
 # What the image holds. No ifupdown/netplan: cloud-init then renders for systemd-networkd (part of systemd).
 PACKAGES=(
     linux-image-cloud-amd64 initramfs-tools systemd-sysv udev systemd-resolved cloud-init
