@@ -59,9 +59,17 @@ def design(api, n_vms: int, chain: int) -> int:
     return sid
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent busy (every core, every host of the lab) since boot."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(n_vms: int, chain: int, runs: int) -> tuple:
-    """(median s until deploy_slice returned, workers used) over ``runs`` runs."""
-    times, workers = [], set()
+    """(median s until deploy_slice returned, workers used, median busy CPU s meanwhile) over ``runs``."""
+    times, cpu, workers = [], [], set()
     with tempfile.TemporaryDirectory() as tmp:
         api = make_api(os.path.join(tmp, "db.yaml"))
         with api.db.transaction() as data:
@@ -69,14 +77,15 @@ def measure(n_vms: int, chain: int, runs: int) -> tuple:
         for _ in range(runs):
             sid = design(api, n_vms, chain)
             workers = {vm["worker_ip"] for vm in api.db.get_slice(sid)["vms"]}
-            t0 = time.monotonic()
+            c0, t0 = busy_cpu_s(), time.monotonic()
             ok, msg = api.deploy_slice("admin", sid)
             times.append(time.monotonic() - t0)
+            cpu.append(busy_cpu_s() - c0)
             assert ok, msg
             ok, msg = api.delete_slice("admin", sid)
             assert ok, msg
         api.executor.close()
-    return statistics.median(times), len(workers)
+    return statistics.median(times), len(workers), statistics.median(cpu)
 
 
 def main() -> int:
@@ -87,16 +96,20 @@ def main() -> int:
     try:
         for workers, n_vms in ((3, 6), (8, 24)):
             lab_up(workers)
-            t, used = measure(n_vms, 6, args.runs)
-            rows.append((workers, n_vms, used, t))
+            t, used, cpu = measure(n_vms, 6, args.runs)
+            rows.append((workers, n_vms, used, t, cpu))
             print(f"  {n_vms} VMs over {workers} workers measured", file=sys.stderr)
     finally:
         lab_up(3)
     base = rows[0][3]
     print(f"\nDeploy of a bigger slice over more workers (median of {args.runs}; chains of 6 VMs)")
-    print(f"{'workers':>7} {'VMs':>4} {'workers used':>12} {'deploy s':>9} {'x 6 over 3':>10}")
-    for workers, n_vms, used, t in rows:
-        print(f"{workers:>7} {n_vms:>4} {used:>12} {t:>9.2f} {t / base:>10.2f}")
+    cores = os.cpu_count() or 1
+    print(f"{'workers':>7} {'VMs':>4} {'workers used':>12} {'deploy s':>9} {'x 6 over 3':>10} "
+          f"{'busy CPU s':>10} {'CPU s / ' + str(cores) + ' cores':>14}")
+    for workers, n_vms, used, t, cpu in rows:
+        print(f"{workers:>7} {n_vms:>4} {used:>12} {t:>9.2f} {t / base:>10.2f} {cpu:>10.2f} {cpu / cores:>14.2f}")
+    print("(every lab worker shares this machine's cores: when 'CPU s / cores' is close to 'deploy s',\n"
+          " the deploy waited for CPU, which separate workers would each bring)")
     return 0
 
 
