@@ -47,6 +47,9 @@ def one_class(size: int, topology: str, workdir: str) -> dict:
     db_path = os.path.join(workdir, f"db{size}.yaml")
     shutil.copyfile(os.path.join(ROOT, "database.yaml"), db_path)
     ex = FakeExecutor()
+    # A class of 30 with 4 VMs each designs 60 GiB and 120 vCPUs of guests: more than the fake
+    # workers' 16 GiB and 8 CPUs each at the default ratios (admission refuses the rest, as it should).
+    ex.config.raw["capacity"].update(ram_ratio=8.0, cpu_ratio=16.0)
     api = OrchestratorAPI(CountingDatabase(db_path), DeploymentAPI(ex), ex.config)
     roster = "username,quota,password\n" + "".join(f"s{i:03d},6,generate\n" for i in range(size))
     CountingDatabase.transactions = 0
