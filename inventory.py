@@ -65,6 +65,19 @@ def mark_in(data: dict, username: str, slice_id, status: str, allowed: Optional[
     return True, copy.deepcopy(s)
 
 
+def unmark_in(data: dict, slice_id: int, status: str) -> Optional[dict]:
+    """In a transaction's data: leave the slice in ``status``, its session's mark dropped.
+
+    Returns the slice (to change more of it in the same transaction), or None if it is gone.
+    """
+    s = data["slices"].get(str(slice_id))
+    if s is None:
+        return None
+    s["status"] = status
+    s.pop("busy", None)
+    return s
+
+
 class Inventory:
     """Reading slices; each method returns ``(ok, payload_or_message)``."""
 

@@ -27,7 +27,7 @@ import vlan_manager
 import vm_launcher
 from access import authorized_slice
 from hostcmd import CommandResult
-from inventory import Inventory, mark_in, settle_in
+from inventory import Inventory, mark_in, settle_in, unmark_in
 from models import Slice
 from resources import HostContext
 from runner import Cancel, Progress, StepReport, interrupts_cancel, interrupts_ignored
@@ -250,12 +250,8 @@ class Lifecycle:
     def _finish(self, sid: int, status: str) -> None:
         """Leave a slice in ``status`` and drop the busy mark.  Back to ``design``: nothing runs."""
         with self.s.db.transaction() as data:
-            s = data["slices"].get(str(sid))
-            if s is None:
-                return
-            s["status"] = status
-            s.pop("busy", None)
-            if status == "design":
+            s = unmark_in(data, sid, status)
+            if s is not None and status == "design":
                 s.pop("deployed_at", None)
                 for vm in s.get("vms", []):
                     if vm.get("status") in ("running", "stopped"):

@@ -29,7 +29,7 @@ import vlan_manager
 import vm_launcher
 from access import as_int, authorized_slice, require_admin
 from hostcmd import HostCommand, q
-from inventory import Inventory, mark_in, settle_in
+from inventory import Inventory, mark_in, settle_in, unmark_in
 from lifecycle import launch_command, reservations_of
 from runner import Cancel, Progress, interrupts_cancel
 from services import Services
@@ -180,12 +180,8 @@ class Operations:
 
     def _unmark(self, sid: int, status: str, vm_updates: dict) -> None:
         with self.s.db.transaction() as data:
-            s = data["slices"].get(str(sid))
-            if s is None:
-                return
-            s["status"] = status
-            s.pop("busy", None)
-            for vm in s.get("vms", []):
+            s = unmark_in(data, sid, status)
+            for vm in s.get("vms", []) if s is not None else []:
                 if vm["vm_id"] in vm_updates:
                     vm["status"], vm["pid"] = vm_updates[vm["vm_id"]]
 
