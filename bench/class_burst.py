@@ -19,49 +19,33 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from labbench import LAB_CONFIG, PhaseEnds, lab_api, lab_exec, lab_up
 
-LAB = os.path.join(ROOT, "lab")
 CPU_RATIO = 16.0
 LEASE_WAIT_S = 300
 
 
 def make_api(db_path: str):
     from config import ClusterConfig
-    from database import Database
-    from deployment_api import DeploymentAPI
-    from orchestrator_api import OrchestratorAPI
-    from remote_executor import RemoteExecutor
-    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
+    config = ClusterConfig.load(LAB_CONFIG)
     # 40 one-vCPU guests on three lab "workers" that each see the machine's 2 cores: admission
     # would refuse them at the default 4 vCPUs per core (a class's real workers have the cores).
     config.raw["capacity"]["cpu_ratio"] = CPU_RATIO
-    return OrchestratorAPI(Database(db_path), DeploymentAPI(RemoteExecutor(config)), config)
+    return lab_api(db_path, config)
 
 
 def student(db_path: str, user: str, sid: int, barrier, out) -> None:
     api = make_api(db_path)
-    phases: dict = {}
-
-    def progress(e: dict) -> None:
-        phases[e["phase"]] = max(phases.get(e["phase"], 0.0), e["elapsed"])
-
+    phases = PhaseEnds()
     barrier.wait()
     t0 = time.monotonic()
-    ok, msg = api.deploy_slice(user, sid, progress=progress)
-    out.put((user, ok, time.monotonic() - t0, msg, phases))
+    ok, msg = api.deploy_slice(user, sid, progress=phases)
+    out.put((user, ok, time.monotonic() - t0, msg, phases.ends))
     api.executor.close()
-
-
-def lab_exec(host: str, cmd: str) -> str:
-    return subprocess.run([os.path.join(LAB, "exec.sh"), host, "sh", "-c", cmd],
-                          capture_output=True, text=True, timeout=120).stdout
 
 
 def leased(vlans: set) -> set:
@@ -138,7 +122,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1,5,10,20")
     args = ap.parse_args()
-    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True)
+    lab_up()
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
         rows.append(burst(n))

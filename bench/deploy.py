@@ -28,28 +28,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from labbench import LAB, PhaseEnds, chain_slice, lab_api, lab_exec, lab_up
 
 from config import ClusterConfig  # noqa: E402
-from database import Database  # noqa: E402
-from deployment_api import DeploymentAPI  # noqa: E402
-from orchestrator_api import OrchestratorAPI  # noqa: E402
 from remote_executor import RemoteExecutor  # noqa: E402
 
-LAB = os.path.join(ROOT, "lab")
 # SPEC §8: the original, measured in a lab like this one (median of 3 runs)
 ORIGINAL = {"design_s": 4.9, "deploy_s": 42.9, "delete_s": 9.1, "leases": 2}
-
-
-def lab_exec(host: str, cmd: str) -> str:
-    return subprocess.run([os.path.join(LAB, "exec.sh"), host, "sh", "-c", cmd],
-                          capture_output=True, text=True, timeout=60).stdout
 
 
 def lease_table(vlans: list) -> dict:
@@ -82,40 +71,26 @@ def one_run(config_path: str, baseline: bool = False) -> dict:
     config = ClusterConfig.load(config_path)
     executor = OneConnectionPerCommand(config) if baseline else RemoteExecutor(config)
     tmp = tempfile.mkdtemp(prefix="bench-")
-    api = OrchestratorAPI(Database(os.path.join(tmp, "database.yaml")), DeploymentAPI(executor), config)
+    api = lab_api(os.path.join(tmp, "database.yaml"), config, executor)
     if baseline:
         api.runner.max_parallel = 1
     r: dict = {}
     c0 = snapshot(executor)
     t = time.monotonic()
-    ok, s = api.create_slice("admin", "bench")
-    assert ok, s
-    sid = s["slice_id"]
-    vms = []
-    for i in range(6):
-        ok, vm = api.add_vm_to_slice("admin", sid, f"b{i + 1}", "cirros", 2, i in (0, 5))
-        assert ok, vm
-        vms.append(vm)
-    for i in range(5):
-        ok, link = api.create_link("admin", sid, vms[i]["vm_id"], "eth2", vms[i + 1]["vm_id"], "eth1")
-        assert ok, link
+    sid = chain_slice(api, "bench")
     r["design_s"] = time.monotonic() - t
     c1 = snapshot(executor)
     r["design_conn"], r["design_cmds"] = c1[0] - c0[0], c1[1] - c0[1]
 
-    phases: dict = {}
-
-    def progress(e: dict) -> None:
-        phases[e["phase"]] = max(phases.get(e["phase"], 0.0), e["elapsed"])
-
+    phases = PhaseEnds()
     executor.close()  # deploy starts like a fresh menu session: no open connection
     t = time.monotonic()
-    ok, msg = api.deploy_slice("admin", sid, progress=progress)
+    ok, msg = api.deploy_slice("admin", sid, progress=phases)
     r["deploy_s"] = time.monotonic() - t
     assert ok, msg
     c2 = snapshot(executor)
     r["deploy_conn"], r["deploy_cmds"] = c2[0] - c1[0], c2[1] - c1[1]
-    r["phases"] = {k: round(v, 3) for k, v in phases.items()}
+    r["phases"] = {k: round(v, 3) for k, v in phases.ends.items()}
 
     s = api.db.get_slice(sid)
     vlans = sorted({link["vlan_id"] for link in s["links"]}) + [config.internet_vlan]
@@ -152,7 +127,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/deploy.py drives the local lab: run it as root", file=sys.stderr)
         return 2
-    subprocess.run([os.path.join(LAB, "up.sh")], check=True, stdout=subprocess.DEVNULL)
+    lab_up()
     runs, bases = [], []
     for n in range(args.runs):
         for baseline, store in ((True, bases), (False, runs)):

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from labbench import LAB_CONFIG, lab_exec, lab_up
 
 import reconcile  # noqa: E402
 import vlan_manager  # noqa: E402
@@ -35,18 +33,12 @@ from remote_executor import RemoteExecutor  # noqa: E402
 from runner import Runner  # noqa: E402
 from services import Services  # noqa: E402
 
-LAB = os.path.join(ROOT, "lab")
 FILL_FIRST = 1000        # VLANs 1000.. hold the filling slices (5 per slice)
 PROBE = [3900 + i for i in range(5)]  # the further deploy's link VLANs
 
 
-def lab_exec(host: str, cmd: str) -> str:
-    return subprocess.run([os.path.join(LAB, "exec.sh"), host, "sh", "-c", cmd],
-                          capture_output=True, text=True, timeout=300).stdout
-
-
 def services(tmp: str) -> Services:
-    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
+    config = ClusterConfig.load(LAB_CONFIG)
     ex = RemoteExecutor(config)
     svc = Services(Database(os.path.join(tmp, "db.yaml")), config, DeploymentAPI(ex), Runner(ex))
     _ctx, failed = svc.connect([config.network_node])
@@ -119,7 +111,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True)
+    lab_up()
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         svc = services(tmp)

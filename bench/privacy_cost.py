@@ -22,22 +22,14 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from labbench import PhaseEnds, chain_slice, lab_api, lab_up
 
 import vm_firewall  # noqa: E402
-from config import ClusterConfig  # noqa: E402
-from database import Database  # noqa: E402
-from deployment_api import DeploymentAPI  # noqa: E402
-from orchestrator_api import OrchestratorAPI  # noqa: E402
-from remote_executor import RemoteExecutor  # noqa: E402
 
-LAB = os.path.join(ROOT, "lab")
 RULE_BUILDERS = ("vm_rules", "install_trunk_rules_locked", "remove_vm_rules", "remove_trunk_rules_if_unused")
 
 
@@ -55,47 +47,29 @@ def without_rules():
             setattr(vm_firewall, name, fn)
 
 
-def reference_slice(api) -> int:
-    ok, s = api.create_slice("admin", f"p{time.monotonic_ns() % 10**9}")
-    assert ok, s
-    sid, vms = s["slice_id"], []
-    for i in range(6):
-        ok, vm = api.add_vm_to_slice("admin", sid, f"b{i + 1}", "cirros", 2, i in (0, 5))
-        assert ok, vm
-        vms.append(vm)
-    for i in range(5):
-        ok, link = api.create_link("admin", sid, vms[i]["vm_id"], "eth2", vms[i + 1]["vm_id"], "eth1")
-        assert ok, link
-    return sid
-
-
 def one_run(api) -> dict:
-    sid = reference_slice(api)
-    phases: dict = {}
-
-    def progress(e):
-        phases[e["phase"]] = max(phases.get(e["phase"], 0.0), e["elapsed"])
-
+    sid = chain_slice(api, f"p{time.monotonic_ns() % 10**9}")
+    phases = PhaseEnds()
     t0 = time.monotonic()
-    ok, msg = api.deploy_slice("admin", sid, progress=progress)
+    ok, msg = api.deploy_slice("admin", sid, progress=phases)
     deploy = time.monotonic() - t0
     assert ok, msg
     t0 = time.monotonic()
     ok, msg = api.delete_slice("admin", sid)
     assert ok, msg
-    return {"deploy": deploy, "network": phases.get("network", 0.0),
-            "vms": phases.get("vms", 0.0) - phases.get("network", 0.0), "delete": time.monotonic() - t0}
+    ends = phases.ends
+    return {"deploy": deploy, "network": ends.get("network", 0.0),
+            "vms": ends.get("vms", 0.0) - ends.get("network", 0.0), "delete": time.monotonic() - t0}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True)
-    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
+    lab_up()
     results = {"rules": [], "no rules": []}
     with tempfile.TemporaryDirectory() as tmp:
-        api = OrchestratorAPI(Database(os.path.join(tmp, "db.yaml")), DeploymentAPI(RemoteExecutor(config)), config)
+        api = lab_api(os.path.join(tmp, "db.yaml"))
         with api.db.transaction() as data:
             data["users"]["admin"]["quota_vms"] = 100
         one_run(api)  # warm-up: base images on the workers, the node's policy loaded

@@ -16,47 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-LAB = os.path.join(ROOT, "lab")
-
-
-def lab_up(workers: int) -> None:
-    env = dict(os.environ, LAB_WORKERS=str(workers))
-    subprocess.run([os.path.join(LAB, "up.sh")], check=True, capture_output=True, env=env)
-
-
-def make_api(db_path: str):
-    from config import ClusterConfig
-    from database import Database
-    from deployment_api import DeploymentAPI
-    from orchestrator_api import OrchestratorAPI
-    from remote_executor import RemoteExecutor
-    config = ClusterConfig.load(os.path.join(LAB, "cluster.yaml"))
-    return OrchestratorAPI(Database(db_path), DeploymentAPI(RemoteExecutor(config)), config)
-
-
-def design(api, n_vms: int, chain: int) -> int:
-    """A slice of ``n_vms`` cirros VMs in chains of ``chain`` (internet on each chain's ends)."""
-    ok, s = api.create_slice("admin", f"w{n_vms}")
-    assert ok, s
-    sid, vms = s["slice_id"], []
-    for i in range(n_vms):
-        pos = i % chain
-        ok, vm = api.add_vm_to_slice("admin", sid, f"v{i + 1}", "cirros", 2, pos in (0, chain - 1))
-        assert ok, vm
-        vms.append(vm)
-    for i in range(n_vms - 1):
-        if (i + 1) % chain:
-            ok, link = api.create_link("admin", sid, vms[i]["vm_id"], "eth2", vms[i + 1]["vm_id"], "eth1")
-            assert ok, link
-    return sid
+from labbench import chain_slice, lab_api, lab_up
 
 
 def busy_cpu_s() -> float:
@@ -71,11 +35,11 @@ def measure(n_vms: int, chain: int, runs: int) -> tuple:
     """(median s until deploy_slice returned, workers used, median busy CPU s meanwhile) over ``runs``."""
     times, cpu, workers = [], [], set()
     with tempfile.TemporaryDirectory() as tmp:
-        api = make_api(os.path.join(tmp, "db.yaml"))
+        api = lab_api(os.path.join(tmp, "db.yaml"))
         with api.db.transaction() as data:
             data["users"]["admin"]["quota_vms"] = 100
         for _ in range(runs):
-            sid = design(api, n_vms, chain)
+            sid = chain_slice(api, f"w{n_vms}", n_vms, chain, prefix="v")
             workers = {vm["worker_ip"] for vm in api.db.get_slice(sid)["vms"]}
             c0, t0 = busy_cpu_s(), time.monotonic()
             ok, msg = api.deploy_slice("admin", sid)
