@@ -75,6 +75,11 @@ def stop_by_pidfile(pidfile: str, marker: str, signal: str = "TERM", wait_s: flo
     return f"{pid_guard(pidfile, marker, then)}; rm -f {q(pidfile)}"
 
 
+# sshd hands a command line to the login shell as one argument, and Linux refuses an argument over
+# 128 KiB (MAX_ARG_STRLEN): a longer command never runs (the connection is reset).
+MAX_COMMAND_BYTES = 128 * 1024 - 1
+
+
 @dataclass(frozen=True)
 class HostCommand:
     """What to run on which host.

@@ -112,8 +112,8 @@ def pending_orphans(data: dict) -> list:
     return out
 
 
-# Script characters per removal command.  sshd hands the whole command line to the login shell as
-# one argument, and Linux refuses one argument over 128 KiB; quoting may multiply a script's size.
+# Script characters per removal command: quoted for ``sh -c`` and sudo, a script may grow several
+# times over, and a command line longer than ``hostcmd.MAX_COMMAND_BYTES`` never runs.
 REMOVAL_SCRIPT_BUDGET = 20_000
 KEYS_PER_REMOVAL = 40
 
@@ -142,16 +142,17 @@ def removal_commands(ctx: HostContext, keys: list) -> list:
         by_host[key.host][key.kind].append(key)
     cmds = []
     for host, by_kind in by_host.items():
-        lines: list = []
-        count = 0
+        lines: dict = {}  # the script's lines, in order, each once
+        count = size = 0
         for chunk, n in _removal_chunks(ctx, host, by_kind):
             new = [line for line in dict.fromkeys(chunk) if line not in lines]
-            if lines and sum(map(len, lines + new)) > REMOVAL_SCRIPT_BUDGET:
-                cmds.append(_removal_command(host, lines, count))
-                lines, count, new = [], 0, list(dict.fromkeys(chunk))
-            lines += new
+            if lines and size + sum(map(len, new)) > REMOVAL_SCRIPT_BUDGET:
+                cmds.append(_removal_command(host, list(lines), count))
+                lines, count, size, new = {}, 0, 0, list(dict.fromkeys(chunk))
+            lines.update(dict.fromkeys(new))
             count += n
-        cmds.append(_removal_command(host, lines, count))
+            size += sum(map(len, new))
+        cmds.append(_removal_command(host, list(lines), count))
     return cmds
 
 

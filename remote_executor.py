@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from config import ClusterConfig
-from hostcmd import CommandResult, HostCommand, q
+from hostcmd import MAX_COMMAND_BYTES, CommandResult, HostCommand, q
 
 __all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "UnknownHostKeyError",
            "configure_logging"]
@@ -158,6 +158,10 @@ class RemoteExecutor:
             with self._lock:
                 self.plan.append(cmd)
             result = CommandResult(cmd.host, text, 0, step=cmd.step, action=cmd.action, target=cmd.target)
+        elif len(text.encode()) > MAX_COMMAND_BYTES:
+            result = CommandResult.failed(cmd, f"step '{cmd.step or cmd.action}' is {len(text.encode())} bytes long: "
+                                               f"more than one command line on {cmd.host} takes "
+                                               f"({MAX_COMMAND_BYTES}); nothing was sent", text)
         else:
             try:
                 status, out, err = self._transport(cmd, text, timeout)

@@ -430,3 +430,16 @@ def test_configure_logging_writes_to_the_file_only(tmp_path, root_logging):
     assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] host=h1 connected", lines[0])
     assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] Oops", lines[1])
 
+
+
+def test_a_command_line_too_long_for_a_host_is_refused_before_sending():
+    # sshd gives the whole command line to the login shell as one argument; Linux refuses one over
+    # 128 KiB and the connection is reset with no word of why (1,654 orphans once made one).
+    from fakes import FakeExecutor
+    ex = FakeExecutor()
+    host = ex.config.network_node
+    res = ex.run(HostCommand(host, "true\n" * 30_000, step="remove 1654 orphan(s)"))
+    assert not res.ok
+    assert "remove 1654 orphan(s)" in res.message() and "nothing was sent" in res.message()
+    assert ex.calls == []
+    assert ex.run(HostCommand(host, "true\n" * 1_000, step="short")).ok
