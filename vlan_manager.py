@@ -60,9 +60,10 @@ PORT_WAIT_S = 30
 def _wait_for_device(dev: str) -> str:
     """Shell: wait until Open vSwitch has made the internal port ``dev`` (exit 70 after ``PORT_WAIT_S``).
 
-    Port adds on the node use ``--no-wait``: the client does not wait for vswitchd's whole
-    reconfiguration, whose cost grows with every port on the bridge, and vswitchd applies the
-    transactions of parallel steps in one pass.  Only the device itself is needed here.
+    The gateway's port add uses ``--no-wait``: the client does not wait for vswitchd's whole
+    reconfiguration, whose cost grows with every port on the bridge.  Only the device itself is
+    needed here.  (The DHCP veth's add still waits: the VLAN's leases depend on vswitchd having
+    attached it, and nothing in the script would notice if it had not.)
     """
     tries = PORT_WAIT_S * 20
     return (f"n=0; until ip link show dev {q(dev)} >/dev/null 2>&1; do [ $n -lt {tries} ] || "
@@ -132,7 +133,7 @@ def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
         join(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside,
               "address", naming.port_mac(server_ip)]),
         join(["ip", "link", "set", inside, "netns", ns]),
-        join([*OVS, "--no-wait", "--", "--if-exists", "del-port", bridge, outside,
+        join([*OVS, "--", "--if-exists", "del-port", bridge, outside,
               "--", "add-port", bridge, outside, f"tag={vlan}",
               "--", "set", "port", outside, f"external_ids:{naming.MARK}={naming.vlan_mark(vlan)}"]),
         join(["ip", "link", "set", outside, "up"]),
