@@ -21,10 +21,10 @@ import sys
 import time
 from typing import Optional
 
-import cli_classes
-import commands
-import console
-from menu_io import (
+from hosts import console
+from menu import classes as cli_classes
+from menu import commands
+from menu.prompts import (
     CANCELLED,
     ERR,
     LINE,
@@ -46,7 +46,7 @@ from menu_io import (
     say,
 )
 from models import Flavor
-from topology import MAX_DATA_INTERFACES
+from topology.model import MAX_DATA_INTERFACES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("cloudrepo.cli")
@@ -536,11 +536,11 @@ def default_db_path() -> str:
 
 def build(config_path: str, db_path: str, dry_run: bool = False):
     """Config, logging, executor, database and orchestrator, wired together."""
-    from config import ClusterConfig
     from database import Database
     from deployment_api import DeploymentAPI
     from orchestrator_api import OrchestratorAPI
     from remote_executor import RemoteExecutor, configure_logging
+    from store.config import ClusterConfig
 
     config = ClusterConfig.load(config_path)
     configure_logging(config.log_file)
@@ -580,8 +580,8 @@ def main(argv: Optional[list] = None) -> int:
     args = make_parser().parse_args(argv)
     if getattr(args, "offline", False):
         return commands.run(args)
-    from config import ConfigError
     from database import DatabaseError
+    from store.config import ConfigError
 
     try:
         api, executor = build(args.config, args.db)

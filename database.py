@@ -55,8 +55,8 @@ from typing import Any, Iterator, Optional
 import yaml
 
 import naming
-from config import yaml_error_where
-from yamltext import NotSimple, fast_emit, fast_load, line_of, reference_dump
+from store.config import yaml_error_where
+from store.yamltext import NotSimple, fast_emit, fast_load, line_of, reference_dump
 
 try:  # libyaml is much faster on a big class's database
     from yaml import CSafeLoader as _Loader

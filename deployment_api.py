@@ -15,7 +15,7 @@ import logging
 from typing import Optional
 
 import naming
-from hostcmd import HostCommand
+from hosts.hostcmd import HostCommand
 from models import VM, Interface
 from qcow_manager import OVERLAY_EXISTS, QCOWManager, overlay_delete
 from remote_executor import RemoteExecutor

@@ -25,21 +25,21 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from access import not_editable_reason
-from accounts import Accounts
 from database import Database
 from deployment_api import DeploymentAPI
-from design import Design
-from guest_access import GuestAccess
-from instructor import Instructor
-from inventory import Inventory
-from lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
-from operations import Operations
-from reconcile import Orphan, Reconciler
-from runner import Progress, Runner
-from services import Services
-from sessions import normalise
-from slice_builder import SliceBuilder
+from hosts.runner import Progress, Runner
+from usecases.access import not_editable_reason
+from usecases.accounts import Accounts
+from usecases.design import Design
+from usecases.guest_access import GuestAccess
+from usecases.instructor import Instructor
+from usecases.inventory import Inventory
+from usecases.lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
+from usecases.operations import Operations
+from usecases.reconcile import Orphan, Reconciler
+from usecases.services import Services
+from usecases.sessions import normalise
+from usecases.slice_builder import SliceBuilder
 
 log = logging.getLogger("cloudrepo.orchestrator")
 

@@ -16,9 +16,9 @@ import os
 from typing import Optional
 
 import naming
-from hostcmd import HostCommand, chain, join, q, shell_path
+from hosts.hostcmd import HostCommand, chain, join, q, shell_path
+from hosts.resources import Found, HostContext, Key, Kind, register
 from remote_executor import RemoteExecutor
-from resources import Found, HostContext, Key, Kind, register
 
 log = logging.getLogger("cloudrepo.qcow")
 

@@ -41,8 +41,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from config import ClusterConfig
-from hostcmd import MAX_COMMAND_BYTES, CommandResult, HostCommand, q
+from hosts.hostcmd import MAX_COMMAND_BYTES, CommandResult, HostCommand, q
+from store.config import ClusterConfig
 
 __all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "UnknownHostKeyError",
            "configure_logging"]

@@ -33,9 +33,9 @@ import re
 from typing import Optional
 
 import naming
-import vm_firewall
-from hostcmd import HostCommand, join, q, stop_by_pidfile
-from resources import Found, HostContext, Key, Kind, int_or_none, register
+from hosts import vm_firewall
+from hosts.hostcmd import HostCommand, join, q, stop_by_pidfile
+from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from vm_launcher import OVS_DOWN_EXIT, del_ports, ovs_alive, ovs_preflight
 
 OVS = ["ovs-vsctl", "--timeout=10"]

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import naming
-import seed
-import vm_firewall
-from hostcmd import HostCommand, home_path, join, q, stop_by_pidfile, wait_gone
+from hosts import seed, vm_firewall
+from hosts.hostcmd import HostCommand, home_path, join, q, stop_by_pidfile, wait_gone
+from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from models import Flavor
-from resources import Found, HostContext, Key, Kind, int_or_none, register
 
 STOP_WAIT_S = 5
 

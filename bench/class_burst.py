@@ -30,7 +30,7 @@ LEASE_WAIT_S = 300
 
 
 def make_api(db_path: str):
-    from config import ClusterConfig
+    from store.config import ClusterConfig
     config = ClusterConfig.load(LAB_CONFIG)
     # 40 one-vCPU guests on three lab "workers" that each see the machine's 2 cores: admission
     # would refuse them at the default 4 vCPUs per core (a class's real workers have the cores).

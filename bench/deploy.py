@@ -34,8 +34,8 @@ import time
 
 from labbench import LAB, PhaseEnds, chain_slice, lab_api, lab_exec, lab_up
 
-from config import ClusterConfig  # noqa: E402
 from remote_executor import RemoteExecutor  # noqa: E402
+from store.config import ClusterConfig  # noqa: E402
 
 # SPEC §8: the original, measured in a lab like this one (median of 3 runs)
 ORIGINAL = {"design_s": 4.9, "deploy_s": 42.9, "delete_s": 9.1, "leases": 2}

@@ -48,9 +48,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from config import ClusterConfig  # noqa: E402
-from hostcmd import HostCommand  # noqa: E402
+from hosts.hostcmd import HostCommand  # noqa: E402
 from remote_executor import ExecutorError, RemoteExecutor, configure_logging  # noqa: E402
+from store.config import ClusterConfig  # noqa: E402
 
 
 class PollingExecutor(RemoteExecutor):

@@ -30,11 +30,11 @@ def lab_exec(host: str, cmd: str, timeout: float = 120) -> str:
 
 def lab_api(db_path: str, config=None, executor=None):
     """An ``OrchestratorAPI`` on the lab (its ``cluster.yaml`` unless ``config`` is given)."""
-    from config import ClusterConfig
     from database import Database
     from deployment_api import DeploymentAPI
     from orchestrator_api import OrchestratorAPI
     from remote_executor import RemoteExecutor
+    from store.config import ClusterConfig
     config = config or ClusterConfig.load(LAB_CONFIG)
     return OrchestratorAPI(Database(db_path), DeploymentAPI(executor or RemoteExecutor(config)), config)
 

@@ -24,14 +24,14 @@ import time
 
 from labbench import LAB_CONFIG, lab_exec, lab_up
 
-import reconcile  # noqa: E402
 import vlan_manager  # noqa: E402
-from config import ClusterConfig  # noqa: E402
 from database import Database  # noqa: E402
 from deployment_api import DeploymentAPI  # noqa: E402
+from hosts.runner import Runner  # noqa: E402
 from remote_executor import RemoteExecutor  # noqa: E402
-from runner import Runner  # noqa: E402
-from services import Services  # noqa: E402
+from store.config import ClusterConfig  # noqa: E402
+from usecases import reconcile  # noqa: E402
+from usecases.services import Services  # noqa: E402
 
 FILL_FIRST = 1000        # VLANs 1000.. hold the filling slices (5 per slice)
 PROBE = [3900 + i for i in range(5)]  # the further deploy's link VLANs

@@ -28,7 +28,7 @@ import time
 
 from labbench import PhaseEnds, chain_slice, lab_api, lab_up
 
-import vm_firewall  # noqa: E402
+from hosts import vm_firewall  # noqa: E402
 
 RULE_BUILDERS = ("vm_rules", "install_trunk_rules_locked", "remove_vm_rules", "remove_trunk_rules_if_unused")
 

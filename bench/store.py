@@ -75,10 +75,10 @@ def menu_view(path: str, fast: bool):
     """A callable doing the admin's "View my Slices": list every slice and render the table."""
     try:
         import cli
-        from config import ClusterConfig
         from deployment_api import DeploymentAPI
         from orchestrator_api import OrchestratorAPI
         from remote_executor import RemoteExecutor
+        from store.config import ClusterConfig
         api = OrchestratorAPI(Database(path, fast=fast), DeploymentAPI(RemoteExecutor(ClusterConfig.from_dict(None))))
         render = getattr(cli, "render_slices", None)
     except Exception as e:  # noqa: BLE001 - the menu modules are being restructured: report, go on

@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-from config import ClusterConfig
 from remote_executor import ExecutorError, RemoteExecutor
+from store.config import ClusterConfig
 
 LAB_LIKE = {
     "workers": ["10.9.0.11", "10.9.0.12", "10.9.0.13"],

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from config import ClusterConfig
 from database import Database
 from deployment_api import DeploymentAPI
 from orchestrator_api import OrchestratorAPI
 from remote_executor import RemoteExecutor
+from store.config import ClusterConfig
 
 LAB_DIR = Path(__file__).resolve().parents[2] / "lab"
 STATE = "/run/cloud-repositorio"

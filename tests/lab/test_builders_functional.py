@@ -11,17 +11,17 @@ import pytest
 from labtools import LAB_DIR, sh
 
 import naming
-import reconcile
 import vlan_manager
 import vm_launcher
-from config import ClusterConfig
 from database import Database
 from deployment_api import DeploymentAPI
-from hostcmd import HostCommand
+from hosts.hostcmd import HostCommand
+from hosts.runner import Runner
 from qcow_manager import overlay_create, overlay_delete
 from remote_executor import RemoteExecutor
-from runner import Runner
-from services import Services
+from store.config import ClusterConfig
+from usecases import reconcile
+from usecases.services import Services
 
 VLAN = 3901          # far from the pools the other tests use
 VM_ID = 99901

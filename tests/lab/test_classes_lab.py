@@ -18,7 +18,7 @@ import yaml
 from conftest import ADD_VM_TIMEOUT
 from labtools import assert_clean, console, host_of, make_api, sh, wait_for_leases, wait_guest_configured
 
-import topology_file as tf
+from topology import files as tf
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "cli.py"

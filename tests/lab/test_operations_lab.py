@@ -8,11 +8,11 @@ import yaml
 from labtools import LAB_DIR, assert_clean, console, host_of, kill_sshd, leases, restart_sshd, serial_log, sh
 
 import naming
-from config import ClusterConfig
 from database import Database
 from deployment_api import DeploymentAPI
 from orchestrator_api import OrchestratorAPI
 from remote_executor import RemoteExecutor
+from store.config import ClusterConfig
 
 
 def linked_slice(api, name: str, internet: bool = False):

@@ -35,8 +35,8 @@ import pytest
 from labtools import STATE, console, host_of, leases, make_api, sh, wait_for_leases, wait_guest_configured
 
 import naming
-import vm_firewall as fw
-from lifecycle import launch_command
+from hosts import vm_firewall as fw
+from usecases.lifecycle import launch_command
 
 NODE_PORT = 2222          # a listener on "::" of the network node
 HTTP6_PID = "/tmp/cr-privacy-http6.pid"

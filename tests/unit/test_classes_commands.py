@@ -19,9 +19,9 @@ import yaml
 from fakes import LAB_LIKE
 from menu_driver import REPO
 
-import topology as t
-import topology_file as tf
 from cli import make_parser
+from topology import files as tf
+from topology import model as t
 
 CLI = REPO / "cli.py"
 FAKE_CLI = REPO / "tests" / "fake_cli.py"

@@ -15,7 +15,7 @@ import yaml
 from fakes import LAB_LIKE
 from menu_driver import CHOICE, REPO, MenuSession
 
-import topology_file as tf
+from topology import files as tf
 
 FAKE_CLI = REPO / "tests" / "fake_cli.py"
 

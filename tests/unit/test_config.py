@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fakes import LAB_LIKE
 
-import config
-from config import DEFAULTS, SCHEMA, ClusterConfig, ConfigError, Setting
+from store import config
+from store.config import DEFAULTS, SCHEMA, ClusterConfig, ConfigError, Setting
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,10 @@ import pytest
 from uhelpers import lab_config, make_api, ok
 
 import remote_executor
-from config import ClusterConfig
-from hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
+from hosts.hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
 from qcow_manager import overlay_delete
 from remote_executor import RemoteExecutor, configure_logging
+from store.config import ClusterConfig
 
 NASTY = ["plain", "with space", "it's", 'dq"x', "$(touch /tmp/pwned)", "`id`", "a;b", "a&&b",
          "x|y", "back\\slash", "new\nline", "*", "~", "-n", "", "tab\tx", "é"]
@@ -180,7 +180,7 @@ def test_config_file_partial_override(tmp_path):
 
 @pytest.mark.parametrize("text", ["qemu_accel: xen\n", "workers: []\n", "- a\n- b\n", "ssh: {port: abc}\n"])
 def test_config_errors(tmp_path, text):
-    from config import ConfigError
+    from store.config import ConfigError
     p = tmp_path / "cluster.yaml"
     p.write_text(text)
     with pytest.raises(ConfigError):

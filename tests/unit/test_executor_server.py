@@ -17,9 +17,9 @@ from hangguard import hang_guard, hang_limit
 from sshserver import SSHServer, answer, drop_connection, flood, hang, pattern, send_reply
 from uhelpers import lab_config
 
-from hostcmd import HostCommand
+from hosts.hostcmd import HostCommand
+from hosts.runner import Runner
 from remote_executor import MAX_SESSIONS_PER_HOST, RemoteExecutor
-from runner import Runner
 
 pytestmark = hang_limit(120)
 _hang_guard = hang_guard(120)

@@ -16,9 +16,9 @@ from realsshd import RealSSHD, unavailable_reason
 from sshserver import pattern
 from uhelpers import lab_config
 
-from hostcmd import HostCommand
+from hosts.hostcmd import HostCommand
+from hosts.runner import Runner
 from remote_executor import RemoteExecutor
-from runner import Runner
 
 pytestmark = hang_limit(300)
 _hang_guard = hang_guard(300)

@@ -11,13 +11,13 @@ import subprocess
 import pytest
 from fakes import FakeExecutor
 
-import reconcile
-import resources
 import vlan_manager
 import vm_launcher
 from deployment_api import DeploymentAPI
+from hosts import kinds, resources
+from hosts.resources import HostContext
 from qcow_manager import base_image_check, overlay_create, overlay_delete
-from resources import HostContext
+from usecases import reconcile
 
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 
@@ -43,7 +43,7 @@ def all_commands() -> list:
     config = FakeExecutor().config
     ctx = HostContext(config, {h: "/home/ubuntu" for h in config.hosts})
     scans = [reconcile.scan_command(ctx, h) for h in (config.workers[0], config.network_node)]
-    every_key = [key for k in resources.kinds() for key in _sample_keys(k, config)]
+    every_key = [key for k in kinds.kinds() for key in _sample_keys(k, config)]
     removals = reconcile.removal_commands(ctx, every_key)
     return scans + removals + [
         vm_launcher.launch_vm_command(vm, "/home/ubuntu", vm_launcher.LaunchSettings(network_node="n"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from uhelpers import NODE, WORKERS, build_slice, lab_config, make_api, ok
 
-import capacity
+from usecases import capacity
 
 
 def deployed(tmp_path, config=None, **kw):

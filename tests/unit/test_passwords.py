@@ -5,7 +5,7 @@ import hashlib
 
 from uhelpers import make_api, ok
 
-import passwords
+from usecases import passwords
 
 
 def test_hash_is_salted_scrypt():

@@ -5,10 +5,10 @@ import os
 
 from uhelpers import NODE, WORKERS, build_slice, make_api, ok, script_of
 
-import reconcile
-import resources
-from hostcmd import HostCommand
-from resources import ClusterView, HostContext, Key
+from hosts import kinds
+from hosts.hostcmd import HostCommand
+from hosts.resources import ClusterView, HostContext, Key
+from usecases import reconcile
 
 W0_SCAN = "\n".join([
     "qemu 1001 4242", "tap tap1001_0", "tap tap1001_1", "port tap1001_1 100", "vmfiles vm1001.pid",
@@ -149,7 +149,7 @@ def test_every_kind_has_a_scan_a_parser_and_a_removal(tmp_path):
     api, _db, ex = make_api(tmp_path)
     ctx = HostContext(ex.config, {h: "/home/ubuntu" for h in ex.config.hosts})
     view = ClusterView(ex.config, [])
-    for kind in resources.kinds():
+    for kind in kinds.kinds():
         host = NODE if kind.role == "node" else WORKERS[0]
         assert kind.scan(ctx, host).strip(), kind.name
         assert list(kind.owned(view)) == [] and kind.expected(view) == {}, kind.name

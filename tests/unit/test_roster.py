@@ -9,13 +9,13 @@ import textwrap
 import pytest
 from uhelpers import make_api, ok
 
-import roster
-import topology as t
-import topology_file as tf
-from cli_classes import render_overview, render_roster_report
-from instructor import age_of, open_secret_file, overview_rows
-from roster import Student
-from topology import Design
+from menu.classes import render_overview, render_roster_report
+from topology import files as tf
+from topology import model as t
+from topology.model import Design
+from usecases import roster
+from usecases.instructor import age_of, open_secret_file, overview_rows
+from usecases.roster import Student
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -8,8 +8,8 @@ import pytest
 from fakes import FakeExecutor
 from uhelpers import NODE, WORKERS, build_slice, make_api, ok
 
-from hostcmd import HostCommand
-from runner import Cancel, Runner, interrupts_cancel
+from hosts.hostcmd import HostCommand
+from hosts.runner import Cancel, Runner, interrupts_cancel
 
 
 def cmds(n, action="step"):

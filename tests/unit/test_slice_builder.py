@@ -9,9 +9,9 @@ import textwrap
 import pytest
 from uhelpers import make_api, ok
 
-import topology as t
-import topology_file as tf
-from topology import Design, LinkSpec, VMSpec
+from topology import files as tf
+from topology import model as t
+from topology.model import Design, LinkSpec, VMSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "topologies", "*.yaml")))
@@ -144,7 +144,7 @@ def test_a_worker_that_is_down_is_left_out_of_placement(env):
 
 def test_links_that_fail_remove_the_vms(env, monkeypatch):
     api, db, ex = env
-    monkeypatch.setattr("design.add_link", lambda *args: (False, "VLAN pool exhausted"))
+    monkeypatch.setattr("usecases.design.add_link", lambda *args: (False, "VLAN pool exhausted"))
     got, msg = api.create_from_template("admin", "linear", 3, "cirros", "none", "l3")
     assert not got and msg.startswith("The links could not be created: VLAN pool exhausted. Nothing was made")
     assert_nothing_made(api, db, ex)

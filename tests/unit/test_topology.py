@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-import topology as t
-from topology import Design, LinkSpec, TemplateError, VMSpec
+from topology import model as t
+from topology.model import Design, LinkSpec, TemplateError, VMSpec
 
 
 def links_of(design: Design) -> list[tuple]:

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from uhelpers import build_slice, lab_config, make_api, ok
 
-import topology as t
-import topology_file as tf
-from topology import Design, LinkSpec, Problem, VMSpec
+from topology import files as tf
+from topology import model as t
+from topology.model import Design, LinkSpec, Problem, VMSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

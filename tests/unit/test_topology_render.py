@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-import topology as t
-import topology_render as r
-from topology import Design, LinkSpec, VMSpec
+from topology import model as t
+from topology import render as r
+from topology.model import Design, LinkSpec, VMSpec
 
 # --- text diagram ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-import vm_firewall as fw
+from hosts import vm_firewall as fw
 
 INTERNET = {"vlan": 400, "cidr": "10.60.7.0/24", "gateway": "10.60.7.1", "uplink": "uplink0"}
 EDGE = fw.internet_edge(INTERNET)

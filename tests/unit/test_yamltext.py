@@ -10,7 +10,7 @@ import pytest
 import yaml
 from classdb import class_database
 
-from yamltext import NotSimple, fast_emit, fast_load, line_of, reference_dump
+from store.yamltext import NotSimple, fast_emit, fast_load, line_of, reference_dump
 
 # Strings that need quoting, escaping or folding, or that look like something else.
 TRICKY = [

@@ -14,9 +14,9 @@ import copy
 import logging
 from typing import Optional
 
-import sessions
-from access import authorized_slice
-from services import Services
+from usecases import sessions
+from usecases.access import authorized_slice
+from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.inventory")
 

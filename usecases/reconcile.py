@@ -18,13 +18,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-import resources
-import sessions
-from access import require_admin
-from hostcmd import HostCommand
-from inventory import Inventory, settle_in
-from resources import ClusterView, Found, HostContext, Key
-from services import Services
+from hosts import kinds, resources
+from hosts.hostcmd import HostCommand
+from hosts.resources import ClusterView, Found, HostContext, Key
+from usecases import sessions
+from usecases.access import require_admin
+from usecases.inventory import Inventory, settle_in
+from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.reconcile")
 
@@ -52,7 +52,7 @@ def roles_of(config, host: str) -> list:
 
 def scan_command(ctx: HostContext, host: str) -> HostCommand:
     """One root script printing every object of every kind this host may hold."""
-    lines = [k.scan(ctx, host) for role in roles_of(ctx.config, host) for k in resources.kinds(role)]
+    lines = [k.scan(ctx, host) for role in roles_of(ctx.config, host) for k in kinds.kinds(role)]
     return HostCommand(host, "\n".join([*lines, "true"]), sudo=True, timeout=60, step="scan",
                        action="scan", target=host)
 
@@ -64,7 +64,7 @@ def parse_scan(host: str, text: str) -> list:
         words = line.split()
         if not words or words[0] not in resources.KINDS:
             continue
-        found = resources.kind(words[0]).parse(host, words[1:])
+        found = kinds.kind(words[0]).parse(host, words[1:])
         if found is not None:
             out.append(found)
     return out
@@ -81,12 +81,12 @@ def cluster_view(config, data: dict) -> ClusterView:
 
 
 def owned_keys(view: ClusterView) -> set:
-    return {key for k in resources.kinds() for key in k.owned(view)}
+    return {key for k in kinds.kinds() for key in k.owned(view)}
 
 
 def expected_details(view: ClusterView) -> dict:
     out = {}
-    for k in resources.kinds():
+    for k in kinds.kinds():
         out.update(k.expected(view))
     return out
 
@@ -97,7 +97,7 @@ def orphans_of(found: Iterable[Found], owned: set) -> list:
         if f.key in owned or f.key in seen:
             continue
         seen.add(f.key)
-        out.append(Orphan(f.key.host, f.key.kind, resources.kind(f.key.kind).describe(f.key), f.key))
+        out.append(Orphan(f.key.host, f.key.kind, kinds.kind(f.key.kind).describe(f.key), f.key))
     return out
 
 
@@ -121,11 +121,11 @@ KEYS_PER_REMOVAL = 40
 def _removal_chunks(ctx: HostContext, host: str, by_kind: dict) -> list:
     """(lines, key count) per group of at most ``KEYS_PER_REMOVAL`` keys of one kind, in kind order."""
     chunks = []
-    for name in [k.name for k in resources.kinds() if k.name in by_kind]:
+    for name in [k.name for k in kinds.kinds() if k.name in by_kind]:
         keys = sorted(by_kind[name])
         for i in range(0, len(keys), KEYS_PER_REMOVAL):
             group = keys[i:i + KEYS_PER_REMOVAL]
-            chunks.append((resources.kind(name).remove(ctx, host, group), len(group)))
+            chunks.append((kinds.kind(name).remove(ctx, host, group), len(group)))
     return chunks
 
 

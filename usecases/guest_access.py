@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import console
-import seed
-from access import as_int, authorized_slice
-from inventory import Inventory
+from hosts import console, seed
 from models import Flavor
 from remote_executor import ExecutorError
-from services import Services
-from status import slice_reports
+from usecases.access import as_int, authorized_slice
+from usecases.inventory import Inventory
+from usecases.services import Services
+from usecases.status import slice_reports
 
 
 @dataclass

@@ -29,9 +29,9 @@ from typing import Any, Optional
 import yaml
 
 import naming
-from access import MAX_QUOTA
-from accounts import check_new_password
-from topology import Problem
+from topology.model import Problem
+from usecases.access import MAX_QUOTA
+from usecases.accounts import check_new_password
 
 DEFAULT_QUOTA = 6
 GENERATE = "generate"

@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from capacity import Capacity
-from config import ClusterConfig
 from database import Database
 from deployment_api import DeploymentAPI
-from hostcmd import CommandResult, HostCommand
-from resources import HostContext
-from runner import Cancel, Progress, Runner
-from vm_access import Credentials
+from hosts.hostcmd import CommandResult, HostCommand
+from hosts.resources import HostContext
+from hosts.runner import Cancel, Progress, Runner
+from store.config import ClusterConfig
+from usecases.capacity import Capacity
+from usecases.vm_access import Credentials
 
 
 def connect_command(host: str) -> HostCommand:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import vm_launcher
-from config import DEFAULTS as CONFIG_DEFAULTS
-from hostcmd import HostCommand, q
+from hosts.hostcmd import HostCommand, q
+from store.config import DEFAULTS as CONFIG_DEFAULTS
 
 DEFAULTS = CONFIG_DEFAULTS["capacity"]
 

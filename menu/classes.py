@@ -15,12 +15,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import roster
-import topology
-import topology_file
-import topology_render
-from instructor import default_password_file
-from menu_io import (
+from menu.prompts import (
     ERR,
     OK,
     WARN,
@@ -39,8 +34,13 @@ from menu_io import (
     say,
 )
 from models import Flavor
+from topology import files as topology_file
+from topology import model as topology
+from topology import render as topology_render
+from usecases import roster
+from usecases.instructor import default_password_file
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES_DIR = os.path.join(HERE, "topologies")
 MAX_PASTE_LINES = 5000
 

@@ -21,7 +21,7 @@ import tty
 from typing import Optional
 
 import naming
-from hostcmd import HostCommand, join, q
+from hosts.hostcmd import HostCommand, join, q
 
 DETACH = b"\x1d"  # Ctrl-]
 BUSY_EXIT = 75

@@ -31,12 +31,12 @@ import logging
 import sys
 from typing import Optional
 
-import cli_classes
-import roster
-import topology
-import topology_file
-import topology_render
-from instructor import default_password_file
+from menu import classes as cli_classes
+from topology import files as topology_file
+from topology import model as topology
+from topology import render as topology_render
+from usecases import roster
+from usecases.instructor import default_password_file
 
 log = logging.getLogger("cloudrepo.commands")
 

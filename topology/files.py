@@ -24,7 +24,7 @@ import yaml
 
 import naming
 from models import Flavor
-from topology import (
+from topology.model import (
     MAX_DATA_INTERFACES,
     MAX_LINKS,
     TOPOLOGY_TYPES,

@@ -24,15 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import passwords
-import roster
-import topology
-from access import require_admin
-from inventory import Inventory
+from hosts.runner import Cancel, interrupts_cancel, interrupts_ignored
 from models import User
-from runner import Cancel, interrupts_cancel, interrupts_ignored
-from services import Services
-from slice_builder import INTERRUPTED, SliceBuilder, named_design, problems_text, recorded_type
+from topology import model as topology
+from usecases import passwords, roster
+from usecases.access import require_admin
+from usecases.inventory import Inventory
+from usecases.services import Services
+from usecases.slice_builder import INTERRUPTED, SliceBuilder, named_design, problems_text, recorded_type
 
 Say = Callable[[str], None]
 

@@ -16,15 +16,16 @@ the builder module of its concern (``qcow_manager``, ``vm_launcher``,
 
 ``reconcile`` runs every kind's scan in one command per host and compares:
 orphans = found - owned; missing = expected - found.  Adding a kind is one
-class in one module, registered with ``@register``.
+class in one module, registered with ``@register``; ``hosts.kinds`` lists
+every kind (it imports the builder modules, which import this one).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterable, Optional
 
-from config import ClusterConfig
-from hostcmd import home_path
+from hosts.hostcmd import home_path
+from store.config import ClusterConfig
 
 
 @dataclass(frozen=True, order=True)
@@ -99,24 +100,6 @@ def register(cls):
     """Class decorator: make a kind known to the scans (one instance per kind)."""
     KINDS[cls.name] = cls()
     return cls
-
-
-def kinds(role: Optional[str] = None) -> list:
-    """Every registered kind (of one role), in registration order."""
-    _load_builders()
-    return [k for k in KINDS.values() if role is None or k.role == role]
-
-
-def kind(name: str) -> Kind:
-    _load_builders()
-    return KINDS[name]
-
-
-def _load_builders() -> None:
-    # The builder modules register their kinds when imported.
-    import qcow_manager  # noqa: F401
-    import vlan_manager  # noqa: F401
-    import vm_launcher  # noqa: F401
 
 
 def int_or_none(text: str) -> Optional[int]:

@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from hostcmd import CommandResult, HostCommand
+from hosts.hostcmd import CommandResult, HostCommand
 
 Progress = Callable[[dict], None]
 

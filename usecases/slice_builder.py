@@ -27,15 +27,15 @@ import logging
 from typing import Callable, Optional
 
 import naming
-import topology
-import topology_file
-import topology_render
-from access import as_int, require_admin
-from design import Design
-from inventory import Inventory
-from lifecycle import Lifecycle
-from runner import Cancel, interrupts_cancel, interrupts_ignored
-from services import Services
+from hosts.runner import Cancel, interrupts_cancel, interrupts_ignored
+from topology import files as topology_file
+from topology import model as topology
+from topology import render as topology_render
+from usecases.access import as_int, require_admin
+from usecases.design import Design
+from usecases.inventory import Inventory
+from usecases.lifecycle import Lifecycle
+from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.slice_builder")
 

@@ -63,8 +63,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import naming
-from hostcmd import join, q
-from resources import Found, Key, Kind, register
+from hosts.hostcmd import join, q
+from hosts.resources import Found, Key, Kind, register
 
 # --- cookies ------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import naming
-from topology import Design, data_interface_names, flavor_name_of, internet_vlan_of, is_whole_number, plural
+from topology.model import Design, data_interface_names, flavor_name_of, internet_vlan_of, is_whole_number, plural
 
 
 @dataclass

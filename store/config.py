@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from yamltext import line_of
+from store.yamltext import line_of
 
 
 def yaml_error_where(error: Exception) -> str:

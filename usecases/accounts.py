@@ -5,10 +5,10 @@ import logging
 from typing import Optional
 
 import naming
-import passwords
-from access import admin_target, quota_value, require_admin
 from models import User
-from services import Services
+from usecases import passwords
+from usecases.access import admin_target, quota_value, require_admin
+from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.accounts")
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import naming
-import resources
-from hostcmd import HostCommand, q
-from lifecycle import hosts_of
-from reconcile import Reconciler, cluster_view
-from services import Services
+from hosts import kinds, resources
+from hosts.hostcmd import HostCommand, q
+from usecases.lifecycle import hosts_of
+from usecases.reconcile import Reconciler, cluster_view
+from usecases.services import Services
 
 VM_KINDS = ("qemu", "tap", "port", "vmfiles")
 
@@ -122,7 +122,7 @@ def _compare(config, s: dict, data: dict, reachable: dict, found: dict, leases: 
     expected = resources_expected(mine)
     for key, detail in sorted(expected.items()):
         if report.reachable.get(key.host) is True:
-            report.checks.append(Check(key, resources.kind(key.kind).describe(key), detail, found.get(key)))
+            report.checks.append(Check(key, kinds.kind(key.kind).describe(key), detail, found.get(key)))
     only_mine = resources_owned_by(mine) - resources_owned_by(others)
     report.extra = sorted(k for k in found if k in only_mine and k not in expected)
     vlans = {int(link["vlan_id"]) for link in s.get("links", [])}
@@ -132,10 +132,10 @@ def _compare(config, s: dict, data: dict, reachable: dict, found: dict, leases: 
 
 def resources_expected(view) -> dict:
     out = {}
-    for k in resources.kinds():
+    for k in kinds.kinds():
         out.update(k.expected(view))
     return out
 
 
 def resources_owned_by(view) -> set:
-    return {key for k in resources.kinds() for key in k.owned(view)}
+    return {key for k in kinds.kinds() for key in k.owned(view)}

@@ -21,17 +21,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import capacity
-import sessions
 import vlan_manager
 import vm_launcher
-from access import authorized_slice
-from hostcmd import CommandResult
-from inventory import Inventory, mark_in, settle_in, unmark_in
+from hosts.hostcmd import CommandResult
+from hosts.resources import HostContext
+from hosts.runner import Cancel, Progress, StepReport, interrupts_cancel, interrupts_ignored
 from models import Slice
-from resources import HostContext
-from runner import Cancel, Progress, StepReport, interrupts_cancel, interrupts_ignored
-from services import Services
+from usecases import capacity, sessions
+from usecases.access import authorized_slice
+from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
+from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.lifecycle")
 

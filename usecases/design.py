@@ -14,16 +14,15 @@ import logging
 import os
 from typing import Optional
 
-import capacity
 import naming
-import sessions
-from access import as_int, owned_editable_slice
-from inventory import settle_in
+from hosts.runner import interrupts_ignored
 from models import Flavor, Link, Network, Slice, User
-from runner import interrupts_ignored
-from services import Services
-from topology import MAX_DATA_INTERFACES
-from topology import TOPOLOGY_TYPES as DESIGNED_TYPES
+from topology.model import MAX_DATA_INTERFACES
+from topology.model import TOPOLOGY_TYPES as DESIGNED_TYPES
+from usecases import capacity, sessions
+from usecases.access import as_int, owned_editable_slice
+from usecases.inventory import settle_in
+from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.design")
 
@@ -255,7 +254,7 @@ class Design:
 
     def _remove_disks(self, vms: list) -> None:
         if vms:
-            from inventory import Inventory
+            from usecases.inventory import Inventory
             Inventory(self.s).remove_disks(vms)
 
     def create_link(self, username: str, slice_id, vm1_id, vm1_interface: str,

@@ -23,17 +23,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import capacity
 import naming
 import vlan_manager
 import vm_launcher
-from access import as_int, authorized_slice, require_admin
-from hostcmd import HostCommand, q
-from inventory import Inventory, mark_in, settle_in, unmark_in
-from lifecycle import launch_command, reservations_of
-from runner import Cancel, Progress, interrupts_cancel
-from services import Services
-from status import SliceReport, slice_report
+from hosts.hostcmd import HostCommand, q
+from hosts.runner import Cancel, Progress, interrupts_cancel
+from usecases import capacity
+from usecases.access import as_int, authorized_slice, require_admin
+from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
+from usecases.lifecycle import launch_command, reservations_of
+from usecases.services import Services
+from usecases.status import SliceReport, slice_report
 
 NODE_KINDS = ("vlan", "gateway", "namespace", "dnsmasq")
 
