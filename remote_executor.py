@@ -29,6 +29,7 @@ refuses is asked for again for up to the connect timeout.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -57,7 +58,10 @@ _READ_CHUNK = 256 * 1024
 _POLL_SLICE_S = 1.0
 # How long a transport whose channel just closed without EOF may take to end its thread.
 _CUT_GRACE_S = 0.5
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] [%(actor)s] %(message)s"
+# Who the work is done for, on every log line: the manager service sets it per call
+# ("session=s3 user=ana uid=1001"), the menu run on its own sets it at login.
+LOG_ACTOR: contextvars.ContextVar = contextvars.ContextVar("cloudrepo_log_actor", default="-")
 
 
 class ExecutorError(Exception):
@@ -82,10 +86,25 @@ class ExecutorStats:
     by_host: dict = field(default_factory=dict)
 
 
-def configure_logging(log_file: str, level: int = logging.INFO) -> None:
-    """Send this program's logs to ``log_file`` only (never the screen); paramiko's from WARNING up."""
+class _ActorFilter(logging.Filter):
+    """Puts ``LOG_ACTOR`` (who the work is for) on every record as ``actor``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.actor = LOG_ACTOR.get()
+        return True
+
+
+def configure_logging(log_file: str, level: int = logging.INFO, mode: int = 0o600) -> None:
+    """Send this program's logs to ``log_file`` only (never the screen); paramiko's from WARNING up.
+
+    A new log file is made with ``mode`` (only its owner reads it: it names hosts, steps and users).
+    """
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    if not os.path.exists(log_file):
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode))
     logging.basicConfig(filename=log_file, encoding="utf-8", level=level, format=_LOG_FORMAT, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ActorFilter())
     logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from hosts.runner import interrupts_ignored
 from menu.prompts import (
     ERR,
     OK,
@@ -38,7 +39,7 @@ from topology import files as topology_file
 from topology import model as topology
 from topology import render as topology_render
 from usecases import roster
-from usecases.instructor import default_password_file
+from usecases.instructor import default_password_file, open_secret_file, write_password_file
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES_DIR = os.path.join(HERE, "topologies")
@@ -184,6 +185,33 @@ def render_roster_report(report, shown_passwords: bool = True) -> list:
     if report.count(slice="failed"):
         lines.append("Fix what failed and run the same roster again: what is already made is left as it is.")
     return lines
+
+
+def import_roster_with_file(api, username: str, password_file: str, *args, progress=None) -> tuple:
+    """``api.import_roster``, the generated passwords written by this process to a new 0600 file.
+
+    The file is made first (so a file that cannot be made changes nothing), with
+    this process's own rights — the manager service never writes a path a
+    client names; it returns the passwords in the report.  No generated
+    password: the file is removed again.
+    """
+    try:
+        fd = open_secret_file(os.path.expanduser(password_file))
+    except OSError as e:
+        return False, f"Cannot create the password file {password_file}: {e.strerror or e} (nothing was changed)"
+    try:
+        ok, report = api.import_roster(username, *args, progress=progress)
+    except BaseException:
+        os.close(fd)
+        os.unlink(os.path.expanduser(password_file))
+        raise
+    with interrupts_ignored():
+        written = write_password_file(fd, report.students if not isinstance(report, str) else [])
+        if written:
+            report.password_file = os.path.abspath(os.path.expanduser(password_file))
+        else:
+            os.unlink(os.path.expanduser(password_file))
+    return ok, report
 
 
 # --- asking for a topology -----------------------------------------------------------------
@@ -349,7 +377,7 @@ def show_overview(cli) -> None:
     if not ok:
         return result(False, rows)
     say("")
-    for line in render_overview(rows, list(cli.api.config.workers)):
+    for line in render_overview(rows, cli.api.cluster_workers(cli.username)[1]):
         say(line)
 
 
@@ -384,8 +412,8 @@ def roster_import(cli) -> None:
     if not ask_valid(f"Go ahead? New accounts' generated passwords go to {password_file} (y/n): ",
                      parse_yes_no, "Answer y or n"):
         raise Cancel()
-    ok, report = cli.api.import_roster(cli.username, text, fmt, topology_text, slice_name, password_file,
-                                       progress=progress_line)
+    ok, report = import_roster_with_file(cli.api, cli.username, password_file, text, fmt, topology_text,
+                                         slice_name, progress=progress_line)
     if isinstance(report, str):
         say()
         for i, line in enumerate(render_problems(report)):

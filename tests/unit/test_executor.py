@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import shlex
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from uhelpers import lab_config, make_api, ok
 import remote_executor
 from hosts.hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
 from qcow_manager import overlay_delete
-from remote_executor import RemoteExecutor, configure_logging
+from remote_executor import LOG_ACTOR, RemoteExecutor, configure_logging
 from store.config import ClusterConfig
 
 NASTY = ["plain", "with space", "it's", 'dq"x', "$(touch /tmp/pwned)", "`id`", "a;b", "a&&b",
@@ -427,8 +428,16 @@ def test_configure_logging_writes_to_the_file_only(tmp_path, root_logging):
     lines = path.read_text(encoding="utf-8").splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert len(lines) == 2, lines
-    assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] host=h1 connected", lines[0])
-    assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] Oops", lines[1])
+    assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] \[-\] host=h1 connected", lines[0])
+    assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] \[-\] Oops", lines[1])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600   # hosts, steps and users: only its owner reads it
+    token = LOG_ACTOR.set("session=s1 user=ana uid=1001 pid=7")
+    try:
+        logging.getLogger("cloudrepo.service").info("ana calls deploy_slice")
+    finally:
+        LOG_ACTOR.reset(token)
+    root_logging.handlers[0].flush()
+    assert "[session=s1 user=ana uid=1001 pid=7] ana calls deploy_slice" in path.read_text().splitlines()[-1]
 
 
 
