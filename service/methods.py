@@ -56,7 +56,7 @@ METHODS = {m.name: m for m in [
     _m("list_slices"),
     _m("get_slice", P("slice_id", ID)),
     _m("check_editable", P("slice_id", ID)),
-    _m("create_slice", P("slice_name", TEXT), P("topology_type", TEXT, "custom")),
+    _m("create_slice", P("slice_name", TEXT)),  # topology_type: only templates and imports set it
     _m("add_vm_to_slice", P("slice_id", ID), P("vm_name", TEXT), P("flavor_name", TEXT),
        P("data_interfaces_count", ID), P("internet_enabled", FLAG, False)),
     _m("create_link", P("slice_id", ID), P("vm1_id", ID), P("vm1_interface", TEXT), P("vm2_id", ID),

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 import shlex
 import socket
+import stat
 import subprocess
 
 import paramiko
