@@ -39,10 +39,12 @@ from menu.prompts import (
     ask_secret,
     ask_valid,
     choose_message,
+    link_vlan_note,
     parse_choice,
     parse_int,
     parse_number,
     parse_yes_no,
+    pool_text,
     printable,
     read_line,
     render_flavors,
@@ -68,7 +70,7 @@ def render_slices(slices: list, show_owner: bool) -> list:
         name = f" ({s['name']})" if s.get("name") else ""
         owner = f", owner: {s['owner']}" if show_owner else ""
         lines.append(f"Slice {s['slice_id']}{name} [{s.get('status')}]: {len(s.get('vms', []))} VMs, "
-                     f"{len(s.get('links', []))} Links, VLAN pool: {s['vlan_pool_start']}-{s['vlan_pool_end']}"
+                     f"{len(s.get('links', []))} Links, VLAN pool: {pool_text(s)}"
                      f"{owner}")
         for vm in s.get("vms", []):
             flavor = vm.get("flavor") or {}
@@ -350,7 +352,7 @@ class CLI:
         ok, payload = self.api.create_slice(self.username, name)
         if ok:
             say(f"\n{OK} Slice created! ID: {payload['slice_id']}")
-            say(f"   VLAN pool: {payload['vlan_pool_start']}-{payload['vlan_pool_end']}")
+            say(f"   VLAN pool: {pool_text(payload)}")
         else:
             result(False, payload)
 
@@ -391,6 +393,9 @@ class CLI:
         ok, link = self.api.create_link(self.username, slice_id, vm1, if1, vm2, if2)
         if ok:
             say(f"\n{OK} Link created! VLAN: {link['vlan_id']}")
+            note = link_vlan_note(s, link["vlan_id"])
+            if note:
+                say(note)
         else:
             result(False, link)
 

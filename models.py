@@ -214,6 +214,10 @@ class Network:
 class Slice:
     """A tenant's topology: VMs, links and their VLAN pool.
 
+    ``vlan_pool_start``/``vlan_pool_end``: the slice's block of 20 VLANs (the
+    documented one by default); both None for a slice that has no block
+    because every block is recorded by another slice (see ``naming``).
+
     Statuses: ``design`` (editable), ``deploying`` (a deploy is under way),
     ``running`` (deployed), ``stopped`` (its VMs stopped, disks kept),
     ``deleting``, ``stopping``, ``starting``.
@@ -227,7 +231,7 @@ class Slice:
     topology_type: str = "custom"
     name: Optional[str] = None
     vlan_pool_start: Optional[int] = None
-    vlan_pool_end: int = field(default=0, init=False)
+    vlan_pool_end: Optional[int] = field(default=0, init=False)
     vlan_pool_used: list = field(default_factory=list, init=False)
     vms: list = field(default_factory=list, init=False)
     links: list = field(default_factory=list, init=False)
@@ -241,7 +245,9 @@ class Slice:
         self.vlan_pool_end = self.vlan_pool_start + naming.POOL_SIZE - 1
 
     def get_next_vlan(self) -> Optional[int]:
-        """Take the first unused VLAN of the pool, or None when it is exhausted."""
+        """Take the first unused VLAN of the pool, or None when it is exhausted (or there is none)."""
+        if self.vlan_pool_start is None or self.vlan_pool_end is None:
+            return None
         for vlan in range(self.vlan_pool_start, self.vlan_pool_end + 1):
             if vlan not in self.vlan_pool_used:
                 self.vlan_pool_used.append(vlan)
@@ -275,7 +281,9 @@ class Slice:
     def from_dict(cls, d: dict) -> Slice:
         s = cls(int(d["slice_id"]), d.get("owner"), d.get("topology_type", "custom"),
                 d.get("name"), d.get("vlan_pool_start"))
-        if d.get("vlan_pool_end") is not None:
+        if "vlan_pool_start" in d and d["vlan_pool_start"] is None:  # a slice without a block
+            s.vlan_pool_start = s.vlan_pool_end = None
+        elif d.get("vlan_pool_end") is not None:
             s.vlan_pool_end = d["vlan_pool_end"]
         s.vlan_pool_used = list(d.get("vlan_pool_used", []))
         s.status = d.get("status", "design")

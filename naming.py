@@ -8,13 +8,34 @@ IDs
     One counter in ``database.yaml`` (``next_vm_id``), starting at 1000, gives
     both slice IDs and VM IDs: the first slice is 1000, its first VM 1001.
 
-VLAN pools (SPEC §3, §4.1)
-    A slice prefers the documented block ``100 + (slice_id % 100) * 20`` ..
-    ``+19`` (20 VLANs).  When that block overlaps the pool of a slice still in
-    the database, or contains a reserved VLAN (the internet VLAN 400 and
-    ``reserved_vlans`` of the cluster config), the slice gets the first free
-    aligned block ``100 + k*20`` (k = 0, 1, ... up to VLAN 4079) instead.  Links
-    take the pool's VLANs in order (``Slice.get_next_vlan``).
+Link VLANs and the slices' blocks (SPEC §3, §4.1, §16)
+    Link VLANs are one cluster-wide resource, handed to links as they are made:
+    a slice holds exactly the VLANs of its links (``vlan_pool_used``), never a
+    VLAN it does not use.  Link VLANs are 100 .. 4094 except the internet VLAN
+    (400) and ``reserved_vlans`` of the cluster config; no two links in the
+    database share one, and a link takes its VLAN in the same database
+    transaction that stores it (two menus never get the same VLAN).
+
+    Each slice records a *block* of 20 VLANs (``vlan_pool_start`` ..
+    ``vlan_pool_end``): the documented block ``100 + (slice_id % 100) * 20``
+    .. ``+19`` when no other slice in the database records an overlapping block
+    and it holds no reserved VLAN, else the first aligned block ``100 + k*20``
+    that is free in that sense (k = 0 .. 198: 100-119 .. 4060-4079, less the
+    block holding 400).  When all 198 are recorded the slice has no block:
+    both fields are null.  A block is where the slice's links look first, not
+    a reservation: the slice keeps only the VLANs its links take.
+
+    A link takes the first VLAN of its slice's block that no link holds, so a
+    slice's links take its block in order (the seeds' examples stay true:
+    slice 1000's first link is VLAN 100).  When none is left there, or the
+    slice has no block, it takes the free VLAN farthest from the start of any
+    block (``link_vlan_order``): first the VLANs in no block (401-419,
+    4080-4094, and the blocks that hold a reserved VLAN), then the 20th VLAN of
+    every block (119, 139, ...), then the 19th, and so on, lowest first within
+    each rank; so the first VLANs of every block stay free for the slice that
+    records it.  The menu says when a link's VLAN is outside its slice's
+    block.  A slice has at most 20 links; when no link VLAN is free at all,
+    a new link is refused, saying how many links hold them.
 
 Subnets (SPEC §4.2)
     Link VLAN V <= 255: ``192.168.V.0/24``.  V > 255: ``172.(16 + V // 256).(V % 256).0/24``,
@@ -78,13 +99,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 FIRST_ID = 1000
 FIRST_VNC_PORT = 5901
 VNC_BASE = 5900
 POOL_SIZE = 20
 POOL_BASE = 100
+LINK_VLAN_FIRST = POOL_BASE       # link VLANs: 100 .. MAX_VLAN, less the reserved ones
+MAX_LINKS = POOL_SIZE             # links of one slice
 MAX_VLAN = 4094
 INTERNET_VLAN = 400
 STATE_DIR = "/run/cloud-repositorio"
@@ -112,21 +135,26 @@ def documented_pool_start(slice_id: int) -> int:
     return POOL_BASE + (slice_id % 100) * POOL_SIZE
 
 
+def _block_usable(start: int, reserved: set) -> bool:
+    """True when the aligned block from ``start`` fits the VLAN range and holds no reserved VLAN."""
+    end = start + POOL_SIZE - 1
+    return end <= MAX_VLAN and not any(start <= v <= end for v in reserved)
+
+
 def allocate_vlan_pool(slice_id: int, taken_pools: Iterable[tuple[int, int]],
                        reserved: Iterable[int] = (INTERNET_VLAN,)) -> Optional[int]:
-    """First VLAN of a free 20-VLAN block for a new slice, or None when all are taken.
+    """First VLAN of the block a new slice records, or None when every block is recorded.
 
-    The documented block is used when it is free; otherwise the first free
-    aligned block.  ``taken_pools`` are (start, end) of live slices.
+    The documented block is used when no slice records an overlapping block
+    (``taken_pools``: (start, end) of the slices in the database) and it holds
+    no reserved VLAN; otherwise the first such aligned block.
     """
     taken = list(taken_pools)
     reserved = set(reserved)
 
     def free(start: int) -> bool:
         end = start + POOL_SIZE - 1
-        if end > MAX_VLAN or any(start <= v <= end for v in reserved):
-            return False
-        return all(end < s or start > e for s, e in taken)
+        return _block_usable(start, reserved) and all(end < s or start > e for s, e in taken)
 
     preferred = documented_pool_start(slice_id)
     if free(preferred):
@@ -135,6 +163,47 @@ def allocate_vlan_pool(slice_id: int, taken_pools: Iterable[tuple[int, int]],
         if free(start):
             return start
     return None
+
+
+def link_vlan_range(reserved: Iterable[int] = (INTERNET_VLAN,)) -> list:
+    """Every VLAN a link may get (100 .. 4094 less the reserved ones), ascending."""
+    reserved = set(reserved) | {INTERNET_VLAN}
+    return [v for v in range(LINK_VLAN_FIRST, MAX_VLAN + 1) if v not in reserved]
+
+
+def link_vlan_order(reserved: Iterable[int] = (INTERNET_VLAN,)) -> Iterator[int]:
+    """The VLANs a link outside its slice's block may get, in the order they are tried.
+
+    First those in no usable block (ascending), then the 20th VLAN of every
+    block, then the 19th, ... (blocks ascending): the free VLAN farthest
+    from the start of any block comes first.
+    """
+    reserved = set(reserved) | {INTERNET_VLAN}
+    starts = [s for s in range(POOL_BASE, MAX_VLAN + 1, POOL_SIZE) if _block_usable(s, reserved)]
+    in_blocks = {s + k for s in starts for k in range(POOL_SIZE)}
+    yield from (v for v in link_vlan_range(reserved) if v not in in_blocks)
+    for offset in range(POOL_SIZE - 1, -1, -1):
+        yield from (s + offset for s in starts)
+
+
+def allocate_link_vlan(pool_start: Optional[int], used: Iterable[int],
+                       reserved: Iterable[int] = (INTERNET_VLAN,)) -> Optional[int]:
+    """The VLAN of a new link: the first free one of its slice's block, else by ``link_vlan_order``.
+
+    ``pool_start``: the slice's block (None: it has none); ``used``: every
+    VLAN links of the database hold.  None when no link VLAN is free.
+    """
+    taken = set(used) | set(reserved) | {INTERNET_VLAN}
+    if pool_start is not None:
+        for vlan in range(pool_start, min(pool_start + POOL_SIZE, MAX_VLAN + 1)):
+            if vlan not in taken:
+                return vlan
+    return next((v for v in link_vlan_order(reserved) if v not in taken), None)
+
+
+def in_pool(vlan: int, pool_start: Optional[int]) -> bool:
+    """True when ``vlan`` is in the block starting at ``pool_start`` (never when there is no block)."""
+    return pool_start is not None and pool_start <= vlan < pool_start + POOL_SIZE
 
 
 def link_subnet(vlan: int) -> ipaddress.IPv4Network:

@@ -29,6 +29,7 @@ from menu.prompts import (
     parse_int,
     parse_number,
     parse_yes_no,
+    pool_text,
     read_line,
     render_flavors,
     result,
@@ -111,7 +112,7 @@ def render_built(s: dict) -> list:
     """A slice just made from a template or a file: its VMs, links with VLANs, and its picture."""
     lines = [f"Slice created! ID: {s['slice_id']} ({s.get('name')}, {s.get('topology_type')}: "
              f"{topology.plural(len(s.get('vms', [])), 'VM')}, {topology.plural(len(s.get('links', [])), 'link')}, "
-             f"VLAN pool {s['vlan_pool_start']}-{s['vlan_pool_end']})"]
+             f"VLAN pool {pool_text(s)})"]
     for vm in s.get("vms", []):
         lines.append(f"   VM {vm['vm_id']}: {vm['name']} (VNC: {vm.get('vnc_port')}, Worker: {vm.get('worker_ip')})")
     return lines + [""] + topology_render.render_diagram(s)

@@ -159,3 +159,23 @@ def render_flavors() -> list:
         lines.append(f"{n}. {name} ({cores} core{'s' if cores != 1 else ''}, {spec['ram_gb']}GB RAM, "
                      f"{spec['disk_gb']}GB disk)")
     return lines
+
+
+def pool_text(s: dict) -> str:
+    """A slice's VLAN block as the menu shows it: ``100-119``, or ``none`` when it has no block."""
+    start, end = s.get("vlan_pool_start"), s.get("vlan_pool_end")
+    if start is None or end is None:
+        return "none (every block of 20 VLANs is held by a slice; its links get free VLANs elsewhere)"
+    return f"{start}-{end}"
+
+
+def link_vlan_note(s: dict, vlan: int) -> Optional[str]:
+    """The line after ``Link created! VLAN: N`` when N is outside the slice's block (None when inside)."""
+    start = s.get("vlan_pool_start")
+    if start is not None and int(start) <= int(vlan) <= int(s.get("vlan_pool_end") or start):
+        return None
+    if start is None:
+        return (f"   VLAN {vlan} is a free VLAN outside any slice's own block: this slice has none "
+                "(every block of 20 VLANs is held by a slice)")
+    return (f"   VLAN {vlan} is outside the slice's VLAN pool {start}-{s.get('vlan_pool_end')} "
+            "(its VLANs there are held by other links)")

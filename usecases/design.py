@@ -1,8 +1,9 @@
 """Design mode: slices, VMs and links in the database, and what they are given.
 
 Allocation (all inside one database transaction, so concurrent menus never
-hand out the same thing twice): the slice's VLAN pool, the VM's ID, worker,
-VNC port, internet address and overlay file name.  A VM is first reserved
+hand out the same thing twice): the slice's VLAN block, each link's VLAN
+(from the whole free range, see ``naming``), the VM's ID, worker, VNC port,
+internet address and overlay file name.  A VM is first reserved
 (``pending``, with this session's mark and its quota taken), then its
 overlay is made on its worker, then it is committed as ``design`` or the
 reservation is undone.  A session that dies in between leaves a pending VM
@@ -97,7 +98,7 @@ class Design:
         return self.s.config
 
     def create_slice(self, username: str, slice_name: str, topology_type: str = "custom", need_vms: int = 0) -> tuple:
-        """A new empty slice in ``design`` with its own VLAN pool.
+        """A new empty slice in ``design`` with its block of 20 VLANs (or none when all are recorded).
 
         ``need_vms``: the VMs about to be added to it (a whole topology): refused
         with "Quota exceeded" unless the user's quota leaves room for all of them.
@@ -117,19 +118,22 @@ class Design:
             if any(s.get("owner") == username and s.get("name") == slice_name for s in data["slices"].values()):
                 return False, f"You already have a slice named {slice_name}"
             slice_id = int(data.get("next_vm_id", naming.FIRST_ID))
-            taken = [(int(s["vlan_pool_start"]), int(s["vlan_pool_end"])) for s in data["slices"].values()]
+            taken = [(int(s["vlan_pool_start"]), int(s["vlan_pool_end"])) for s in data["slices"].values()
+                     if s.get("vlan_pool_start") is not None and s.get("vlan_pool_end") is not None]
             start = naming.allocate_vlan_pool(slice_id, taken, self.config.all_reserved_vlans)
-            if start is None:
-                return False, ("No free VLAN pool: every block of 20 VLANs is held by a slice. "
-                               "Delete slices that are no longer needed first.")
             data["next_vm_id"] = slice_id + 1
             s = Slice(slice_id, username, topology_type, slice_name, start)
+            if start is None:  # every block is recorded: its links get free VLANs wherever they are
+                s.vlan_pool_start = s.vlan_pool_end = None
             data["slices"][str(slice_id)] = s.to_dict()
             user.setdefault("slices", []).append(slice_id)
-        if start != naming.documented_pool_start(slice_id):
+        if start is None:
+            log.info("slice %s: every block of %s VLANs is recorded by a slice; it has none", slice_id,
+                     naming.POOL_SIZE)
+        elif start != naming.documented_pool_start(slice_id):
             log.info("slice %s: documented VLAN pool taken, using %s-%s", slice_id, start, start + 19)
         return True, {"slice_id": slice_id, "name": slice_name,
-                      "vlan_pool_start": start, "vlan_pool_end": start + naming.POOL_SIZE - 1}
+                      "vlan_pool_start": start, "vlan_pool_end": s.vlan_pool_end}
 
     def check_editable(self, username: str, slice_id) -> tuple:
         """(True, slice) when the user may change this slice now; else why not."""
@@ -259,7 +263,7 @@ class Design:
 
     def create_link(self, username: str, slice_id, vm1_id, vm1_interface: str,
                     vm2_id, vm2_interface: str) -> tuple:
-        """Join two data interfaces on the next VLAN of the slice's pool."""
+        """Join two data interfaces on the next free VLAN of the slice's block (or a free one elsewhere)."""
         ok1, v1 = as_int(vm1_id, "VM IDs")
         ok2, v2 = as_int(vm2_id, "VM IDs")
         if not (ok1 and ok2):
@@ -268,7 +272,7 @@ class Design:
         if2 = vm2_interface.strip() if isinstance(vm2_interface, str) else ""
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
-            result = add_link(data, username, slice_id, (v1, if1), (v2, if2))
+            result = add_link(data, username, slice_id, (v1, if1), (v2, if2), self.config.all_reserved_vlans)
         self._remove_disks(dropped)
         return result
 
@@ -281,7 +285,7 @@ class Design:
             with self.s.db.transaction() as data:
                 made = []
                 for end1, end2 in pairs:
-                    ok, link = add_link(data, username, slice_id, end1, end2)
+                    ok, link = add_link(data, username, slice_id, end1, end2, self.config.all_reserved_vlans)
                     if not ok:
                         raise _Refused(link)  # leaves the transaction without saving anything
                     made.append(link)
@@ -300,8 +304,32 @@ def slice_key(slice_id) -> set:
     return {str(sid)} if ok else set()
 
 
-def add_link(data: dict, username: str, slice_id, end1: tuple, end2: tuple) -> tuple:
-    """In a transaction's data: link two interfaces of the user's editable slice."""
+def link_vlans_in_use(data: dict) -> set:
+    """Every VLAN a link of the database holds (with each slice's ``vlan_pool_used``)."""
+    used = set()
+    for s in data["slices"].values():
+        used.update(int(v) for v in s.get("vlan_pool_used") or ())
+        used.update(int(link["vlan_id"]) for link in s.get("links") or ())
+    return used
+
+
+def no_free_vlan_message(data: dict, reserved) -> str:
+    """The refusal when every link VLAN is held: how many there are and how many links hold them."""
+    links = sum(len(s.get("links") or ()) for s in data["slices"].values())
+    holders = sum(1 for s in data["slices"].values() if s.get("links"))
+    usable = len(naming.link_vlan_range(reserved))
+    return (f"No free VLAN for this link: all {usable} link VLANs ({naming.LINK_VLAN_FIRST}-{naming.MAX_VLAN} "
+            f"less the reserved ones) are held by {links} links of {holders} slices. "
+            "Delete slices that are no longer needed first.")
+
+
+def add_link(data: dict, username: str, slice_id, end1: tuple, end2: tuple,
+             reserved=(naming.INTERNET_VLAN,)) -> tuple:
+    """In a transaction's data: link two interfaces of the user's editable slice.
+
+    The link's VLAN is the first free one of the slice's block, else a free one
+    elsewhere (``naming.allocate_link_vlan``); ``reserved`` are never given.
+    """
     ok, s = owned_editable_slice(data, username, slice_id)
     if not ok:
         return False, s
@@ -309,9 +337,12 @@ def add_link(data: dict, username: str, slice_id, end1: tuple, end2: tuple) -> t
     ok, ends = link_ends(sl, (end1, end2))
     if not ok:
         return False, ends
-    vlan = sl.get_next_vlan()
-    if vlan is None:
+    if len(sl.links) >= naming.MAX_LINKS:
         return False, "VLAN pool exhausted"
+    vlan = naming.allocate_link_vlan(sl.vlan_pool_start, link_vlans_in_use(data), reserved)
+    if vlan is None:
+        return False, no_free_vlan_message(data, reserved)
+    sl.vlan_pool_used.append(vlan)
     link_id = max((link.link_id for link in sl.links), default=0) + 1
     for iface in ends:
         iface.vlan_id, iface.link_id = vlan, link_id

@@ -6,8 +6,9 @@ or a topology file (``topology_file.parse_topology``) gives a design, and
 
 1. the design is checked as a whole (``topology.validate``);
 2. one database transaction checks the owner's quota for every VM of it and
-   creates the slice with its pool of 20 VLANs (a design has at most 20
-   links, so the pool holds them all);
+   creates the slice with its block of 20 VLANs when one is free (a design
+   has at most 20 links; each link takes a free VLAN of the block, else a
+   free one elsewhere, see ``naming``);
 3. each VM is added (its overlay made on its worker) through
    ``design.Design.add_vm_to_slice``, as the menu's option 3 does; then
    every link is created in one transaction (``Design.create_links``, the
@@ -87,7 +88,8 @@ class SliceBuilder:
                 return False, made
             sid = made["slice_id"]
             try:
-                failure = self._fill(owner, sid, design, cancel, progress or (lambda _line: None))
+                failure = self._fill(owner, sid, design, cancel, progress or (lambda _line: None),
+                                     made["vlan_pool_start"])
             except Exception as e:  # noqa: BLE001 - whatever happened, leave nothing behind
                 log.exception("building slice %s failed", sid)
                 failure = f"an internal error ({e})"
@@ -101,8 +103,12 @@ class SliceBuilder:
                     "'8. Cleanup orphaned VMs' finds them.")
         return False, f"{failure}. {tail}"
 
-    def _fill(self, owner: str, sid: int, design: topology.Design, cancel: Cancel, progress: Say) -> Optional[str]:
-        """Add every VM and link to slice ``sid``; the first failure (None when all were made)."""
+    def _fill(self, owner: str, sid: int, design: topology.Design, cancel: Cancel, progress: Say,
+              pool_start: Optional[int] = None) -> Optional[str]:
+        """Add every VM and link to slice ``sid``; the first failure (None when all were made).
+
+        ``pool_start``: the slice's VLAN block (None: it has none), to say which links are outside it.
+        """
         ids = {}
         for vm in design.vms:
             if cancel.is_set():
@@ -119,7 +125,8 @@ class SliceBuilder:
         if not ok:
             return f"The links could not be created: {made}"
         for x, link in zip(design.links, made):
-            progress(f"Link {x.vm1} {x.if1} -- {x.vm2} {x.if2}: VLAN {link['vlan_id']}")
+            outside = "" if naming.in_pool(link["vlan_id"], pool_start) else " (outside the slice's VLAN pool)"
+            progress(f"Link {x.vm1} {x.if1} -- {x.vm2} {x.if2}: VLAN {link['vlan_id']}{outside}")
         return INTERRUPTED if cancel.is_set() else None
 
     def _discard(self, owner: str, sid: int) -> str:

@@ -525,6 +525,36 @@ def link_answers(m: Menu, vm1: str, if1: str, vm2: str, if2: str) -> str:
     return m.send(if2)
 
 
+def _every_block_recorded(site: Site) -> None:
+    """198 empty design slices of another user, one in each 20-VLAN block (SPEC §16)."""
+    from models import Slice
+    with Database(str(site.db)).transaction() as data:
+        for k, start in enumerate(b for b in range(100, 4080, 20) if b != 400):
+            sid = 5000 + k
+            data["slices"][str(sid)] = Slice(sid, "student", name=f"b{k}", vlan_pool_start=start).to_dict()
+            data["users"]["student"]["slices"].append(sid)
+        data["next_vm_id"] = 6000
+
+
+def test_link_outside_any_block_is_said_and_the_slice_shows_none(spawn, site):
+    _every_block_recorded(site)
+    m = admin_menu(spawn)
+    screen = create_slice(m, "late")
+    assert "Slice created! ID: 6000" in screen
+    assert "VLAN pool: none (every block of 20 VLANs is held by a slice; its links get free VLANs elsewhere)" in screen
+    api = seed_api(site)
+    for name in ("web", "db"):
+        assert api.add_vm_to_slice("admin", 6000, name, "cirros", 2, False)[0]
+    m.send("4", "Slice ID: ")
+    m.send("6000", "First VM ID: ")
+    screen = link_answers(m, "6001", "eth1", "6002", "eth1")
+    assert ("Link created! VLAN: 401\n   VLAN 401 is a free VLAN outside any slice's own block: this slice has "
+            "none (every block of 20 VLANs is held by a slice)") in screen
+    screen = m.send("5")
+    assert "Slice 6000 (late) [design]: 2 VMs, 1 Links, VLAN pool: none (" in screen
+    assert "(VLAN 401)" in screen
+
+
 def test_link_listing_errors_and_topology_view(spawn, site):
     slice_id = seed_slice_with_vms(site, owner="admin", names=("web", "db"), interfaces=2)
     m = admin_menu(spawn)
