@@ -263,3 +263,26 @@ def test_menus_creating_links_at_once_never_get_the_same_vlan(tmp_path, with_blo
     vlans = [link["vlan_id"] for sid, _ in made for link in stored[str(sid)]["links"]]
     assert len(vlans) == len(set(vlans)) == 24
     assert sorted(r[1]["vlan_id"] for r in results) == sorted(vlans)
+
+
+# --- rosters beyond the 198 blocks -------------------------------------------------------------
+
+def test_roster_beyond_the_blocks_makes_every_students_ring(tmp_path):
+    """196 blocks recorded already: of 5 students with a ring of 4, 2 get blocks and 3 get VLANs elsewhere."""
+    api, db, ex = make_api(tmp_path)
+    ex.config.raw["capacity"].update(ram_ratio=64.0, cpu_ratio=64.0)
+    _class_of_blocks(db, slices=BLOCKS - 2)
+    with open(naming.__file__.replace("naming.py", "topologies/ring4.yaml")) as f:
+        ring = f.read()
+    roster = "username,quota,password\n" + "".join(f"r{i},6,generate\n" for i in range(5))
+    made, report = api.import_roster("admin", roster, "csv", ring, None, str(tmp_path / "pw"))
+    assert made, report
+    assert [s.slice for s in report.students] == ["made"] * 5
+    slices = [db.get_slice(s.slice_id) for s in report.students]
+    assert [s["vlan_pool_start"] is not None for s in slices] == [True, True, False, False, False]
+    for s in slices[:2]:
+        assert s["vlan_pool_used"] == list(range(s["vlan_pool_start"], s["vlan_pool_start"] + 4))
+    elsewhere = [v for s in slices[2:] for v in s["vlan_pool_used"]]
+    assert elsewhere == list(range(401, 413))
+    every = [link["vlan_id"] for s in db.load()["slices"].values() for link in s["links"]]
+    assert len(every) == len(set(every)) == 20
