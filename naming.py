@@ -71,25 +71,41 @@ On a worker, per VM ``vm_id``
                 5901 up, unique among the VMs in the database; password = the
                 VM's password
 
-On the network node, per link VLAN V
-    gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V,
-                ``external_ids:cloud-repositorio=vlan{V}``, no IPv6 address
-    fixed MACs  a port of the node holding IPv4 address A.B.C.D (a gateway, a DHCP
+On the network node, once
+    trunk       the veth pair ``cr-trunk`` (the node's kernel end, no address, no
+                IPv6) / ``cr-trunk-br`` (on ``br-int``, no tag: every VLAN), both
+                with the alias ``cloud-repositorio=trunk``, the port with
+                ``external_ids:cloud-repositorio=trunk``: the only port of this
+                system on the node's Open vSwitch.  Made by the first VLAN set-up
+                (under ``trunk.lock``), removed with the last VLAN
+
+On the network node, per link VLAN V (and the internet VLAN)
+    gateway     ``gw_vlan{V}``, the VLAN subinterface V of ``cr-trunk``
+                (``ip link add link cr-trunk name gw_vlan{V} type vlan id V``),
+                alias ``cloud-repositorio=vlan{V}``, no IPv6 address; no Open
+                vSwitch port per VLAN (a VLAN costs the node netlink work only)
+    fixed MACs  a device of the node holding IPv4 address A.B.C.D (a gateway, a DHCP
                 server) has MAC ``02:00:AA:BB:CC:DD`` (``port_mac``): locally
                 administered, never a VM's ``52:54:00:...``, known to every worker
-    DHCP        namespace ``ns-dhcp-vlan{V}``, veth ``dhcp{V}-o`` (on br-int,
-                tag V, same external_ids) / ``dhcp{V}-i`` (inside), dnsmasq with
+    DHCP        namespace ``ns-dhcp-vlan{V}`` holding ``dhcp{V}-i``, a macvlan
+                (mode bridge) of ``gw_vlan{V}``; dnsmasq started in it with
+                ``nsenter --net`` (no mount namespace per VLAN), with
                 ``/run/cloud-repositorio/dnsmasq-vlan{V}.{pid,leases,log}`` and
                 reservations in ``dnsmasq-vlan{V}.hosts.d/vm{vm_id}``; the marker
                 ``/run/cloud-repositorio/vlan{V}.owner`` says the VLAN is this system's
+    old layout  before issue 19 the gateway was an OVS internal port ``gw_vlan{V}``
+                and the DHCP namespace hung on a veth ``dhcp{V}-o`` on ``br-int``
+                (both with ``external_ids:cloud-repositorio=vlan{V}``); a set-up or
+                removal of VLAN V removes those ports, and the orphan scan finds them
     isolation   iptables and ip6tables chains ``CR-FORWARD`` (forwarding only
                 VLAN 400 <-> uplink, nothing between gateways, nothing to the
-                management addresses) and ``CR-INPUT`` (from a gateway port only
-                ping to that port's own address, and replies, reach the node
-                itself; nothing at all over IPv6), marked ``cr-policy-<hash>``
+                management addresses, nothing from the trunk itself) and ``CR-INPUT``
+                (from a gateway only ping to its own address, and replies, reach the
+                node itself; nothing at all over IPv6 or from the trunk itself),
+                marked ``cr-policy-<hash>``
     NAT         ``POSTROUTING -s <internet cidr> -o <uplink> -j MASQUERADE`` with
                 the comment ``cloud-repositorio``
-    locks       ``/run/cloud-repositorio/{iptables,vlan400}.lock`` (flock)
+    locks       ``/run/cloud-repositorio/{iptables,trunk,vlan400}.lock`` (flock)
 
 Everything above is what the orphan scan recognises; things that merely look
 alike (a user's ``thesis_img.qcow2`` without a marker, a ``gw_vlan3999`` port
@@ -331,18 +347,30 @@ def vnc_display(vnc_port: int) -> int:
 
 # --- Per-VLAN names on the network node -------------------------------------
 
+NODE_TRUNK = "cr-trunk"            # the node's kernel end of its trunk: every gateway is a VLAN of it
+NODE_TRUNK_PORT = "cr-trunk-br"    # its peer, the trunk's port on br-int (every VLAN)
+TRUNK_MARK = "trunk"               # external_ids / alias value of the trunk
+NETNS_DIR = "/run/netns"           # where ``ip netns`` keeps its namespaces
+
+
 def gateway_port(vlan: int) -> str:
+    """The gateway of VLAN ``vlan``: a VLAN subinterface of ``NODE_TRUNK``."""
     return f"gw_vlan{vlan}"
 
 
 def port_mac(ip: str) -> str:
-    """The fixed MAC of a network-node port holding IPv4 ``ip``: ``02:00:`` + the address bytes."""
+    """The fixed MAC of a network-node device holding IPv4 ``ip``: ``02:00:`` + the address bytes."""
     return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 def vlan_mark(vlan: int) -> str:
-    """The value of ``external_ids:cloud-repositorio`` on a VLAN's ports."""
+    """The value of this system's mark on a VLAN's objects (external_ids, aliases)."""
     return f"vlan{vlan}"
+
+
+def device_alias(value: str) -> str:
+    """The alias (``ip link set DEV alias``) that marks a network device of this system."""
+    return f"{MARK}={value}"
 
 
 def vlan_marker_file(vlan: int) -> str:
@@ -353,9 +381,19 @@ def dhcp_namespace(vlan: int) -> str:
     return f"ns-dhcp-vlan{vlan}"
 
 
-def dhcp_veth(vlan: int) -> tuple[str, str]:
-    """(outside end on br-int, inside end in the namespace)."""
-    return f"dhcp{vlan}-o", f"dhcp{vlan}-i"
+def netns_path(namespace: str) -> str:
+    """The file ``ip netns`` binds a namespace to (``nsenter --net=`` enters it)."""
+    return f"{NETNS_DIR}/{namespace}"
+
+
+def dhcp_macvlan(vlan: int) -> str:
+    """The DHCP server's device inside ``ns-dhcp-vlan{V}``: a macvlan of the VLAN's gateway."""
+    return f"dhcp{vlan}-i"
+
+
+def legacy_dhcp_veth(vlan: int) -> str:
+    """The outside end of a DHCP veth on br-int of the layout before issue 19 (removed when seen)."""
+    return f"dhcp{vlan}-o"
 
 
 def dnsmasq_files(vlan: int) -> dict:

@@ -1,11 +1,21 @@
 """What runs on the network node: per-VLAN gateways and DHCP, internet NAT, isolation.
 
-Per link VLAN V (names in ``naming``): the marker ``vlan{V}.owner``, the OVS
-internal port ``gw_vlan{V}`` (tag V) holding the gateway ``.1``, and the
-namespace ``ns-dhcp-vlan{V}`` holding one end of the veth
-``dhcp{V}-o``/``dhcp{V}-i`` and its own dnsmasq, with its own pid, lease and
-log files, stopped by that pid (after checking the pid is that VLAN's
-dnsmasq).  Nothing here ever touches another VLAN.
+The node's layout (names in ``naming``), so that a VLAN costs netlink work only:
+
+* one trunk from ``br-int`` into the node's kernel: the veth pair
+  ``cr-trunk`` / ``cr-trunk-br``, the latter a port of ``br-int`` carrying every
+  VLAN.  It is this system's only Open vSwitch port on the node: made once by
+  the first VLAN set-up (``trunk_up``, under the node's ``trunk.lock``), removed
+  with the last VLAN.  Nothing of a VLAN ever changes Open vSwitch, whose port
+  changes grow with the ports on the bridge (about 1 s per add at 1,000 ports
+  in the lab's userspace datapath);
+* per link VLAN V: the marker ``vlan{V}.owner``, the gateway ``gw_vlan{V}``
+  (the VLAN subinterface V of ``cr-trunk``, fixed MAC, no IPv6) holding ``.1``,
+  and the namespace ``ns-dhcp-vlan{V}`` holding ``dhcp{V}-i``, a macvlan of the
+  gateway, and its own dnsmasq (started with ``nsenter --net``: no mount
+  namespace per VLAN), with its own pid, lease and log files, stopped by that
+  pid (after checking the pid is that VLAN's dnsmasq).  Nothing here ever
+  touches another VLAN.
 
 The internet VLAN (400) is shared: ``gw_vlan400`` with 10.60.7.1, a dnsmasq
 that answers only reserved MACs (one file per VM in its hosts directory, so
@@ -18,13 +28,16 @@ L3 isolation: the network node forwards only between the internet VLAN and
 the uplink.  The chain ``CR-FORWARD`` (jumped to first from FORWARD, replaced
 atomically with ``iptables-restore --noflush``) accepts VLAN 400 -> uplink
 and the replies, and drops everything else that enters or leaves a
-``gw_vlan*`` port, so no VM reaches another slice's subnets through the
-gateways.  ``CR-INPUT`` lets a VM ping only its own gateway.  Both chains go
-when the last VLAN of this system leaves the node.
+``gw_vlan*`` device (or the trunk itself), so no VM reaches another slice's
+subnets through the gateways.  ``CR-INPUT`` lets a VM ping only its own
+gateway.  Both chains go when the last VLAN of this system leaves the node.
 
-The kinds of node objects (VLAN marker, gateway, DHCP namespace, dnsmasq,
-internet reservation, NAT rule, isolation rules) are described below, each
-with its scan, parser and removal.
+Every builder returns one idempotent script (``HostCommand``) that holds the
+node's locks it needs itself, so the scripts of several deploys can be
+concatenated into one.  The kinds of node objects (trunk, VLAN marker,
+gateway, DHCP namespace, dnsmasq, internet reservation, NAT rule, isolation
+rules, and the old layout's ports) are described below, each with its scan,
+parser and removal.
 """
 from __future__ import annotations
 
@@ -39,6 +52,7 @@ from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from vm_launcher import OVS_DOWN_EXIT, del_ports, ovs_alive, ovs_preflight
 
 OVS = ["ovs-vsctl", "--timeout=10"]
+TRUNK, TRUNK_PORT = naming.NODE_TRUNK, naming.NODE_TRUNK_PORT
 
 
 def _stop_dnsmasq(vlan: int) -> str:
@@ -54,47 +68,103 @@ def _dnsmasq_running(vlan: int) -> str:
             f"tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {q('--pid-file=' + pidfile)}; }}")
 
 
-PORT_WAIT_S = 30
+def _exists(dev: str) -> str:
+    """Shell test: network device ``dev`` exists (netlink, not /sys)."""
+    return f"ip link show dev {q(dev)} >/dev/null 2>&1"
 
 
-def _wait_for_device(dev: str) -> str:
-    """Shell: wait until Open vSwitch has made the internal port ``dev`` (exit 70 after ``PORT_WAIT_S``).
+def _ipv6_off(dev: str) -> str:
+    return (f"if [ -e {q('/proc/sys/net/ipv6/conf/' + dev)} ]; then "
+            f"sysctl -q -w {q(f'net.ipv6.conf.{dev}.disable_ipv6=1')}; fi")
 
-    The gateway's port add uses ``--no-wait``: the client does not wait for vswitchd's whole
-    reconfiguration, whose cost grows with every port on the bridge.  Only the device itself is
-    needed here.  (The DHCP veth's add still waits: the VLAN's leases depend on vswitchd having
-    attached it, and nothing in the script would notice if it had not.)
+
+def trunk_up(bridge: str) -> str:
+    """Shell: the node's trunk (``cr-trunk`` in the kernel, ``cr-trunk-br`` on ``bridge``), made if missing.
+
+    Under ``trunk.lock``.  When the veth exists and its port is on the bridge
+    this is two cheap queries; otherwise the veth is made (no IPv6, marked
+    with an alias) and its port (re)added in one Open vSwitch transaction that
+    waits for vswitchd to attach it (every VLAN's frames depend on it).
     """
-    tries = PORT_WAIT_S * 20
-    return (f"n=0; until ip link show dev {q(dev)} >/dev/null 2>&1; do [ $n -lt {tries} ] || "
-            f"{{ echo {q(f'Open vSwitch did not create {dev} within {PORT_WAIT_S} s')} >&2; exit 70; }}; "
-            f"sleep 0.05; n=$((n+1)); done")
+    alias = naming.device_alias(naming.TRUNK_MARK)
+    return _locked("trunk.lock", [
+        f"if ! {_exists(TRUNK)} || ! {join([*OVS, 'port-to-br', TRUNK_PORT])} >/dev/null 2>&1; then",
+        f"{_exists(TRUNK)} || ip link add {q(TRUNK)} type veth peer name {q(TRUNK_PORT)}",
+        _ipv6_off(TRUNK), _ipv6_off(TRUNK_PORT),
+        join(["ip", "link", "set", TRUNK, "alias", alias]),
+        join(["ip", "link", "set", TRUNK_PORT, "alias", alias]),
+        join(["ip", "link", "set", TRUNK_PORT, "up"]),
+        join(["ip", "link", "set", TRUNK, "up"]),
+        join([*OVS, "--", "--if-exists", "del-port", bridge, TRUNK_PORT, "--", "add-port", bridge, TRUNK_PORT,
+              "--", "set", "port", TRUNK_PORT, f"external_ids:{naming.MARK}={naming.TRUNK_MARK}"]),
+        "fi",
+    ])
+
+
+def remove_trunk(bridge: str) -> list:
+    """Shell lines: remove the trunk (its port, then the veth, which takes every gateway with it)."""
+    return [del_ports(bridge, [TRUNK_PORT]), f"ip link del {q(TRUNK)} 2>/dev/null || true"]
+
+
+def trunk_teardown_if_unused(bridge: str) -> str:
+    """Shell: under ``trunk.lock``, remove the trunk once no VLAN of this system is left on the node.
+
+    A set-up writes its VLAN's marker before it takes the lock to make sure of
+    the trunk, so a removal that runs meanwhile either sees that marker and
+    keeps the trunk, or removes it before the set-up makes it again.
+    """
+    return _locked("trunk.lock", [
+        f"if ! ls {q(naming.STATE_DIR)}/vlan*.owner >/dev/null 2>&1; then",
+        *remove_trunk(bridge),
+        "fi",
+    ])
+
+
+def _legacy_ports_gone(bridge: str, vlan: int) -> str:
+    """Shell: remove VLAN ``vlan``'s Open vSwitch ports of the old layout, only when they are there.
+
+    The old gateway was an OVS internal port with the gateway's name (now the
+    name of a VLAN subinterface, listed in /proc/net/vlan), the old DHCP veth
+    ``dhcp{V}-o`` a port too.  On a node without them this costs two netlink
+    queries and no Open vSwitch call.
+    """
+    gw, veth = naming.gateway_port(vlan), naming.legacy_dhcp_veth(vlan)
+    return (f"if {{ {_exists(gw)} && [ ! -e {q('/proc/net/vlan/' + gw)} ]; }} || {_exists(veth)}; then "
+            f"{del_ports(bridge, [gw, veth])}; ip link del {q(veth)} 2>/dev/null || true; "
+            f"[ -e {q('/proc/net/vlan/' + gw)} ] || ip link del {q(gw)} 2>/dev/null || true; fi")
 
 
 def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int) -> list:
-    """Shell: the gateway port with its fixed MAC and address, and no IPv6 (set before it comes up)."""
+    """Shell: the gateway (VLAN ``vlan`` of the trunk) with its fixed MAC, its mark and address, no IPv6.
+
+    IPv6 is switched off before the device comes up (a device gets its
+    link-local address when it comes up).
+    """
     gw = naming.gateway_port(vlan)
+    mac = naming.port_mac(gateway_ip)
     return [
-        join([*OVS, "--no-wait", "--may-exist", "add-port", bridge, gw, "--", "set", "interface", gw,
-              "type=internal", f"mac=\"{naming.port_mac(gateway_ip)}\"", "--", "set", "port", gw, f"tag={vlan}",
-              f"external_ids:{naming.MARK}={naming.vlan_mark(vlan)}"]),
-        _wait_for_device(gw),
+        _legacy_ports_gone(bridge, vlan),
+        f"{_exists(gw)} || "
+        + join(["ip", "link", "add", "link", TRUNK, "name", gw, "address", mac, "type", "vlan", "id", str(vlan)]),
+        join(["ip", "link", "set", gw, "address", mac, "alias", naming.device_alias(naming.vlan_mark(vlan))]),
         vm_firewall.gateway_ipv6_off(gw),
         join(["ip", "addr", "replace", f"{gateway_ip}/{prefixlen}", "dev", gw]),
         join(["ip", "link", "set", gw, "up"]),
     ]
 
 
-def _dhcp_namespace_down(bridge: str, vlan: int, keep_reservations: bool = False) -> list:
+def _dhcp_namespace_down(vlan: int, keep_reservations: bool = False) -> list:
+    """Shell: stop VLAN ``vlan``'s dnsmasq and remove its namespace (its macvlan first: the
+    kernel removes a namespace's devices later, and a new macvlan with the same MAC on the
+    same gateway would be refused meanwhile)."""
     ns = naming.dhcp_namespace(vlan)
-    outside, _inside = naming.dhcp_veth(vlan)
+    path = naming.netns_path(ns)
     files = naming.dnsmasq_files(vlan)
     hostsdir = "" if keep_reservations else " " + q(files["hostsdir"])
     return [
         _stop_dnsmasq(vlan),
-        f"ip netns del {q(ns)} 2>/dev/null || true",
-        del_ports(bridge, [outside]),
-        f"ip link del {q(outside)} 2>/dev/null || true",
+        f"if [ -e {q(path)} ]; then nsenter --net={q(path)} ip link del {q(naming.dhcp_macvlan(vlan))} "
+        f"2>/dev/null || true; ip netns del {q(ns)} 2>/dev/null || true; fi",
         f"rm -rf {q(files['leases'])} {q(files['log'])}{hostsdir}",
     ]
 
@@ -112,14 +182,20 @@ def inotify_room() -> str:
             f"sysctl -q -w fs.inotify.max_user_instances={INOTIFY_INSTANCES} || true")
 
 
-def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
-                       dnsmasq_range: str, router: Optional[str]) -> list:
-    """Shell: namespace, veth and dnsmasq of VLAN ``vlan``; ``router=None`` sends no router option."""
+def _dhcp_namespace_up(vlan: int, server_ip: str, prefixlen: int, dnsmasq_range: str,
+                       router: Optional[str]) -> list:
+    """Shell: namespace, macvlan and dnsmasq of VLAN ``vlan``; ``router=None`` sends no router option.
+
+    Inside the namespace everything runs under ``nsenter --net`` (the network
+    namespace only): ``ip netns exec`` would also make a mount namespace per
+    command, and a long-lived dnsmasq would keep one per VLAN, which every
+    later ``ip netns add`` has to propagate its mount to.
+    """
     ns = naming.dhcp_namespace(vlan)
-    outside, inside = naming.dhcp_veth(vlan)
+    inside = naming.dhcp_macvlan(vlan)
     files = naming.dnsmasq_files(vlan)
-    nsexec = ["ip", "netns", "exec", ns]
-    dnsmasq = nsexec + [
+    enter = ["nsenter", f"--net={naming.netns_path(ns)}"]
+    dnsmasq = enter + [
         "dnsmasq", "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts", "--no-ping",
         f"--interface={inside}", "--bind-interfaces", "--except-interface=lo",
         f"--dhcp-range={dnsmasq_range}",
@@ -127,19 +203,13 @@ def _dhcp_namespace_up(bridge: str, vlan: int, server_ip: str, prefixlen: int,
         "--dhcp-authoritative", f"--dhcp-hostsdir={files['hostsdir']}",
         f"--dhcp-leasefile={files['leases']}", f"--pid-file={files['pid']}",
         f"--log-facility={files['log']}", "--log-dhcp"]
+    batch = ["link set lo up", f"addr add {server_ip}/{prefixlen} dev {inside}", f"link set {inside} up"]
     return [
         f"mkdir -p {q(files['hostsdir'])}",
         join(["ip", "netns", "add", ns]),
-        join(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside,
-              "address", naming.port_mac(server_ip)]),
-        join(["ip", "link", "set", inside, "netns", ns]),
-        join([*OVS, "--", "--if-exists", "del-port", bridge, outside,
-              "--", "add-port", bridge, outside, f"tag={vlan}",
-              "--", "set", "port", outside, f"external_ids:{naming.MARK}={naming.vlan_mark(vlan)}"]),
-        join(["ip", "link", "set", outside, "up"]),
-        join(nsexec + ["ip", "link", "set", "lo", "up"]),
-        join(nsexec + ["ip", "addr", "add", f"{server_ip}/{prefixlen}", "dev", inside]),
-        join(nsexec + ["ip", "link", "set", inside, "up"]),
+        join(["ip", "link", "add", "link", naming.gateway_port(vlan), "name", inside, "netns", ns,
+              "address", naming.port_mac(server_ip), "type", "macvlan", "mode", "bridge"]),
+        f"printf '%s\\n' {' '.join(q(x) for x in batch)} | {join(enter + ['ip', '-batch', '-'])}",
         inotify_room(),
         join(dnsmasq),
         _dnsmasq_running(vlan) + " || { echo 'dnsmasq did not start' >&2; exit 4; }",
@@ -204,39 +274,58 @@ def nat_rule_down(internet: dict) -> str:
     return f"while {join(['iptables', '-w', '-t', 'nat', '-D', *nat_rule_args(internet)])} 2>/dev/null; do :; done"
 
 
+def vlan_up_lines(vlan: int, bridge: str, internet_vlan: int, uplink: str, management=()) -> list:
+    """Shell lines (``set -e``) of ``vlan_up_command``, to concatenate with other VLANs' set-ups."""
+    net = naming.link_network(vlan)
+    dhcp_range = f"{net['dhcp_start']},{net['dhcp_end']},255.255.255.0,12h"
+    return [_vlan_marker_up(vlan),
+            isolation_rules(internet_vlan, uplink, management),
+            trunk_up(bridge),
+            *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"]),
+            *_dhcp_namespace_down(vlan),
+            *_dhcp_namespace_up(vlan, net["dhcp_server_ip"], net["prefixlen"], dhcp_range, None)]
+
+
 def vlan_up_command(node: str, vlan: int, bridge: str, internet_vlan: int, uplink: str,
                     management=()) -> HostCommand:
     """Root script: gateway + fresh DHCP namespace for link VLAN ``vlan`` (idempotent).
 
     A link is an L2 segment: its DHCP sends no router option, so a VM's default
     route is the internet VLAN's (when it has one), never a link gateway that
-    forwards nowhere.  The gateway ``.1`` still answers ping.
+    forwards nowhere.  The gateway ``.1`` still answers ping.  The marker is
+    written first: the trunk and the isolation chains it needs stay while it exists.
     """
-    net = naming.link_network(vlan)
-    dhcp_range = f"{net['dhcp_start']},{net['dhcp_end']},255.255.255.0,12h"
     script = "\n".join(["set -e", ovs_preflight(node), f"mkdir -p {q(naming.STATE_DIR)}",
-                        _vlan_marker_up(vlan),
-                        isolation_rules(internet_vlan, uplink, management),
-                        *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"]),
-                        *_dhcp_namespace_down(bridge, vlan),
-                        *_dhcp_namespace_up(bridge, vlan, net["dhcp_server_ip"], net["prefixlen"],
-                                            dhcp_range, None)])
+                        *vlan_up_lines(vlan, bridge, internet_vlan, uplink, management)])
     return HostCommand(node, script, sudo=True, timeout=60, step=f"gateway and DHCP for VLAN {vlan}",
                        action="vlan_up", target=vlan)
 
 
 def vlan_teardown(bridge: str, vlan: int) -> list:
     """Shell lines removing everything of one VLAN on the node (marker last; idempotent)."""
-    return [*_dhcp_namespace_down(bridge, vlan),
-            del_ports(bridge, [naming.gateway_port(vlan)]),
+    return [*_dhcp_namespace_down(vlan),
+            _legacy_ports_gone(bridge, vlan),
+            f"ip link del {q(naming.gateway_port(vlan))} 2>/dev/null || true",
             f"rm -f {q(naming.vlan_marker_file(vlan))}"]
+
+
+def node_teardown_if_unused(bridge: str) -> list:
+    """Shell lines: the isolation chains and the trunk go once no VLAN of this system is left."""
+    return [isolation_teardown_if_unused(), trunk_teardown_if_unused(bridge)]
 
 
 def vlan_down_command(node: str, vlan: int, bridge: str) -> HostCommand:
     """Root script: remove VLAN ``vlan``'s DHCP namespace, dnsmasq and gateway (idempotent)."""
-    script = "\n".join([ovs_alive(), *vlan_teardown(bridge, vlan), isolation_teardown_if_unused(), "true"])
+    script = "\n".join([ovs_alive(), *vlan_teardown(bridge, vlan), *node_teardown_if_unused(bridge), "true"])
     return HostCommand(node, script, sudo=True, timeout=60, step=f"remove VLAN {vlan}",
                        action="vlan_down", target=vlan)
+
+
+def _dhcp_alive(vlan: int) -> str:
+    """Shell test: VLAN ``vlan``'s dnsmasq runs and its macvlan is in its namespace."""
+    path = naming.netns_path(naming.dhcp_namespace(vlan))
+    return (f"{{ {_dnsmasq_running(vlan)} && nsenter --net={q(path)} ip link show dev "
+            f"{q(naming.dhcp_macvlan(vlan))} >/dev/null 2>&1; }}")
 
 
 def internet_up_command(node: str, internet: dict, bridge: str, reservations: list,
@@ -251,8 +340,8 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
     uplink = internet["uplink"]
     server_ip = str(net.broadcast_address - 1)
     dhcp_range = f"{net.network_address},static,{net.netmask},12h"
-    setup = (_dhcp_namespace_down(bridge, vlan, keep_reservations=True)
-             + _dhcp_namespace_up(bridge, vlan, server_ip, net.prefixlen, dhcp_range, internet["gateway"]))
+    setup = (_dhcp_namespace_down(vlan, keep_reservations=True)
+             + _dhcp_namespace_up(vlan, server_ip, net.prefixlen, dhcp_range, internet["gateway"]))
     script = "\n".join([
         "set -e", ovs_preflight(node), f"mkdir -p {q(naming.STATE_DIR)}",
         _locked(f"vlan{vlan}.lock", [
@@ -260,12 +349,13 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
             "sysctl -q -w net.ipv4.ip_forward=1",
             isolation_rules(vlan, uplink, management),
             nat_rule_up(internet),
+            trunk_up(bridge),
             *_gateway(bridge, vlan, internet["gateway"], net.prefixlen),
             *reservation_lines(vlan, reservations),
-            f"if ! {_dnsmasq_running(vlan)} || ! ip netns exec {q(naming.dhcp_namespace(vlan))} true 2>/dev/null; then",
+            f"if ! {_dhcp_alive(vlan)}; then",
             *setup,
             "else",
-            vm_firewall.node_internet_macs(bridge, vm_firewall.internet_edge(internet)),
+            vm_firewall.node_internet_macs(vm_firewall.internet_edge(internet)),
             "fi",
         ]),
     ])
@@ -288,13 +378,13 @@ def internet_release_lines(internet: dict, bridge: str, vm_ids: list) -> list:
     vlan = int(internet["vlan"])
     files = naming.dnsmasq_files(vlan)
     hostsdir = files["hostsdir"]
-    ns = naming.dhcp_namespace(vlan)
-    _outside, inside = naming.dhcp_veth(vlan)
+    path = naming.netns_path(naming.dhcp_namespace(vlan))
+    inside = naming.dhcp_macvlan(vlan)
     lines = []
     for vm_id in vm_ids:
         f = q(f"{hostsdir}/vm{int(vm_id)}")
         lines.append(f"if [ -f {f} ]; then IFS=, read -r mac addr < {f} || true; "
-                     f"ip netns exec {q(ns)} dhcp_release {q(inside)} \"$addr\" \"$mac\" 2>/dev/null || true; "
+                     f"nsenter --net={q(path)} dhcp_release {q(inside)} \"$addr\" \"$mac\" 2>/dev/null || true; "
                      f"rm -f {f}; fi")
     teardown = [*vlan_teardown(bridge, vlan), nat_rule_down(internet)]
     return [
@@ -306,7 +396,7 @@ def internet_release_lines(internet: dict, bridge: str, vm_ids: list) -> list:
             f"{_dnsmasq_running(vlan)} && kill -HUP \"$pid\" || true",
             "fi",
         ]),
-        isolation_teardown_if_unused(),
+        *node_teardown_if_unused(bridge),
     ]
 
 
@@ -348,7 +438,7 @@ class _VlanKind(Kind):
             if k.vlan == int(inet["vlan"]):
                 out += internet_release_lines(inet, ctx.config.bridge, [])
             else:
-                out += [*vlan_teardown(ctx.config.bridge, k.vlan), isolation_teardown_if_unused()]
+                out += [*vlan_teardown(ctx.config.bridge, k.vlan), *node_teardown_if_unused(ctx.config.bridge)]
         return out
 
     def parse(self, host, fields):
@@ -371,18 +461,29 @@ class VlanMarker(_VlanKind):
                 "echo \"vlan ${v%.owner}\"; done")
 
 
+def _gateway_scan() -> str:
+    """Shell: ``gateway V ADDR`` for each VLAN subinterface ``gw_vlanV`` of the trunk with VLAN id V and
+    this system's alias (ADDR its IPv4 address, ``-`` when it has none)."""
+    return ("{ ip -o -d link show type vlan 2>/dev/null | awk '{n = $2; sub(/:$/, \"\", n); l = n; "
+            "sub(/@.*/, \"\", n); sub(/^[^@]*@/, \"\", l); id = \"\"; al = \"\"; for (i = 3; i < NF; i++) { "
+            "if ($i == \"802.1Q\" && $(i + 1) == \"id\") id = $(i + 2); if ($i == \"alias\") al = $(i + 1) } "
+            "print \"L\", n, l, id, al}'; "
+            "ip -o -4 addr show 2>/dev/null | awk '$2 ~ /^gw_vlan/ {n = $2; sub(/@.*/, \"\", n); "
+            "print \"A\", n, $4}'; } "
+            f"| awk '$1 == \"L\" && $2 ~ /^gw_vlan[0-9]+$/ && $3 == \"{TRUNK}\" && \"gw_vlan\" $4 == $2 "
+            f"&& $5 == \"{naming.MARK}=vlan\" $4 {{p[$2] = 1}} $1 == \"A\" {{a[$2] = $3}} "
+            "END {for (n in p) print \"gateway\", substr(n, 8), (n in a ? a[n] : \"-\")}'")
+
+
 @register
 class Gateway(_VlanKind):
-    """``gw_vlan{V}``: an internal port of br-int with our external id; detail = its IPv4 address."""
+    """``gw_vlan{V}``: VLAN V of the node's trunk with this system's alias; detail = its IPv4 address."""
 
     name = "gateway"
-    label = "gateway port of VLAN"
+    label = "gateway of VLAN"
 
     def scan(self, ctx, host):
-        return ("{ " + marked_port_names(ctx.config.bridge) + "; "
-                "ip -o -4 addr show 2>/dev/null | awk '$2 ~ /^gw_vlan/ {print \"A\", $2, $4}'; } "
-                "| awk '$1 == \"P\" && $2 ~ /^gw_vlan[0-9]+$/ {p[$2] = 1} $1 == \"A\" {a[$2] = $3} "
-                "END {for (n in p) print \"gateway\", substr(n, 8), (n in a ? a[n] : \"-\")}'")
+        return _gateway_scan()
 
     def expected_detail(self, view, vlan):
         inet = view.config.internet
@@ -392,10 +493,79 @@ class Gateway(_VlanKind):
         return f"{net['gateway_ip']}/{net['prefixlen']}"
 
 
-def marked_port_names(bridge: str) -> str:
-    """Shell: ``P <port>`` for each port of the bridge that carries this system's external id."""
-    return (f"ovs-vsctl --timeout=5 --format=csv --data=bare --no-headings --columns=name "
-            f"find port external_ids:{naming.MARK}!=none 2>/dev/null | sed 's/^/P /'")
+def marked_ports(bridge: str) -> str:
+    """Shell: ``P <port> <mark>`` for each port of the bridge that carries this system's external id."""
+    return (f"ovs-vsctl --timeout=5 --format=csv --data=bare --no-headings --columns=name,external_ids "
+            f"find port external_ids:{naming.MARK}!=none 2>/dev/null | tr ',' ' ' "
+            f"| sed -n 's/^\\([^ ]*\\) .*{naming.MARK}=\\([^ ]*\\).*/P \\1 \\2/p'")
+
+
+@register
+class NodeTrunk(Kind):
+    """The node's trunk: ``cr-trunk`` with this system's alias; detail ``ok`` when its peer is the
+    marked port of br-int, ``detached`` when that port is missing."""
+
+    name = "trunk"
+    label = "trunk of the network node"
+    role = "node"
+
+    def scan(self, ctx, host):
+        alias = naming.device_alias(naming.TRUNK_MARK)
+        return (f"if ip -o link show dev {q(TRUNK)} 2>/dev/null | grep -qF -- {q('alias ' + alias)}; then "
+                f"if {marked_ports(ctx.config.bridge)} | grep -qx -- {q(f'P {TRUNK_PORT} {naming.TRUNK_MARK}')}; "
+                f"then echo {q(f'trunk {TRUNK} ok')}; else echo {q(f'trunk {TRUNK} detached')}; fi; fi")
+
+    def parse(self, host, fields):
+        return Found(Key(self.name, host, name=fields[0]), " ".join(fields[1:])) if fields else None
+
+    def owned(self, view):
+        if view.vlans(owned=True):
+            yield Key(self.name, view.config.network_node, name=TRUNK)
+
+    def expected(self, view):
+        return {Key(self.name, view.config.network_node, name=TRUNK): "ok"} if view.vlans(owned=False) else {}
+
+    def remove(self, ctx, host, keys):
+        return [trunk_teardown_if_unused(ctx.config.bridge)]  # never under a VLAN set up meanwhile
+
+    def describe(self, key):
+        return "trunk of the network node (cr-trunk)"
+
+
+@register
+class LegacyVlanPort(Kind):
+    """A VLAN's Open vSwitch port of the layout before issue 19 (``gw_vlanV``, ``dhcpV-o``, marked
+    ``vlanV``).  Never expected: a VLAN's set-up replaces it; an orphan when its VLAN is no slice's."""
+
+    name = "oldport"
+    label = "old-layout port of VLAN"
+    role = "node"
+
+    def scan(self, ctx, host):
+        return (f"{marked_ports(ctx.config.bridge)} | awk '$3 ~ /^vlan[0-9]+$/ "
+                "{print \"oldport\", substr($3, 5), $2}' || true")
+
+    def parse(self, host, fields):
+        vlan = int_or_none(fields[0]) if len(fields) == 2 else None
+        port = fields[1] if vlan is not None else ""
+        if port not in (naming.gateway_port(vlan or 0), naming.legacy_dhcp_veth(vlan or 0)):
+            return None
+        return Found(Key(self.name, host, vlan=vlan, name=port))
+
+    def owned(self, view):
+        node = view.config.network_node
+        for v in view.vlans(owned=True):
+            yield from (Key(self.name, node, vlan=v, name=p) for p in (naming.gateway_port(v),
+                                                                       naming.legacy_dhcp_veth(v)))
+
+    def expected(self, view):
+        return {}
+
+    def remove(self, ctx, host, keys):
+        return [_legacy_ports_gone(ctx.config.bridge, v) for v in sorted({k.vlan for k in keys})]
+
+    def describe(self, key):
+        return f"old-layout port {key.name} of VLAN {key.vlan}"
 
 
 @register

@@ -48,11 +48,11 @@ Where each builder is called (``edge = internet_edge(config.internet)``)
     background while QEMU starts), and set the TAPs up only after it succeeded: a TAP that is down
     passes no frame, so no frame leaves a VM before its rules exist;
     worker, stopping a VM: ``remove_vm_rules``; orphan scan: ``scan_rules`` -> ``parse_rule_scan``;
-    network node: ``gateway_port_columns`` on the internet ``gw_vlan`` port, ``dhcp_veth_peer_args``
-    on its DHCP veth, ``node_internet_macs`` in every internet set-up (a running one may predate
-    the fixed MACs: the trunk filter drops the frames of any other gateway MAC),
-    ``gateway_ipv6_off`` between a gateway's add-port and its link up, and ``node_policy`` in place
-    of ``isolation_rules`` (``management``: the workers, the network node, the manager).
+    network node: every gateway and DHCP server made with its ``fixed_mac`` (``vlan_manager``),
+    ``node_internet_macs`` in every internet set-up (a running one may predate the fixed MACs:
+    the trunk filter drops the frames of any other gateway MAC), ``gateway_ipv6_off`` between a
+    gateway's creation and its link up, and ``node_policy`` in place of ``isolation_rules``
+    (``management``: the workers, the network node, the manager).
 """
 from __future__ import annotations
 
@@ -373,28 +373,12 @@ def remove_worker_trunk_rules(bridge: str, edge: InternetEdge) -> str:
 
 # --- network node -----------------------------------------------------------------------------------
 
-def gateway_port_columns(edge: InternetEdge) -> list:
-    """Extra ``Interface`` columns for the internet gateway's internal port: its fixed MAC.
-
-    Use as ``ovs-vsctl ... -- set interface gw_vlan400 type=internal mac="02:00:..."``.
-    """
-    return [f'mac="{edge.gateway_mac}"']
-
-
-def dhcp_veth_peer_args(edge: InternetEdge) -> list:
-    """Extra words for ``ip link add dhcp400-o type veth peer name dhcp400-i ...``: the DHCP server's fixed MAC."""
-    return ["address", edge.dhcp_mac]
-
-
-def node_internet_macs(bridge: str, edge: InternetEdge) -> str:
-    """Root script: give a running internet gateway and DHCP server their fixed MACs (idempotent)."""
-    gw = naming.gateway_port(edge.vlan)
-    ns = naming.dhcp_namespace(edge.vlan)
-    _outside, inside = naming.dhcp_veth(edge.vlan)
-    return "\n".join([
-        join(["ovs-vsctl", "--if-exists", "set", "interface", gw, *gateway_port_columns(edge)]),
-        f"ip -n {q(ns)} link set {q(inside)} address {q(edge.dhcp_mac)} 2>/dev/null || true",
-    ])
+def node_internet_macs(edge: InternetEdge) -> str:
+    """Root script: give a running internet DHCP server its fixed MAC (idempotent; the gateway gets
+    its own at every set-up, see ``vlan_manager``)."""
+    ns = naming.netns_path(naming.dhcp_namespace(edge.vlan))
+    inside = naming.dhcp_macvlan(edge.vlan)
+    return f"nsenter --net={q(ns)} ip link set dev {q(inside)} address {q(edge.dhcp_mac)} 2>/dev/null || true"
 
 
 def gateway_ipv6_off(port: str) -> str:
@@ -435,11 +419,13 @@ def ipv4_isolation_rules(internet_vlan: int, uplink: str, management: Iterable[s
         "*filter",
         f":{fwd} - [0:0]",
         f":{inp} - [0:0]",
+        f"-A {fwd} -i {naming.NODE_TRUNK} -j DROP",
         *[f"-A {fwd} -i gw_vlan+ -d {c} -j DROP" for c in v4],
         f"-A {fwd} -i {gw400} -o {uplink} -j ACCEPT",
         f"-A {fwd} -i {uplink} -o {gw400} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         f"-A {fwd} -i gw_vlan+ -j DROP",
         f"-A {fwd} -o gw_vlan+ -j DROP",
+        f"-A {inp} -i {naming.NODE_TRUNK} -j DROP",
         f"-A {inp} -i gw_vlan+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         f"-A {inp} -i gw_vlan+ -p icmp --icmp-type echo-request "
         "-m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT",
@@ -456,8 +442,10 @@ def ipv6_isolation_rules() -> str:
         "*filter",
         f":{fwd} - [0:0]",
         f":{inp} - [0:0]",
+        f"-A {fwd} -i {naming.NODE_TRUNK} -j DROP",
         f"-A {fwd} -i gw_vlan+ -j DROP",
         f"-A {fwd} -o gw_vlan+ -j DROP",
+        f"-A {inp} -i {naming.NODE_TRUNK} -j DROP",
         f"-A {inp} -i gw_vlan+ -j DROP",
         "COMMIT",
         "",

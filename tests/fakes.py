@@ -146,6 +146,8 @@ class FakeExecutor(RemoteExecutor):
                 lines += [f"vlan {ident}", f"gateway {ident} -", f"namespace {ident}", f"dnsmasq {ident} alive"]
             elif kind == "overlay":
                 lines.append(f"overlay {ident}")
+        if any(kind == "vlan" and h == host for kind, h, _ident in self.world):
+            lines.append("trunk cr-trunk ok")   # the node's one trunk, made with its first VLAN
         return "\n".join(lines) + "\n"
 
     def _put(self, host, local_path, remote_path, timeout):

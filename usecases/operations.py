@@ -9,6 +9,8 @@ missing, with the deploy's own idempotent steps, for this slice only:
 * the internet VLAN, the NAT rule, the isolation rules or one of the
   slice's reservations missing: the internet set-up with this slice's
   reservations (it keeps a working shared set-up as it is);
+* the isolation rules or the node's trunk missing or detached, the slice
+  having links: the set-up of its first link VLAN (which remakes both);
 * a VM whose QEMU is gone (crashed, killed, worker rebooted), or whose TAP is
   missing: the VM is started again from its disk;
 * a VM whose port on br-int is missing or has the wrong tag, QEMU still
@@ -84,7 +86,7 @@ def repair_plan(report: SliceReport, services: Services) -> list:
                        or c.key.kind in ("nat", "isolation", "reservation") for c in bad)
     if internet_bad and reservations_of(s, inet):
         cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet), config.management))
-    elif any(c.key.kind == "isolation" for c in bad) and s.get("links"):
+    elif any(c.key.kind in ("isolation", "trunk") for c in bad) and s.get("links"):
         first = min(int(link["vlan_id"]) for link in s["links"])
         if first not in bad_vlans:
             cmds.append(vlan_manager.vlan_up_command(node, first, bridge, internet_vlan, inet["uplink"],

@@ -63,7 +63,7 @@ def test_one_dnsmasq_per_vlan_with_own_files_never_pkill(tmp_path):
         dnsmasq = [ln for ln in s.splitlines() if " dnsmasq " in ln and "--pid-file" in ln]
         assert len(dnsmasq) == 1
         argv = shlex.split(dnsmasq[0])
-        assert argv[:4] == ["ip", "netns", "exec", f"ns-dhcp-vlan{vlan}"]
+        assert argv[:3] == ["nsenter", f"--net=/run/netns/ns-dhcp-vlan{vlan}", "dnsmasq"]
         assert f"--pid-file=/run/cloud-repositorio/dnsmasq-vlan{vlan}.pid" in argv
         assert f"--dhcp-leasefile=/run/cloud-repositorio/dnsmasq-vlan{vlan}.leases" in argv
         assert f"--interface=dhcp{vlan}-i" in argv
@@ -339,11 +339,34 @@ def test_vlan_up_recreates_its_own_dhcp_namespace(linked):
     ok(api.deploy_slice("admin", sid))
     s = next(x for x in _node_scripts(ex) if "gw_vlan100 " in x)
     lines = s.splitlines()
-    down = lines.index("ip netns del ns-dhcp-vlan100 2>/dev/null || true")
+    down = next(i for i, ln in enumerate(lines) if "ip netns del ns-dhcp-vlan100 " in ln)
     add = lines.index("ip netns add ns-dhcp-vlan100")
     assert down < add
-    assert "--may-exist add-port br-int gw_vlan100" in s
     assert "grep -q -- --pid-file=/run/cloud-repositorio/dnsmasq-vlan100.pid" in s
+
+
+def test_a_link_vlan_is_a_subinterface_of_the_trunk_and_changes_no_ovs_port(linked):
+    """Issue 19: the node's only Open vSwitch port is its trunk; a VLAN is netlink work only."""
+    api, _db, ex, sid, _ids = linked
+    ok(api.deploy_slice("admin", sid))
+    s = next(x for x in _node_scripts(ex) if "gw_vlan100 " in x)
+    lines = s.splitlines()
+    assert ("ip link show dev gw_vlan100 >/dev/null 2>&1 || ip link add link cr-trunk name gw_vlan100 "
+            "address 02:00:c0:a8:64:01 type vlan id 100") in lines
+    assert "ip link set gw_vlan100 address 02:00:c0:a8:64:01 alias cloud-repositorio=vlan100" in lines
+    assert ("ip link add link gw_vlan100 name dhcp100-i netns ns-dhcp-vlan100 address 02:00:c0:a8:64:fe "
+            "type macvlan mode bridge") in lines
+    ipv6_off = next(i for i, ln in enumerate(lines) if "net.ipv6.conf.gw_vlan100.disable_ipv6=1" in ln)
+    assert ipv6_off < lines.index("ip link set gw_vlan100 up")
+    # the only ovs-vsctl changes: the trunk, when it is missing; an old-layout port, when there is one
+    changes = [ln for ln in lines if "ovs-vsctl" in ln and ("add-port" in ln or "del-port" in ln)]
+    assert len(changes) == 2
+    assert "add-port br-int cr-trunk-br" in changes[0] and "external_ids:cloud-repositorio=trunk" in changes[0]
+    assert changes[1].startswith("if { ip link show dev gw_vlan100 >/dev/null 2>&1 && "
+                                 "[ ! -e /proc/net/vlan/gw_vlan100 ]; } || ip link show dev dhcp100-o")
+    trunk = s.index("port-to-br cr-trunk-br")
+    assert s.index("vlan100.owner") < trunk < s.index("ip link add link cr-trunk name gw_vlan100")
+    assert "9>/run/cloud-repositorio/trunk.lock" in s
 
 
 def test_ctrl_c_during_vm_start_rolls_back(tmp_path):

@@ -134,10 +134,12 @@ def test_tap_name_too_long_is_refused():
 
 def test_network_node_names_fit_ifnamsiz():
     for v in (1, 100, 400, 4094):
-        assert len(naming.gateway_port(v)) <= 15
-        for end in naming.dhcp_veth(v):
-            assert len(end) <= 15
-    assert naming.gateway_port(100) == "gw_vlan100"
+        for name in (naming.gateway_port(v), naming.dhcp_macvlan(v), naming.legacy_dhcp_veth(v)):
+            assert len(name) <= naming.IFNAMSIZ, name
+    assert max(len(naming.NODE_TRUNK), len(naming.NODE_TRUNK_PORT)) <= naming.IFNAMSIZ
+    assert naming.gateway_port(100) == "gw_vlan100" and naming.dhcp_macvlan(100) == "dhcp100-i"
+    assert naming.device_alias(naming.vlan_mark(100)) == "cloud-repositorio=vlan100"
+    assert naming.netns_path(naming.dhcp_namespace(100)) == "/run/netns/ns-dhcp-vlan100"
     assert naming.dhcp_namespace(100) == "ns-dhcp-vlan100"
 
 

@@ -13,7 +13,7 @@ def deployed(tmp_path, config=None, **kw):
     return api, db, ex, sid, ids
 
 
-def healthy_scans(ex, ids, crashed=(), dead_vlan=None):
+def healthy_scans(ex, ids, crashed=(), dead_vlan=None, trunk="ok"):
     """Scan outputs of a healthy deployed slice (VM 1 on worker 0, VM 2 on worker 1), minus what is broken."""
     for i, (vm_id, worker) in enumerate(zip(ids, WORKERS)):
         lines = [] if vm_id in crashed else [f"qemu {vm_id} {4000 + i}", f"vmfiles vm{vm_id}.pid"]
@@ -32,6 +32,7 @@ def healthy_scans(ex, ids, crashed=(), dead_vlan=None):
                  f"dnsmasq {vlan} {'dead' if vlan == dead_vlan else 'alive'}"]
     node += [f"reservation {ids[0]}", "nat -A POSTROUTING -s 10.60.7.0/24 -o uplink0 -m comment "
              "--comment cloud-repositorio -j MASQUERADE", "isolation ipv4", "isolation ipv6"]
+    node += [] if trunk is None else [f"trunk cr-trunk {trunk}"]
     ex.answer("scan", host=NODE, out="\n".join(node) + "\n")
 
 
@@ -178,3 +179,16 @@ def test_cluster_view_for_admins(tmp_path):
     down = next(r for r in view["rows"] if r["host"] == WORKERS[2])
     assert not down["reachable"] and "No route to host" in down["error"]
     assert api.cluster_view("student") == (False, "Only an admin can do this")
+
+
+def test_a_detached_or_missing_trunk_is_shown_and_repaired_by_the_first_link_vlans_set_up(tmp_path):
+    api, _db, ex, sid, ids = deployed(tmp_path)
+    for state in ("detached", None):
+        healthy_scans(ex, ids, trunk=state)
+        report = ok(api.slice_status("admin", sid))
+        assert [(c.key.kind, c.found) for c in report.problems] == [("trunk", state)]
+        ex.commands.clear()
+        ok(api.repair_slice("admin", sid))
+        done = [(c.action, c.target) for c in ex.commands if c.action not in ("connect", "scan", "leases")]
+        assert done == [("vlan_up", 100)]
+        assert "port-to-br cr-trunk-br" in next(c.script for c in ex.commands if c.action == "vlan_up")

@@ -50,7 +50,7 @@ def test_orphans_are_found_minus_owned(tmp_path):
         Key("dnsmasq", NODE, vlan=555), Key("reservation", NODE, vm_id=1888)}
     names = {(o.host, o.name) for o in orphans}
     assert (WORKERS[0], "QEMU of VM 1999") in names and (NODE, "DHCP reservation of VM 1888") in names
-    assert (WORKERS[0], "overlay ghost_img.qcow2") in names and (NODE, "gateway port of VLAN 555") in names
+    assert (WORKERS[0], "overlay ghost_img.qcow2") in names and (NODE, "gateway of VLAN 555") in names
 
 
 def test_a_design_slices_leftovers_are_not_orphans(tmp_path):
@@ -201,3 +201,35 @@ def test_a_thousand_orphans_are_removed_in_commands_a_login_shell_accepts():
     for v in (1000, 1250, 1499):
         assert f"ip netns del ns-dhcp-vlan{v} " in every
     assert "vm100099" in every
+
+
+def test_the_trunk_is_an_orphan_only_when_no_vlan_is_owned(tmp_path):
+    api, _db, ex, sid, _ids = linked(tmp_path)
+    ok(api.deploy_slice("admin", sid))
+    ex.answer("scan", host=NODE, out="trunk cr-trunk ok\nvlan 100\n")
+    assert Key("trunk", NODE, name="cr-trunk") not in {o.key for o in ok(api.find_orphans("admin"))}
+    ok(api.delete_slice("admin", sid))
+    ex.answer("scan", host=NODE, out="trunk cr-trunk detached\n")
+    orphans = ok(api.find_orphans("admin"))
+    assert [(o.key, o.name) for o in orphans] == [(Key("trunk", NODE, name="cr-trunk"),
+                                                   "trunk of the network node (cr-trunk)")]
+    ex.commands.clear()
+    ok(api.cleanup_orphans("admin", orphans))
+    removal = script_of(next(c for c in reversed(ex.calls) if c[0] == NODE)[1])
+    assert "--if-exists del-port br-int cr-trunk-br" in removal and "ip link del cr-trunk" in removal
+    assert "flock 9" in removal and "trunk.lock" in removal
+
+
+def test_old_layout_ports_are_orphans_unless_their_vlan_is_owned(tmp_path):
+    api, _db, ex, sid, _ids = linked(tmp_path)
+    ok(api.deploy_slice("admin", sid))
+    ex.answer("scan", host=NODE, out="oldport 100 gw_vlan100\noldport 100 dhcp100-o\noldport 555 gw_vlan555\n"
+                                      "oldport 556 gw_vlan999\n")
+    orphans = ok(api.find_orphans("admin"))
+    assert [(o.key, o.name) for o in orphans] == [(Key("oldport", NODE, vlan=555, name="gw_vlan555"),
+                                                   "old-layout port gw_vlan555 of VLAN 555")]
+    ex.commands.clear()
+    ok(api.cleanup_orphans("admin", orphans))
+    removal = script_of(next(c for c in reversed(ex.calls) if c[0] == NODE)[1])
+    assert "--if-exists del-port br-int gw_vlan555 -- --if-exists del-port br-int dhcp555-o" in removal
+    assert "gw_vlan100" not in removal

@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 from fakes import FakeExecutor
-from uhelpers import build_slice, lab_config, make_api, ok
+from uhelpers import build_slice, lab_config, make_api, ok, scripts
 
 import naming
 from database import Database
@@ -214,6 +214,15 @@ def test_twenty_links_is_still_the_most_a_slice_has(tmp_path):
     for n in range(20):
         ok(api.create_link("admin", sid, *ends[2 * n], *ends[2 * n + 1]))
     assert api.create_link("admin", sid, *ends[40], *ends[41]) == (False, "VLAN pool exhausted")
+
+
+def test_deploy_of_a_slice_without_block_sets_up_its_own_vlans(tmp_path):
+    api, db, ex = make_api(tmp_path)
+    _class_of_blocks(db)
+    sid, _ = build_slice(api, links=((0, "eth1", 1, "eth1"),))
+    ok(api.deploy_slice("admin", sid))
+    node = scripts(ex, ex.config.network_node)
+    assert any(f"ip link add link {naming.NODE_TRUNK} name gw_vlan401 " in s for s in node), node
 
 
 # --- what the menu says ------------------------------------------------------------------------

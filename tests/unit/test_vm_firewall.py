@@ -206,12 +206,9 @@ def test_worker_trunk_filter_passes_internet_vlan_only_from_the_gateways_macs():
 # --- network node ---------------------------------------------------------------------------------
 
 def test_fixed_macs_on_the_network_node():
-    assert fw.gateway_port_columns(EDGE) == ['mac="02:00:0a:3c:07:01"']
-    assert fw.dhcp_veth_peer_args(EDGE) == ["address", "02:00:0a:3c:07:fe"]
-    assert fw.node_internet_macs("br-int", EDGE).splitlines() == [
-        "ovs-vsctl --if-exists set interface gw_vlan400 'mac=\"02:00:0a:3c:07:01\"'",
-        "ip -n ns-dhcp-vlan400 link set dhcp400-i address 02:00:0a:3c:07:fe 2>/dev/null || true",
-    ]
+    assert (EDGE.gateway_mac, EDGE.dhcp_mac) == ("02:00:0a:3c:07:01", "02:00:0a:3c:07:fe")
+    assert fw.node_internet_macs(EDGE) == ("nsenter --net=/run/netns/ns-dhcp-vlan400 ip link set dev dhcp400-i "
+                                           "address 02:00:0a:3c:07:fe 2>/dev/null || true")
 
 
 def test_gateway_ipv6_off_only_for_gateway_ports():
@@ -228,12 +225,14 @@ def test_ipv4_policy_tightens_icmp_and_blocks_management_before_the_uplink():
         "*filter",
         ":CR-FORWARD - [0:0]",
         ":CR-INPUT - [0:0]",
+        "-A CR-FORWARD -i cr-trunk -j DROP",
         "-A CR-FORWARD -i gw_vlan+ -d 10.0.10.0/24 -j DROP",
         "-A CR-FORWARD -i gw_vlan+ -d 192.0.2.7/32 -j DROP",
         "-A CR-FORWARD -i gw_vlan400 -o uplink0 -j ACCEPT",
         "-A CR-FORWARD -i uplink0 -o gw_vlan400 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         "-A CR-FORWARD -i gw_vlan+ -j DROP",
         "-A CR-FORWARD -o gw_vlan+ -j DROP",
+        "-A CR-INPUT -i cr-trunk -j DROP",
         "-A CR-INPUT -i gw_vlan+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         "-A CR-INPUT -i gw_vlan+ -p icmp --icmp-type echo-request -m addrtype --dst-type LOCAL "
         "--limit-iface-in -j ACCEPT",
@@ -293,8 +292,9 @@ esac
 def test_ipv6_policy_drops_everything_from_gateway_ports():
     assert fw.ipv6_isolation_rules().splitlines() == [
         "*filter", ":CR-FORWARD - [0:0]", ":CR-INPUT - [0:0]",
-        "-A CR-FORWARD -i gw_vlan+ -j DROP", "-A CR-FORWARD -o gw_vlan+ -j DROP",
-        "-A CR-INPUT -i gw_vlan+ -j DROP", "COMMIT"]
+        "-A CR-FORWARD -i cr-trunk -j DROP", "-A CR-FORWARD -i gw_vlan+ -j DROP",
+        "-A CR-FORWARD -o gw_vlan+ -j DROP", "-A CR-INPUT -i cr-trunk -j DROP", "-A CR-INPUT -i gw_vlan+ -j DROP",
+        "COMMIT"]
     script = fw.node_ipv6_policy()
     assert "ip6tables-restore -w --noflush" in script and script.startswith("if [ -e /proc/net/if_inet6 ]; then")
     assert "ip6tables -w -C INPUT -j CR-INPUT 2>/dev/null || ip6tables -w -I INPUT 1 -j CR-INPUT" in script
@@ -309,7 +309,7 @@ def all_scripts(bridge: str = "br-int") -> list:
         fw.vm_rules(bridge, vm_1001(), EDGE), fw.protect_ports(vm_1001(), EDGE),
         fw.remove_vm_rules(bridge, 1001), fw.scan_rules(bridge),
         fw.worker_trunk_rules(bridge, EDGE), fw.remove_worker_trunk_rules(bridge, EDGE),
-        fw.node_internet_macs(bridge, EDGE), fw.gateway_ipv6_off("gw_vlan400"),
+        fw.node_internet_macs(EDGE), fw.gateway_ipv6_off("gw_vlan400"),
         fw.node_ipv6_policy(), fw.node_policy(400, "uplink0", ["10.0.10.0/24"]),
     ]
 
