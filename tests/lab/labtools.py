@@ -128,7 +128,9 @@ def host_footprint(lab) -> dict:
         }
     out["netnode"] = {
         "ports": [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
-                  if p.startswith(("gw_vlan", "dhcp"))],
+                  if p.startswith(("gw_vlan", "dhcp", "cr-trunk"))],
+        "links": re.findall(r"^\d+: (gw_vlan\d+|cr-trunk|cr-trunk-br)[@:]",
+                            sh(lab, "netnode", "ip -o link show"), flags=re.M),
         "netns": sh(lab, "netnode", "ip netns list").split(),
         "dnsmasq": sh(lab, "netnode", "pgrep -a dnsmasq || true").strip(),
     }
@@ -148,6 +150,7 @@ def assert_clean(lab, keep_overlays: set = frozenset()) -> None:
         assert not left, f"{host}: overlays left: {left}"
     n = fp["netnode"]
     assert not n["ports"], f"netnode: ports left: {n['ports']}"
+    assert not n["links"], f"netnode: gateways or trunk left: {n['links']}"
     assert not [x for x in n["netns"] if x.startswith("ns-dhcp")], f"netnode: namespaces left: {n['netns']}"
     assert not n["dnsmasq"], f"netnode: dnsmasq left: {n['dnsmasq']}"
 

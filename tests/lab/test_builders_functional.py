@@ -60,34 +60,73 @@ def found_keys(services, host: str) -> dict:
     return {f.key: f.detail for f in reconcile.parse_scan(host, res.stdout)}
 
 
+def node_links(lab) -> str:
+    return sh(lab, "netnode", "ip -o -d link show")
+
+
+def assert_node_empty(lab) -> None:
+    """No gateway, trunk, namespace, dnsmasq, state file or chain of this system on the network node."""
+    links = node_links(lab)
+    assert "gw_vlan" not in links and naming.NODE_TRUNK not in links, links
+    ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
+    assert not [p for p in ports if p.startswith(("gw_vlan", "dhcp", "cr-"))], ports
+    assert "ns-dhcp-vlan" not in sh(lab, "netnode", "ip netns list")
+    assert sh(lab, "netnode", "pgrep -x dnsmasq || true").strip() == ""
+    assert sh(lab, "netnode", f"ls {naming.STATE_DIR} | grep 'vlan' || true").strip() == ""
+    assert "CR-FORWARD" not in sh(lab, "netnode", "iptables -S FORWARD")  # the last VLAN took the chains along
+
+
 def test_link_vlan_made_checked_removed_twice(lab, svc):
     node, cfg = svc.config.network_node, svc.config
+    ports_before = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
     run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
     net = naming.link_network(VLAN)
-    # from outside
-    assert sh(lab, "netnode", f"ovs-vsctl get port gw_vlan{VLAN} tag").strip() == str(VLAN)
-    assert f"{net['gateway_ip']}/24" in sh(lab, "netnode", f"ip -o -4 addr show dev gw_vlan{VLAN}")
-    assert sh(lab, "netnode", f"ovs-vsctl get interface gw_vlan{VLAN} mac_in_use").strip().strip('"') \
-        == naming.port_mac(net["gateway_ip"])
-    assert f"ns-dhcp-vlan{VLAN}" in sh(lab, "netnode", "ip netns list")
+    gw = naming.gateway_port(VLAN)
+    # from outside: the gateway is VLAN VLAN of the trunk, with its fixed MAC, its mark, its address, no IPv6
+    detail = sh(lab, "netnode", f"ip -o -d link show dev {gw}")
+    assert f"{gw}@{naming.NODE_TRUNK}:" in detail and f"vlan protocol 802.1Q id {VLAN} " in detail, detail
+    assert f"link/ether {naming.port_mac(net['gateway_ip'])} " in detail
+    assert f"alias cloud-repositorio=vlan{VLAN}" in detail and "state UP" in detail
+    assert f"{net['gateway_ip']}/24" in sh(lab, "netnode", f"ip -o -4 addr show dev {gw}")
+    assert sh(lab, "netnode", f"ip -6 -o addr show dev {gw}").strip() == ""
+    # the trunk: a veth whose peer is the only port this system added to the node's br-int
+    assert "cr-trunk@cr-trunk-br:" in node_links(lab) and "alias cloud-repositorio=trunk" in node_links(lab)
+    ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
+    assert set(ports) - set(ports_before) == {naming.NODE_TRUNK_PORT}
+    assert sh(lab, "netnode", f"ovs-vsctl get port {naming.NODE_TRUNK_PORT} tag").strip() == "[]"  # every VLAN
+    assert sh(lab, "netnode", f"ovs-vsctl get port {naming.NODE_TRUNK_PORT} external_ids:cloud-repositorio"
+                              ).strip() == '"trunk"'
+    # the DHCP namespace holds a macvlan of the gateway and that VLAN's dnsmasq
+    ns = naming.dhcp_namespace(VLAN)
+    inner = sh(lab, "netnode", f"ip -n {ns} -o -d link show dev {naming.dhcp_macvlan(VLAN)}")
+    assert "macvlan mode bridge" in inner and f"link/ether {naming.port_mac(net['dhcp_server_ip'])} " in inner
+    assert f"{net['dhcp_server_ip']}/24" in sh(lab, "netnode", f"ip -n {ns} -o -4 addr show")
     pidfile = naming.dnsmasq_files(VLAN)["pid"]
     pid = sh(lab, "netnode", f"cat {pidfile}").strip()
     assert f"--pid-file={pidfile}" in sh(lab, "netnode", f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert sh(lab, "netnode", f"readlink /proc/{pid}/ns/net").strip() == \
+        sh(lab, "netnode", f"ip netns exec {ns} readlink /proc/self/ns/net").strip()
+    assert sh(lab, "netnode", f"readlink /proc/{pid}/ns/mnt").strip() == \
+        sh(lab, "netnode", "readlink /proc/self/ns/mnt").strip()              # no mount namespace per VLAN
     assert "CR-FORWARD" in sh(lab, "netnode", "iptables -S FORWARD")
-    # the product's scan finds exactly this VLAN, with the details status compares
-    keys = {k: d for k, d in found_keys(svc, node).items() if k.vlan == VLAN}
+    assert "-A CR-INPUT -i cr-trunk -j DROP" in sh(lab, "netnode", "iptables -S CR-INPUT")
+    # the product's scan finds exactly this VLAN and the trunk, with the details status compares
+    found = found_keys(svc, node)
+    keys = {k: d for k, d in found.items() if k.vlan == VLAN}
     assert {k.kind: d for k, d in keys.items()} == {
         "vlan": "", "gateway": f"{net['gateway_ip']}/24", "namespace": "", "dnsmasq": "alive"}
-    # removed twice: the second run finds nothing to do and succeeds
+    assert {k.kind: d for k, d in found.items() if k.kind == "trunk"} == {"trunk": "ok"}
+    # a second set-up changes nothing it need not (same trunk, a fresh dnsmasq)
+    trunk_index = sh(lab, "netnode", "cat /sys/class/net/cr-trunk/ifindex").strip()
+    run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
+    assert sh(lab, "netnode", "cat /sys/class/net/cr-trunk/ifindex").strip() == trunk_index
+    assert sh(lab, "netnode", f"cat {pidfile}").strip() != pid
+    # removed twice: the second run finds nothing to do and succeeds; the last VLAN takes the trunk along
     for _ in range(2):
         run(svc, vlan_manager.vlan_down_command(node, VLAN, cfg.bridge))
-    assert f"gw_vlan{VLAN}" not in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
-    assert f"dhcp{VLAN}-o" not in sh(lab, "netnode", "ip -o link show")
-    assert f"ns-dhcp-vlan{VLAN}" not in sh(lab, "netnode", "ip netns list")
-    assert sh(lab, "netnode", f"pgrep -f 'dnsmasq-vlan{VLAN}[.]pid' || true").strip() == ""
-    assert sh(lab, "netnode", f"ls {naming.STATE_DIR} | grep 'vlan{VLAN}[.]' || true").strip() == ""
-    assert "CR-FORWARD" not in sh(lab, "netnode", "iptables -S FORWARD")  # the last VLAN took the chains along
-    assert not [k for k in found_keys(svc, node) if k.vlan == VLAN]
+    assert_node_empty(lab)
+    assert set(sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()) == set(ports_before)
+    assert found_keys(svc, node) == {}
 
 
 def test_internet_vlan_reservation_nat_made_checked_removed_twice(lab, svc):
@@ -97,15 +136,52 @@ def test_internet_vlan_reservation_nat_made_checked_removed_twice(lab, svc):
     hostsdir = naming.dnsmasq_files(400)["hostsdir"]
     assert sh(lab, "netnode", f"cat {hostsdir}/vm{VM_ID}").strip() == "52:54:00:86:1d:00,10.60.7.199"
     assert "--comment cloud-repositorio -j MASQUERADE" in sh(lab, "netnode", "iptables -t nat -S POSTROUTING")
+    assert "gw_vlan400@cr-trunk:" in sh(lab, "netnode", "ip -o link show dev gw_vlan400")
     keys = found_keys(svc, node)
     assert ("reservation", VM_ID) in {(k.kind, k.vm_id) for k in keys}
     assert {k.kind for k in keys if k.vlan == 400} == {"vlan", "gateway", "namespace", "dnsmasq"}
     assert any(k.kind == "nat" and k.name == "10.60.7.0/24" for k in keys)
+    assert any(k.kind == "trunk" for k in keys)
+    # a second deploy keeps the running DHCP server as it is
+    pid = sh(lab, "netnode", f"cat {naming.dnsmasq_files(400)['pid']}").strip()
+    run(svc, vlan_manager.internet_up_command(node, cfg.internet, cfg.bridge,
+                                              [(VM_ID + 1, "52:54:00:86:1d:01", "10.60.7.198")]))
+    assert sh(lab, "netnode", f"cat {naming.dnsmasq_files(400)['pid']}").strip() == pid
     for _ in range(2):
-        run(svc, vlan_manager.internet_release_command(node, cfg.internet, cfg.bridge, [VM_ID]))
+        run(svc, vlan_manager.internet_release_command(node, cfg.internet, cfg.bridge, [VM_ID, VM_ID + 1]))
     assert "MASQUERADE" not in sh(lab, "netnode", "iptables -t nat -S POSTROUTING")
-    assert "gw_vlan400" not in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
+    assert_node_empty(lab)
     assert found_keys(svc, node) == {}
+
+
+def test_a_vlan_of_the_old_layout_is_found_and_its_set_up_replaces_it(lab, svc):
+    """A node upgraded from the layout before issue 19: OVS ports gw_vlanV and dhcpV-o with the mark."""
+    node, cfg = svc.config.network_node, svc.config
+    old, gone = VLAN + 1, VLAN + 2
+    for v in (old, gone):
+        sh(lab, "netnode", f"ovs-vsctl add-port br-int gw_vlan{v} tag={v} -- set interface gw_vlan{v} type=internal "
+                           f"-- set port gw_vlan{v} external_ids:cloud-repositorio=vlan{v} && "
+                           f"ip link add dhcp{v}-o type veth peer name dhcp{v}-x && "
+                           f"ovs-vsctl add-port br-int dhcp{v}-o tag={v} "
+                           f"-- set port dhcp{v}-o external_ids:cloud-repositorio=vlan{v}")
+    try:
+        found = found_keys(svc, node)
+        assert {(k.kind, k.vlan, k.name) for k in found if k.kind == "oldport"} == {
+            ("oldport", v, n) for v in (old, gone) for n in (f"gw_vlan{v}", f"dhcp{v}-o")}
+        assert not [k for k in found if k.kind == "gateway"]    # an OVS internal port is no gateway now
+        run(svc, vlan_manager.vlan_up_command(node, old, cfg.bridge, 400, cfg.internet["uplink"]))
+        ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
+        assert f"gw_vlan{old}" not in ports and f"dhcp{old}-o" not in ports and f"gw_vlan{gone}" in ports
+        assert f"gw_vlan{old}@cr-trunk:" in sh(lab, "netnode", f"ip -o link show dev gw_vlan{old}")
+        assert f"dhcp{old}-o" not in sh(lab, "netnode", "ip -o link show")
+        found = found_keys(svc, node)
+        assert {k.vlan for k in found if k.kind == "oldport"} == {gone}
+        assert found[next(k for k in found if k.kind == "gateway")] == f"{naming.link_network(old)['gateway_ip']}/24"
+    finally:
+        sweep(svc)  # the old layout's orphans go with the product's own removal
+    assert not [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split() if p.startswith(("gw_", "dhcp"))]
+    assert "dhcp" not in sh(lab, "netnode", "ip -o link show")
+    assert_node_empty(lab)
 
 
 def test_vm_made_checked_removed_twice(lab, svc):
@@ -148,10 +224,15 @@ def test_a_look_alike_that_this_system_did_not_make_is_never_found(lab, svc):
     wname = next(n for n, ip in lab.hosts.items() if ip == worker)
     sh(lab, wname, "touch /home/ubuntu/vm_images/students_thesis_img.qcow2")
     sh(lab, "netnode", "ovs-vsctl add-port br-int gw_vlan3999 -- set interface gw_vlan3999 type=internal;"
-                       "ip netns add ns-dhcp-vlan3998")
+                       "ip netns add ns-dhcp-vlan3998; ip link add crlookalike type dummy; "
+                       "ip link add link crlookalike name gw_vlan3997 type vlan id 3997")
     try:
         assert not [k for k in found_keys(svc, worker) if k.name == "students_thesis_img.qcow2"]
-        assert not [k for k in found_keys(svc, svc.config.network_node) if k.vlan in (3999, 3998)]
+        assert not [k for k in found_keys(svc, svc.config.network_node) if k.vlan in (3999, 3998, 3997)]
+        sweep(svc)
+        assert "gw_vlan3997@crlookalike" in sh(lab, "netnode", "ip -o link show")
+        assert "gw_vlan3999" in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
     finally:
         sh(lab, wname, "rm -f /home/ubuntu/vm_images/students_thesis_img.qcow2")
-        sh(lab, "netnode", "ovs-vsctl --if-exists del-port br-int gw_vlan3999; ip netns del ns-dhcp-vlan3998")
+        sh(lab, "netnode", "ovs-vsctl --if-exists del-port br-int gw_vlan3999; ip netns del ns-dhcp-vlan3998; "
+                           "ip link del crlookalike")

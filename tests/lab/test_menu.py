@@ -168,7 +168,8 @@ def _lab_is_clean(lab) -> bool:
     workers_busy = any(fp[h]["qemu"] or fp[h]["taps"] or fp[h]["ports"] or fp[h]["overlays"]
                        for h in ("worker1", "worker2", "worker3"))
     n = fp["netnode"]
-    return not (workers_busy or n["ports"] or n["dnsmasq"] or [x for x in n["netns"] if x.startswith("ns-dhcp")])
+    return not (workers_busy or n["ports"] or n["links"] or n["dnsmasq"]
+                or [x for x in n["netns"] if x.startswith("ns-dhcp")])
 
 
 def test_cleanup_as_admin_on_a_clean_lab_finds_nothing(lab, site):

@@ -14,9 +14,9 @@ What the product must do for these tests to pass (``vm_firewall`` wired into dep
   tapX up``: ``vm_firewall.vm_rules(bridge, vm, edge)``; on a worker with an internet VM (not on a
   host that holds the gateway): ``vm_firewall.worker_trunk_rules(bridge, edge)``;
 * worker, VM stop (``stop_vm_command``): ``vm_firewall.remove_vm_rules(bridge, vm_id)``;
-* network node: ``gw_vlan400`` made with ``gateway_port_columns`` (fixed MAC), the VLAN 400 DHCP
-  veth with ``dhcp_veth_peer_args`` (fixed MAC), every ``gw_vlan*`` port given
-  ``gateway_ipv6_off`` between add-port and link up, and ``node_policy`` (IPv4 tightened + IPv6)
+* network node: ``gw_vlan400`` (a VLAN of the node's trunk) made with its fixed MAC, the VLAN 400
+  DHCP macvlan with its fixed MAC, every ``gw_vlan*`` gateway given
+  ``gateway_ipv6_off`` before link up, and ``node_policy`` (IPv4 tightened + IPv6)
   in place of ``vlan_manager.isolation_rules`` with ``management`` = the workers', the network
   node's and the manager's addresses.
 
@@ -176,11 +176,12 @@ def test_every_vm_has_exactly_its_rules_and_internet_taps_are_protected(lab, t):
 def test_the_internet_gateway_and_dhcp_server_have_their_fixed_macs_and_no_ipv6(lab, t):
     e = edge(lab)
     assert sh(lab, "netnode", "cat /sys/class/net/gw_vlan400/address").strip() == e.gateway_mac
-    _o, inside = naming.dhcp_veth(e.vlan)
+    inside = naming.dhcp_macvlan(e.vlan)
     out = sh(lab, "netnode", f"ip netns exec {naming.dhcp_namespace(e.vlan)} cat /sys/class/net/{inside}/address")
     assert out.strip() == e.dhcp_mac
-    ports = [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split() if p.startswith("gw_vlan")]
+    ports = re.findall(r"^\d+: (gw_vlan\d+)@cr-trunk:", sh(lab, "netnode", "ip -o link show type vlan"), flags=re.M)
     assert {"gw_vlan400", f"gw_vlan{t.va}", f"gw_vlan{t.vb}"} <= set(ports)
+    assert not [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split() if p.startswith("gw_vlan")]
     for port in ports:
         assert sh(lab, "netnode", f"ip -6 -o addr show dev {port}").strip() == "", port
     assert "-A CR-INPUT -i gw_vlan+ -j DROP" in sh(lab, "netnode", "ip6tables -S CR-INPUT")
