@@ -6,13 +6,16 @@ it fills the node with live slices' worth of link VLANs (gateway, namespace,
 dnsmasq each) and internet reservations, and at each size measures a further
 deploy's network phase: 5 link VLANs and the internet VLAN set up in
 parallel, as ``deploy_slice`` does, then removed again (median of ``--runs``).
-It also reports where any growth comes from: dnsmasq memory per VLAN, the
-time of one OVS port add, the number of iptables rules, of namespaces and
-of OVS ports.  Everything it made is removed at the end (and before it
+It also reports where any growth comes from: dnsmasq memory per VLAN (RSS
+and PSS), the node's memory and kernel slab against the empty node, the
+namespaces and mounts, the iptables rules, the OVS ports, and the time of
+one change of each kind (an OVS port add, a VLAN subinterface, a
+namespace, entering one with ``nsenter --net`` and with ``ip netns exec``,
+an ``iptables-save``).  Everything it made is removed at the end (and before it
 starts), checked with the product's own scan.
 
 Usage (as root; brings the lab up if needed):
-    .venv/bin/python bench/network_node.py [--sizes 0,100,500] [--runs 3]
+    .venv/bin/python bench/network_node.py [--sizes 0,1,100,500,1000] [--runs 3]
 """
 from __future__ import annotations
 
@@ -82,20 +85,51 @@ def probe(svc: Services, runs: int) -> tuple:
     return statistics.median(ups), statistics.median(downs)
 
 
-def node_facts() -> dict:
-    rss = lab_exec("netnode", "ps -o rss= -C dnsmasq | awk '{s += $1; n++} END {print n + 0, s + 0}'").split()
+def _ms(cmd: str, runs: int = 5) -> float:
+    """Median milliseconds of ``cmd`` on the network node (each run one ``lab/exec.sh``, whose own cost
+    is measured by ``true`` and taken off)."""
     times = []
-    for _ in range(5):
+    for _ in range(runs):
         t0 = time.monotonic()
-        lab_exec("netnode", "ovs-vsctl add-port br-int benchprobe -- set interface benchprobe type=internal && "
-                            "ovs-vsctl del-port br-int benchprobe")
+        lab_exec("netnode", cmd)
         times.append((time.monotonic() - t0) * 1000)
-    port_ms = statistics.median(times)
-    return {"dnsmasq": int(rss[0]), "dnsmasq_kib": int(rss[1]),
+    return statistics.median(times)
+
+
+def _meminfo() -> dict:
+    out = {}
+    for line in lab_exec("netnode", "cat /proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        if rest.split():
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def node_facts() -> dict:
+    """Where a VLAN's cost on the node goes: processes, memory, and the time of each kind of change."""
+    rss = lab_exec("netnode", "ps -o rss= -C dnsmasq | awk '{s += $1; n++} END {print n + 0, s + 0}'").split()
+    pss = lab_exec("netnode", "for p in $(pgrep -x dnsmasq); do awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup; "
+                              "done 2>/dev/null | awk '{s += $1} END {print s + 0}'").split()
+    mem = _meminfo()
+    base = _ms("true")
+    probe_ns = "ns-bench-probe"
+    return {"dnsmasq": int(rss[0]), "dnsmasq_kib": int(rss[1]), "dnsmasq_pss_kib": int(pss[0]) if pss else 0,
+            "mem_avail_kib": mem.get("MemAvailable", 0), "slab_kib": mem.get("Slab", 0),
             "rules": int(lab_exec("netnode", "iptables -S | wc -l; ").split()[0]),
             "netns": int(lab_exec("netnode", "ip netns list | wc -l").split()[0]),
+            "mounts": int(lab_exec("netnode", "wc -l < /proc/self/mountinfo").split()[0]),
             "ports": int(lab_exec("netnode", "ovs-vsctl list-ports br-int | wc -l").split()[0]),
-            "port_add_ms": port_ms}
+            "port_add_ms": _ms("ovs-vsctl add-port br-int benchprobe -- set interface benchprobe type=internal && "
+                               "ovs-vsctl del-port br-int benchprobe") - base,
+            "vlan_add_ms": _ms("ip link add benchlow type dummy; ip link add link benchlow name benchvlan type vlan "
+                               "id 4094; ip link del benchlow") - _ms("ip link add benchlow type dummy; "
+                                                                      "ip link del benchlow"),
+            "netns_add_ms": _ms(f"ip netns add {probe_ns} && ip netns del {probe_ns}") - base,
+            "nsenter_ms": _ms(f"ip netns add {probe_ns}; nsenter --net=/run/netns/{probe_ns} true; "
+                              f"ip netns del {probe_ns}") - _ms(f"ip netns add {probe_ns}; ip netns del {probe_ns}"),
+            "netns_exec_ms": _ms(f"ip netns add {probe_ns}; ip netns exec {probe_ns} true; ip netns del {probe_ns}")
+            - _ms(f"ip netns add {probe_ns}; ip netns del {probe_ns}"),
+            "iptables_save_ms": _ms("iptables-save -t filter >/dev/null") - base}
 
 
 def sweep(svc: Services) -> None:
@@ -107,7 +141,7 @@ def sweep(svc: Services) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="0,100,500", help="link VLANs on the node (100 live slices = 500)")
+    ap.add_argument("--sizes", default="0,1,100,500,1000", help="link VLANs on the node (100 live slices = 500)")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -132,18 +166,30 @@ def main() -> int:
             sweep(svc)
             left = node_facts()
             svc.executor.close()
-    base = rows[0][3]
+    base, empty = rows[0][3], rows[0][5]
+    warm = next((r for r in rows if r[0] > 0), rows[0])   # the trunk exists already: no port add in the phase
     print("\nNetwork node: a further deploy's network phase (5 link VLANs + internet), median of "
-          f"{args.runs}, against the node's size")
-    print(f"{'link VLANs':>10} {'internet VMs':>12} {'fill s':>7} {'phase s':>8} {'x empty':>8} {'removal s':>9} "
-          f"{'dnsmasq':>8} {'KiB each':>8} {'rules':>6} {'netns':>6} {'ports':>6} {'port add ms':>11}")
-    for size, slices, t_fill, up, down, f in rows:
-        each = f["dnsmasq_kib"] / f["dnsmasq"] if f["dnsmasq"] else 0
-        print(f"{size:>10} {slices:>12} {t_fill:>7.1f} {up:>8.3f} {up / base:>8.2f} {down:>9.3f} "
-              f"{f['dnsmasq']:>8} {each:>8.0f} {f['rules']:>6} {f['netns']:>6} {f['ports']:>6} "
-              f"{f['port_add_ms']:>11.1f}")
+          f"{args.runs}, against the node's size (ratios against the first rows of this run: on the empty "
+          "node the phase also makes the trunk, and its removal removes it)")
+    print(f"{'link VLANs':>10} {'internet VMs':>12} {'fill s':>7} {'phase s':>8} {'x empty':>8} "
+          f"{'x ' + str(warm[0]) + ' VLAN':>10} {'removal s':>9} {'x empty':>8}")
+    for size, slices, t_fill, up, down, _f in rows:
+        print(f"{size:>10} {slices:>12} {t_fill:>7.1f} {up:>8.3f} {up / base:>8.2f} {up / warm[3]:>10.2f} "
+              f"{down:>9.3f} {down / rows[0][4]:>8.2f}")
+    print("\nWhere the node's cost goes at each size (memory against the empty node; times of one change, ms)")
+    print(f"{'link VLANs':>10} {'dnsmasq':>8} {'RSS KiB':>8} {'PSS KiB':>8} {'avail -MiB':>10} {'slab +MiB':>9} "
+          f"{'netns':>6} {'mounts':>7} {'rules':>6} {'ports':>6} {'port add':>9} {'vlan add':>9} {'netns add':>9} "
+          f"{'nsenter':>8} {'netns exec':>10} {'ipt-save':>8}")
+    for size, _slices, _t, _up, _down, f in rows:
+        n = f["dnsmasq"] or 1
+        print(f"{size:>10} {f['dnsmasq']:>8} {f['dnsmasq_kib'] / n:>8.0f} {f['dnsmasq_pss_kib'] / n:>8.0f} "
+              f"{(empty['mem_avail_kib'] - f['mem_avail_kib']) / 1024:>10.0f} "
+              f"{(f['slab_kib'] - empty['slab_kib']) / 1024:>9.0f} {f['netns']:>6} {f['mounts']:>7} "
+              f"{f['rules']:>6} {f['ports']:>6} {f['port_add_ms']:>9.1f} {f['vlan_add_ms']:>9.1f} "
+              f"{f['netns_add_ms']:>9.1f} {f['nsenter_ms']:>8.1f} {f['netns_exec_ms']:>10.1f} "
+              f"{f['iptables_save_ms']:>8.1f}")
     print(f"\nleft after the bench: {left['dnsmasq']} dnsmasq, {left['netns']} namespaces, {left['ports']} ports "
-          f"(the trunk port is one)")
+          f"(the lab's own trunk port is one)")
     return 0
 
 
