@@ -66,29 +66,39 @@ On a worker, per VM ``vm_id``
                 ``protected`` (no frame between two of them)
     OpenFlow    the VM's rules on ``br-int`` (``vm_firewall``): cookie
                 ``0x4352_0000_<vm_id as 32 bits>``; a worker's trunk filter of the
-                internet VLAN: cookie ``0x4352_0001_<vlan>``
+                internet VLAN: cookie ``0x4352_0001_<vlan>`` (the network node's VLAN
+                flows: ``0x4352_0002_<vlan>``, below)
     VNC         TCP ``vnc_port`` = display ``vnc_port - 5900``; ports come from
                 5901 up, unique among the VMs in the database; password = the
                 VM's password
 
 On the network node, once
-    trunk       the veth pair ``cr-trunk`` (the node's kernel end, no address, no
-                IPv6) / ``cr-trunk-br`` (on ``br-int``, no tag: every VLAN), both
-                with the alias ``cloud-repositorio=trunk``, the port with
-                ``external_ids:cloud-repositorio=trunk``: the only port of this
-                system on the node's Open vSwitch.  Made by the first VLAN set-up
-                (under ``trunk.lock``), removed with the last VLAN
+    trunk       the veth pair ``cr-trunk`` (the node's kernel end: no address, no
+                IPv6, the lower device of every gateway and DHCP server) /
+                ``cr-trunk-br``, a port of the node bridge ``cr-node`` (Open vSwitch,
+                ``fail_mode=secure``: nothing passes but by its flows), joined to
+                ``br-int`` by the patch ports ``cr-node-patch`` / ``cr-int-patch``
+                (on ``br-int``, no tag: every VLAN).  All marked ``cloud-repositorio=trunk``
+                (alias, external_ids).  Made by the first VLAN set-up (under
+                ``trunk.lock``), removed with the last.  The node's kernel has no
+                802.1Q devices to rely on (the lab's has none at all), so the
+                VLAN tags are taken off and put on by ``cr-node``'s flows
 
 On the network node, per link VLAN V (and the internet VLAN)
-    gateway     ``gw_vlan{V}``, the VLAN subinterface V of ``cr-trunk``
-                (``ip link add link cr-trunk name gw_vlan{V} type vlan id V``),
-                alias ``cloud-repositorio=vlan{V}``, no IPv6 address; no Open
-                vSwitch port per VLAN (a VLAN costs the node netlink work only)
+    gateway     ``gw_vlan{V}``, a macvlan (mode private) of ``cr-trunk`` with the
+                gateway's fixed MAC, alias ``cloud-repositorio=vlan{V}``, no IPv6
+                address; no Open vSwitch port per VLAN (a VLAN costs the node
+                netlink work and a few flows)
+    VLAN flows  on ``cr-node``, cookie ``0x4352_0002_<V>``: VLAN V from ``br-int`` to
+                the gateway's and the DHCP server's MACs leaves on the trunk
+                untagged (its broadcasts as one copy to each of those MACs);
+                frames from those two MACs get tag V.  Nothing else passes, so no
+                frame crosses from one VLAN to another
     fixed MACs  a device of the node holding IPv4 address A.B.C.D (a gateway, a DHCP
                 server) has MAC ``02:00:AA:BB:CC:DD`` (``port_mac``): locally
                 administered, never a VM's ``52:54:00:...``, known to every worker
     DHCP        namespace ``ns-dhcp-vlan{V}`` holding ``dhcp{V}-i``, a macvlan
-                (mode bridge) of ``gw_vlan{V}``; dnsmasq started in it with
+                (mode private) of ``cr-trunk``; dnsmasq started in it with
                 ``nsenter --net`` (no mount namespace per VLAN), with
                 ``/run/cloud-repositorio/dnsmasq-vlan{V}.{pid,leases,log}`` and
                 reservations in ``dnsmasq-vlan{V}.hosts.d/vm{vm_id}``; the marker
@@ -129,7 +139,7 @@ INTERNET_VLAN = 400
 STATE_DIR = "/run/cloud-repositorio"
 MARK = "cloud-repositorio"          # OVS external_ids key, marker files, iptables comments
 FLOW_COOKIE_PREFIX = 0x4352 << 48    # "CR": this system's OpenFlow rules
-FLOW_COOKIE_VM, FLOW_COOKIE_TRUNK = 0, 1  # bits 32..47: what the low 32 bits name
+FLOW_COOKIE_VM, FLOW_COOKIE_TRUNK, FLOW_COOKIE_NODE_VLAN = 0, 1, 2  # bits 32..47: what the low 32 bits name
 IMAGE_DIR = "~/vm_images"
 IFNAMSIZ = 15
 
@@ -316,6 +326,11 @@ def vm_flow_cookie(vm_id: int) -> int:
     return flow_cookie(FLOW_COOKIE_VM, vm_id)
 
 
+def node_vlan_flow_cookie(vlan: int) -> int:
+    """The cookie of the node bridge's flows of VLAN ``vlan``."""
+    return flow_cookie(FLOW_COOKIE_NODE_VLAN, vlan)
+
+
 def trunk_flow_cookie(vlan: int) -> int:
     """The cookie of a worker's trunk filter of internet VLAN ``vlan``."""
     return flow_cookie(FLOW_COOKIE_TRUNK, vlan)
@@ -347,14 +362,17 @@ def vnc_display(vnc_port: int) -> int:
 
 # --- Per-VLAN names on the network node -------------------------------------
 
-NODE_TRUNK = "cr-trunk"            # the node's kernel end of its trunk: every gateway is a VLAN of it
-NODE_TRUNK_PORT = "cr-trunk-br"    # its peer, the trunk's port on br-int (every VLAN)
+NODE_TRUNK = "cr-trunk"            # the node's kernel end of its trunk: the lower device of every gateway
+NODE_TRUNK_PORT = "cr-trunk-br"    # its peer, a port of the node bridge
+NODE_BRIDGE = "cr-node"            # the node bridge: VLAN tags off and on, by flows only
+NODE_PATCH = "cr-node-patch"       # the node bridge's patch port to br-int
+NODE_PATCH_INT = "cr-int-patch"    # br-int's patch port to the node bridge (every VLAN)
 TRUNK_MARK = "trunk"               # external_ids / alias value of the trunk
 NETNS_DIR = "/run/netns"           # where ``ip netns`` keeps its namespaces
 
 
 def gateway_port(vlan: int) -> str:
-    """The gateway of VLAN ``vlan``: a VLAN subinterface of ``NODE_TRUNK``."""
+    """The gateway of VLAN ``vlan``: a macvlan of ``NODE_TRUNK``."""
     return f"gw_vlan{vlan}"
 
 
@@ -387,7 +405,7 @@ def netns_path(namespace: str) -> str:
 
 
 def dhcp_macvlan(vlan: int) -> str:
-    """The DHCP server's device inside ``ns-dhcp-vlan{V}``: a macvlan of the VLAN's gateway."""
+    """The DHCP server's device inside ``ns-dhcp-vlan{V}``: a macvlan of ``NODE_TRUNK``."""
     return f"dhcp{vlan}-i"
 
 

@@ -1,21 +1,28 @@
 """What runs on the network node: per-VLAN gateways and DHCP, internet NAT, isolation.
 
-The node's layout (names in ``naming``), so that a VLAN costs netlink work only:
+The node's layout (names in ``naming``), so that a VLAN costs netlink work and
+a few flows, never an Open vSwitch port:
 
-* one trunk from ``br-int`` into the node's kernel: the veth pair
-  ``cr-trunk`` / ``cr-trunk-br``, the latter a port of ``br-int`` carrying every
-  VLAN.  It is this system's only Open vSwitch port on the node: made once by
-  the first VLAN set-up (``trunk_up``, under the node's ``trunk.lock``), removed
-  with the last VLAN.  Nothing of a VLAN ever changes Open vSwitch, whose port
-  changes grow with the ports on the bridge (about 1 s per add at 1,000 ports
-  in the lab's userspace datapath);
-* per link VLAN V: the marker ``vlan{V}.owner``, the gateway ``gw_vlan{V}``
-  (the VLAN subinterface V of ``cr-trunk``, fixed MAC, no IPv6) holding ``.1``,
-  and the namespace ``ns-dhcp-vlan{V}`` holding ``dhcp{V}-i``, a macvlan of the
-  gateway, and its own dnsmasq (started with ``nsenter --net``: no mount
-  namespace per VLAN), with its own pid, lease and log files, stopped by that
-  pid (after checking the pid is that VLAN's dnsmasq).  Nothing here ever
-  touches another VLAN.
+* one trunk from ``br-int`` into the node's kernel: ``br-int``'s patch port
+  ``cr-int-patch`` (every VLAN) to the node bridge ``cr-node``
+  (``fail_mode=secure``), whose other port is the veth ``cr-trunk-br``, peer of
+  ``cr-trunk`` in the kernel.  Made once by the first VLAN set-up
+  (``trunk_up``, under the node's ``trunk.lock``), removed with the last.
+  Open vSwitch's cost per port change grows with the ports on the bridge
+  (about 1 s per add at 1,000 ports in the lab's userspace datapath), so
+  nothing of a VLAN changes its ports;
+* per link VLAN V: the marker ``vlan{V}.owner``; five flows on ``cr-node``
+  (cookie per VLAN, ``node_vlan_flows``) that take tag V off frames for the
+  VLAN's gateway and DHCP server MACs (a broadcast: one copy to each) and put
+  it on their frames; the gateway ``gw_vlan{V}``, a macvlan (mode private) of
+  ``cr-trunk`` with its fixed MAC (no IPv6) holding ``.1``; the namespace
+  ``ns-dhcp-vlan{V}`` holding ``dhcp{V}-i``, another macvlan of ``cr-trunk``,
+  and its own dnsmasq (started with ``nsenter --net``: no mount namespace per
+  VLAN), with its own pid, lease and log files, stopped by that pid (after
+  checking the pid is that VLAN's dnsmasq).  Nothing here ever touches
+  another VLAN.  (A kernel 802.1Q subinterface per VLAN would be simpler, but
+  the lab's kernel has no ``8021q``, no VLAN-filtering bridge and no tc vlan
+  action: the tags are handled where Open vSwitch handles them anyway.)
 
 The internet VLAN (400) is shared: ``gw_vlan400`` with 10.60.7.1, a dnsmasq
 that answers only reserved MACs (one file per VM in its hosts directory, so
@@ -28,7 +35,7 @@ L3 isolation: the network node forwards only between the internet VLAN and
 the uplink.  The chain ``CR-FORWARD`` (jumped to first from FORWARD, replaced
 atomically with ``iptables-restore --noflush``) accepts VLAN 400 -> uplink
 and the replies, and drops everything else that enters or leaves a
-``gw_vlan*`` device (or the trunk itself), so no VM reaches another slice's
+``gw_vlan*`` device (or comes from the trunk itself), so no VM reaches another slice's
 subnets through the gateways.  ``CR-INPUT`` lets a VM ping only its own
 gateway.  Both chains go when the last VLAN of this system leaves the node.
 
@@ -78,32 +85,50 @@ def _ipv6_off(dev: str) -> str:
             f"sysctl -q -w {q(f'net.ipv6.conf.{dev}.disable_ipv6=1')}; fi")
 
 
-def trunk_up(bridge: str) -> str:
-    """Shell: the node's trunk (``cr-trunk`` in the kernel, ``cr-trunk-br`` on ``bridge``), made if missing.
+NODE_BRIDGE, PATCH, PATCH_INT = naming.NODE_BRIDGE, naming.NODE_PATCH, naming.NODE_PATCH_INT
 
-    Under ``trunk.lock``.  When the veth exists and its port is on the bridge
-    this is two cheap queries; otherwise the veth is made (no IPv6, marked
-    with an alias) and its port (re)added in one Open vSwitch transaction that
-    waits for vswitchd to attach it (every VLAN's frames depend on it).
+
+def trunk_up(bridge: str) -> str:
+    """Shell: the node's trunk, made if any part of it is missing (under ``trunk.lock``).
+
+    The veth ``cr-trunk``/``cr-trunk-br`` (no IPv6, marked with an alias), the
+    node bridge ``cr-node`` (``fail_mode=secure``, the datapath type of
+    ``bridge``) holding ``cr-trunk-br`` and a patch port to ``bridge``.  When
+    all of it is there this is three cheap queries; otherwise one Open vSwitch
+    transaction (re)makes the bridge and its ports and waits for vswitchd.
     """
     alias = naming.device_alias(naming.TRUNK_MARK)
+    mark = f"external_ids:{naming.MARK}={naming.TRUNK_MARK}"
+    present = (f"{_exists(TRUNK)} && {join([*OVS, 'port-to-br', TRUNK_PORT])} >/dev/null 2>&1 && "
+               f"{join([*OVS, 'port-to-br', PATCH_INT])} >/dev/null 2>&1")
     return _locked("trunk.lock", [
-        f"if ! {_exists(TRUNK)} || ! {join([*OVS, 'port-to-br', TRUNK_PORT])} >/dev/null 2>&1; then",
+        f"if ! {{ {present}; }}; then",
         f"{_exists(TRUNK)} || ip link add {q(TRUNK)} type veth peer name {q(TRUNK_PORT)}",
         _ipv6_off(TRUNK), _ipv6_off(TRUNK_PORT),
         join(["ip", "link", "set", TRUNK, "alias", alias]),
         join(["ip", "link", "set", TRUNK_PORT, "alias", alias]),
         join(["ip", "link", "set", TRUNK_PORT, "up"]),
         join(["ip", "link", "set", TRUNK, "up"]),
-        join([*OVS, "--", "--if-exists", "del-port", bridge, TRUNK_PORT, "--", "add-port", bridge, TRUNK_PORT,
-              "--", "set", "port", TRUNK_PORT, f"external_ids:{naming.MARK}={naming.TRUNK_MARK}"]),
+        f"dp=$({join([*OVS, 'get', 'bridge', bridge, 'datapath_type'])})",
+        join([*OVS, "--", "--may-exist", "add-br", NODE_BRIDGE]) + " -- set bridge " + q(NODE_BRIDGE)
+        + " fail_mode=secure \"datapath_type=$dp\" " + q(mark) + " "
+        + join(["--", "--if-exists", "del-port", NODE_BRIDGE, TRUNK_PORT,
+                "--", "add-port", NODE_BRIDGE, TRUNK_PORT, "--", "set", "port", TRUNK_PORT, mark,
+                "--", "--if-exists", "del-port", NODE_BRIDGE, PATCH,
+                "--", "add-port", NODE_BRIDGE, PATCH, "--", "set", "interface", PATCH, "type=patch",
+                f"options:peer={PATCH_INT}", "--", "set", "port", PATCH, mark,
+                "--", "--if-exists", "del-port", bridge, PATCH_INT,
+                "--", "add-port", bridge, PATCH_INT, "--", "set", "interface", PATCH_INT, "type=patch",
+                f"options:peer={PATCH}", "--", "set", "port", PATCH_INT, mark]),
         "fi",
     ])
 
 
 def remove_trunk(bridge: str) -> list:
-    """Shell lines: remove the trunk (its port, then the veth, which takes every gateway with it)."""
-    return [del_ports(bridge, [TRUNK_PORT]), f"ip link del {q(TRUNK)} 2>/dev/null || true"]
+    """Shell lines: remove the trunk (the node bridge, br-int's patch port, the veth: every gateway with it)."""
+    argv = ["ovs-vsctl", "--timeout=5", "--no-wait", "--", "--if-exists", "del-br", NODE_BRIDGE,
+            "--", "--if-exists", "del-port", bridge, PATCH_INT]
+    return [f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true", f"ip link del {q(TRUNK)} 2>/dev/null || true"]
 
 
 def trunk_teardown_if_unused(bridge: str) -> str:
@@ -120,32 +145,69 @@ def trunk_teardown_if_unused(bridge: str) -> str:
     ])
 
 
+def node_vlan_flows(vlan: int, gateway_ip: str, dhcp_ip: str) -> list:
+    """The node bridge's flows of VLAN ``vlan`` (``ovs-ofctl`` syntax), between ``br-int`` and the trunk.
+
+    From ``br-int`` (tagged ``vlan``): to the gateway's or the DHCP server's
+    MAC, untagged onto the trunk; a broadcast, as one unicast copy to each of
+    them (a macvlan would hand a broadcast to every VLAN's devices).  From the
+    trunk: frames of those two MACs, tagged ``vlan``, to ``br-int``.  Anything
+    else is dropped (``fail_mode=secure``, no other flow).
+    """
+    c = vm_firewall.cookie_text(naming.node_vlan_flow_cookie(vlan))
+    g, d = naming.port_mac(gateway_ip), naming.port_mac(dhcp_ip)
+    head = f"cookie={c},priority=100"
+    down = f"{head},in_port={PATCH},dl_vlan={vlan}"
+    return [
+        f"{down},dl_dst={g},actions=strip_vlan,output:{TRUNK_PORT}",
+        f"{down},dl_dst={d},actions=strip_vlan,output:{TRUNK_PORT}",
+        f"{down},dl_dst=ff:ff:ff:ff:ff:ff,actions=strip_vlan,mod_dl_dst:{g},output:{TRUNK_PORT},"
+        f"mod_dl_dst:{d},output:{TRUNK_PORT}",
+        f"{head},in_port={TRUNK_PORT},dl_src={g},actions=mod_vlan_vid:{vlan},output:{PATCH}",
+        f"{head},in_port={TRUNK_PORT},dl_src={d},actions=mod_vlan_vid:{vlan},output:{PATCH}",
+    ]
+
+
+def _vlan_flows_up(vlan: int, gateway_ip: str, dhcp_ip: str) -> str:
+    """Shell: (re)install VLAN ``vlan``'s flows on the node bridge, atomically (one bundle)."""
+    cookie = vm_firewall.cookie_match(naming.node_vlan_flow_cookie(vlan))
+    return vm_firewall.flow_bundle(NODE_BRIDGE, [f"delete {cookie}"]
+                                   + [f"add {f}" for f in node_vlan_flows(vlan, gateway_ip, dhcp_ip)])
+
+
+def _vlan_flows_down(vlan: int) -> str:
+    cookie = vm_firewall.cookie_match(naming.node_vlan_flow_cookie(vlan))
+    return (f"[ \"${{ovs_ok:-1}}\" = 0 ] || "
+            f"{join([*vm_firewall.OFCTL, 'del-flows', NODE_BRIDGE, cookie])} 2>/dev/null || true")
+
+
+def _is_macvlan(dev: str) -> str:
+    return f"ip -o -d link show dev {q(dev)} 2>/dev/null | grep -q ' macvlan mode '"
+
+
 def _legacy_ports_gone(bridge: str, vlan: int) -> str:
     """Shell: remove VLAN ``vlan``'s Open vSwitch ports of the old layout, only when they are there.
 
     The old gateway was an OVS internal port with the gateway's name (now the
-    name of a VLAN subinterface, listed in /proc/net/vlan), the old DHCP veth
-    ``dhcp{V}-o`` a port too.  On a node without them this costs two netlink
-    queries and no Open vSwitch call.
+    name of a macvlan), the old DHCP veth ``dhcp{V}-o`` a port too.  On a node
+    without them this costs two netlink queries and no Open vSwitch call.
     """
     gw, veth = naming.gateway_port(vlan), naming.legacy_dhcp_veth(vlan)
-    return (f"if {{ {_exists(gw)} && [ ! -e {q('/proc/net/vlan/' + gw)} ]; }} || {_exists(veth)}; then "
+    return (f"if {{ {_exists(gw)} && ! {_is_macvlan(gw)}; }} || {_exists(veth)}; then "
             f"{del_ports(bridge, [gw, veth])}; ip link del {q(veth)} 2>/dev/null || true; "
-            f"[ -e {q('/proc/net/vlan/' + gw)} ] || ip link del {q(gw)} 2>/dev/null || true; fi")
+            f"{_is_macvlan(gw)} || ip link del {q(gw)} 2>/dev/null || true; fi")
 
 
-def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int) -> list:
-    """Shell: the gateway (VLAN ``vlan`` of the trunk) with its fixed MAC, its mark and address, no IPv6.
-
-    IPv6 is switched off before the device comes up (a device gets its
-    link-local address when it comes up).
-    """
+def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int, dhcp_ip: str) -> list:
+    """Shell: VLAN ``vlan``'s flows and its gateway (a macvlan of the trunk) with its fixed MAC, mark and
+    address, no IPv6 (switched off before the device comes up, when it would get a link-local address)."""
     gw = naming.gateway_port(vlan)
     mac = naming.port_mac(gateway_ip)
     return [
         _legacy_ports_gone(bridge, vlan),
+        _vlan_flows_up(vlan, gateway_ip, dhcp_ip),
         f"{_exists(gw)} || "
-        + join(["ip", "link", "add", "link", TRUNK, "name", gw, "address", mac, "type", "vlan", "id", str(vlan)]),
+        + join(["ip", "link", "add", "link", TRUNK, "name", gw, "address", mac, "type", "macvlan", "mode", "private"]),
         join(["ip", "link", "set", gw, "address", mac, "alias", naming.device_alias(naming.vlan_mark(vlan))]),
         vm_firewall.gateway_ipv6_off(gw),
         join(["ip", "addr", "replace", f"{gateway_ip}/{prefixlen}", "dev", gw]),
@@ -156,7 +218,7 @@ def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int) -> list:
 def _dhcp_namespace_down(vlan: int, keep_reservations: bool = False) -> list:
     """Shell: stop VLAN ``vlan``'s dnsmasq and remove its namespace (its macvlan first: the
     kernel removes a namespace's devices later, and a new macvlan with the same MAC on the
-    same gateway would be refused meanwhile)."""
+    trunk would be refused meanwhile)."""
     ns = naming.dhcp_namespace(vlan)
     path = naming.netns_path(ns)
     files = naming.dnsmasq_files(vlan)
@@ -207,8 +269,8 @@ def _dhcp_namespace_up(vlan: int, server_ip: str, prefixlen: int, dnsmasq_range:
     return [
         f"mkdir -p {q(files['hostsdir'])}",
         join(["ip", "netns", "add", ns]),
-        join(["ip", "link", "add", "link", naming.gateway_port(vlan), "name", inside, "netns", ns,
-              "address", naming.port_mac(server_ip), "type", "macvlan", "mode", "bridge"]),
+        join(["ip", "link", "add", "link", TRUNK, "name", inside, "netns", ns,
+              "address", naming.port_mac(server_ip), "type", "macvlan", "mode", "private"]),
         f"printf '%s\\n' {' '.join(q(x) for x in batch)} | {join(enter + ['ip', '-batch', '-'])}",
         inotify_room(),
         join(dnsmasq),
@@ -281,7 +343,7 @@ def vlan_up_lines(vlan: int, bridge: str, internet_vlan: int, uplink: str, manag
     return [_vlan_marker_up(vlan),
             isolation_rules(internet_vlan, uplink, management),
             trunk_up(bridge),
-            *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"]),
+            *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"], net["dhcp_server_ip"]),
             *_dhcp_namespace_down(vlan),
             *_dhcp_namespace_up(vlan, net["dhcp_server_ip"], net["prefixlen"], dhcp_range, None)]
 
@@ -305,6 +367,7 @@ def vlan_teardown(bridge: str, vlan: int) -> list:
     """Shell lines removing everything of one VLAN on the node (marker last; idempotent)."""
     return [*_dhcp_namespace_down(vlan),
             _legacy_ports_gone(bridge, vlan),
+            _vlan_flows_down(vlan),
             f"ip link del {q(naming.gateway_port(vlan))} 2>/dev/null || true",
             f"rm -f {q(naming.vlan_marker_file(vlan))}"]
 
@@ -350,7 +413,7 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
             isolation_rules(vlan, uplink, management),
             nat_rule_up(internet),
             trunk_up(bridge),
-            *_gateway(bridge, vlan, internet["gateway"], net.prefixlen),
+            *_gateway(bridge, vlan, internet["gateway"], net.prefixlen, server_ip),
             *reservation_lines(vlan, reservations),
             f"if ! {_dhcp_alive(vlan)}; then",
             *setup,
@@ -462,17 +525,37 @@ class VlanMarker(_VlanKind):
 
 
 def _gateway_scan() -> str:
-    """Shell: ``gateway V ADDR`` for each VLAN subinterface ``gw_vlanV`` of the trunk with VLAN id V and
-    this system's alias (ADDR its IPv4 address, ``-`` when it has none)."""
-    return ("{ ip -o -d link show type vlan 2>/dev/null | awk '{n = $2; sub(/:$/, \"\", n); l = n; "
-            "sub(/@.*/, \"\", n); sub(/^[^@]*@/, \"\", l); id = \"\"; al = \"\"; for (i = 3; i < NF; i++) { "
-            "if ($i == \"802.1Q\" && $(i + 1) == \"id\") id = $(i + 2); if ($i == \"alias\") al = $(i + 1) } "
-            "print \"L\", n, l, id, al}'; "
+    """Shell: ``gateway V ADDR`` for each macvlan ``gw_vlanV`` of the trunk with this system's alias
+    (ADDR its IPv4 address, ``-`` when it has none)."""
+    return ("{ ip -o -d link show type macvlan 2>/dev/null | awk '{n = $2; sub(/:$/, \"\", n); l = n; "
+            "sub(/@.*/, \"\", n); sub(/^[^@]*@/, \"\", l); al = \"\"; "
+            "for (i = 3; i < NF; i++) if ($i == \"alias\") al = $(i + 1); print \"L\", n, l, al}'; "
             "ip -o -4 addr show 2>/dev/null | awk '$2 ~ /^gw_vlan/ {n = $2; sub(/@.*/, \"\", n); "
             "print \"A\", n, $4}'; } "
-            f"| awk '$1 == \"L\" && $2 ~ /^gw_vlan[0-9]+$/ && $3 == \"{TRUNK}\" && \"gw_vlan\" $4 == $2 "
-            f"&& $5 == \"{naming.MARK}=vlan\" $4 {{p[$2] = 1}} $1 == \"A\" {{a[$2] = $3}} "
+            f"| awk '$1 == \"L\" && $2 ~ /^gw_vlan[0-9]+$/ && $3 == \"{TRUNK}\" "
+            f"&& $4 == \"{naming.MARK}=vlan\" substr($2, 8) {{p[$2] = 1}} $1 == \"A\" {{a[$2] = $3}} "
             "END {for (n in p) print \"gateway\", substr(n, 8), (n in a ? a[n] : \"-\")}'")
+
+
+@register
+class VlanFlows(_VlanKind):
+    """A VLAN's flows on the node bridge (cookie ``0x4352_0002_<V>``); detail = how many there are."""
+
+    name = "vlanflows"
+    label = "node bridge flows of VLAN"
+
+    def scan(self, ctx, host):
+        mask = vm_firewall.COOKIE_PREFIX_MASK | vm_firewall.KIND_MASK
+        cookie = vm_firewall.cookie_match(naming.node_vlan_flow_cookie(0), mask)
+        return (f"{join([*vm_firewall.OFCTL, '--no-stats', 'dump-flows', NODE_BRIDGE, cookie])} 2>/dev/null "
+                "| sed -n 's/.*cookie=0x4352[0]*2\\([0-9a-f]\\{8\\}\\)[,\\ ].*/\\1/p' "
+                "| sort | uniq -c | while read -r n c; do echo \"vlanflows $((0x$c)) $n\"; done; true")
+
+    def expected_detail(self, view, vlan):
+        return str(len(node_vlan_flows(vlan, "10.0.0.1", "10.0.0.2")))
+
+    def remove(self, ctx, host, keys):
+        return [_vlan_flows_down(k.vlan) for k in keys]
 
 
 @register
@@ -502,8 +585,8 @@ def marked_ports(bridge: str) -> str:
 
 @register
 class NodeTrunk(Kind):
-    """The node's trunk: ``cr-trunk`` with this system's alias; detail ``ok`` when its peer is the
-    marked port of br-int, ``detached`` when that port is missing."""
+    """The node's trunk: ``cr-trunk`` with this system's alias; detail ``ok`` when its peer is on the
+    node bridge and that bridge is patched to br-int, ``detached`` when not."""
 
     name = "trunk"
     label = "trunk of the network node"
@@ -511,9 +594,11 @@ class NodeTrunk(Kind):
 
     def scan(self, ctx, host):
         alias = naming.device_alias(naming.TRUNK_MARK)
+        attached = (f"[ \"$({join([*OVS, 'port-to-br', TRUNK_PORT])} 2>/dev/null)\" = {q(NODE_BRIDGE)} ] && "
+                    f"[ \"$({join([*OVS, 'port-to-br', PATCH_INT])} 2>/dev/null)\" = {q(ctx.config.bridge)} ]")
         return (f"if ip -o link show dev {q(TRUNK)} 2>/dev/null | grep -qF -- {q('alias ' + alias)}; then "
-                f"if {marked_ports(ctx.config.bridge)} | grep -qx -- {q(f'P {TRUNK_PORT} {naming.TRUNK_MARK}')}; "
-                f"then echo {q(f'trunk {TRUNK} ok')}; else echo {q(f'trunk {TRUNK} detached')}; fi; fi")
+                f"if {attached}; then echo {q(f'trunk {TRUNK} ok')}; else echo {q(f'trunk {TRUNK} detached')}; "
+                "fi; fi")
 
     def parse(self, host, fields):
         return Found(Key(self.name, host, name=fields[0]), " ".join(fields[1:])) if fields else None

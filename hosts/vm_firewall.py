@@ -202,6 +202,16 @@ def vm_flows(vm: dict, edge: InternetEdge) -> list:
     return [f for port in ports_of(vm) for f in port_flows(vm_id, port, edge)]
 
 
+def flow_bundle(bridge: str, lines: list) -> str:
+    """Shell: apply flow mods (``add``/``delete`` lines) to ``bridge`` as one atomic OpenFlow 1.4 bundle."""
+    return _bundle(bridge, lines)
+
+
+def cookie_match(cookie: int, mask: int = ALL_ONES) -> str:
+    """``cookie=C/MASK`` for ovs-ofctl matches (delete, dump)."""
+    return _cookie_match(cookie, mask)
+
+
 def _bundle(bridge: str, lines: list) -> str:
     """Shell: apply flow mods (``add``/``delete`` lines) as one atomic OpenFlow 1.4 bundle."""
     return f"printf '%s\\n' {' '.join(q(x) for x in lines)} | {join(OFCTL + ['--bundle', 'add-flows', bridge, '-'])}"

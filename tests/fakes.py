@@ -143,7 +143,8 @@ class FakeExecutor(RemoteExecutor):
             if kind == "vm":
                 lines += [f"qemu {ident} 4242", f"tap tap{ident}_0", f"vmfiles vm{ident}.pid"]
             elif kind == "vlan":
-                lines += [f"vlan {ident}", f"gateway {ident} -", f"namespace {ident}", f"dnsmasq {ident} alive"]
+                lines += [f"vlan {ident}", f"gateway {ident} -", f"namespace {ident}", f"dnsmasq {ident} alive",
+                          f"vlanflows {ident} 5"]
             elif kind == "overlay":
                 lines.append(f"overlay {ident}")
         if any(kind == "vlan" and h == host for kind, h, _ident in self.world):

@@ -4,7 +4,7 @@ Status and repair use the same expected-vs-found comparison as the orphan
 cleanup (``status.slice_report``).  Repair recreates exactly what is
 missing, with the deploy's own idempotent steps, for this slice only:
 
-* a link VLAN missing any part (marker, gateway, namespace, dnsmasq): that
+* a link VLAN missing any part (marker, gateway, flows, namespace, dnsmasq): that
   VLAN's set-up again;
 * the internet VLAN, the NAT rule, the isolation rules or one of the
   slice's reservations missing: the internet set-up with this slice's
@@ -37,7 +37,7 @@ from usecases.lifecycle import launch_command, reservations_of
 from usecases.services import Services
 from usecases.status import SliceReport, slice_report
 
-NODE_KINDS = ("vlan", "gateway", "namespace", "dnsmasq")
+NODE_KINDS = ("vlan", "gateway", "vlanflows", "namespace", "dnsmasq")
 
 
 @dataclass

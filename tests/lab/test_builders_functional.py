@@ -70,6 +70,7 @@ def assert_node_empty(lab) -> None:
     assert "gw_vlan" not in links and naming.NODE_TRUNK not in links, links
     ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
     assert not [p for p in ports if p.startswith(("gw_vlan", "dhcp", "cr-"))], ports
+    assert naming.NODE_BRIDGE not in sh(lab, "netnode", "ovs-vsctl list-br").split()
     assert "ns-dhcp-vlan" not in sh(lab, "netnode", "ip netns list")
     assert sh(lab, "netnode", "pgrep -x dnsmasq || true").strip() == ""
     assert sh(lab, "netnode", f"ls {naming.STATE_DIR} | grep 'vlan' || true").strip() == ""
@@ -82,24 +83,30 @@ def test_link_vlan_made_checked_removed_twice(lab, svc):
     run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
     net = naming.link_network(VLAN)
     gw = naming.gateway_port(VLAN)
-    # from outside: the gateway is VLAN VLAN of the trunk, with its fixed MAC, its mark, its address, no IPv6
+    # from outside: the gateway is a macvlan of the trunk, with its fixed MAC, its mark, its address, no IPv6
     detail = sh(lab, "netnode", f"ip -o -d link show dev {gw}")
-    assert f"{gw}@{naming.NODE_TRUNK}:" in detail and f"vlan protocol 802.1Q id {VLAN} " in detail, detail
+    assert f"{gw}@{naming.NODE_TRUNK}:" in detail and "macvlan mode private " in detail, detail
     assert f"link/ether {naming.port_mac(net['gateway_ip'])} " in detail
     assert f"alias cloud-repositorio=vlan{VLAN}" in detail and "state UP" in detail
     assert f"{net['gateway_ip']}/24" in sh(lab, "netnode", f"ip -o -4 addr show dev {gw}")
     assert sh(lab, "netnode", f"ip -6 -o addr show dev {gw}").strip() == ""
-    # the trunk: a veth whose peer is the only port this system added to the node's br-int
+    # the trunk: a veth into the node bridge, patched to br-int (the only port this system adds there)
     assert "cr-trunk@cr-trunk-br:" in node_links(lab) and "alias cloud-repositorio=trunk" in node_links(lab)
     ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
-    assert set(ports) - set(ports_before) == {naming.NODE_TRUNK_PORT}
-    assert sh(lab, "netnode", f"ovs-vsctl get port {naming.NODE_TRUNK_PORT} tag").strip() == "[]"  # every VLAN
-    assert sh(lab, "netnode", f"ovs-vsctl get port {naming.NODE_TRUNK_PORT} external_ids:cloud-repositorio"
+    assert set(ports) - set(ports_before) == {naming.NODE_PATCH_INT}
+    assert sh(lab, "netnode", f"ovs-vsctl get port {naming.NODE_PATCH_INT} tag").strip() == "[]"  # every VLAN
+    assert sh(lab, "netnode", f"ovs-vsctl get port {naming.NODE_PATCH_INT} external_ids:cloud-repositorio"
                               ).strip() == '"trunk"'
+    assert set(sh(lab, "netnode", f"ovs-vsctl list-ports {naming.NODE_BRIDGE}").split()) == {
+        naming.NODE_TRUNK_PORT, naming.NODE_PATCH}
+    assert sh(lab, "netnode", f"ovs-vsctl get bridge {naming.NODE_BRIDGE} fail_mode").strip() == "secure"
+    flows = sh(lab, "netnode", f"ovs-ofctl -O OpenFlow14 --no-stats dump-flows {naming.NODE_BRIDGE}")
+    mine = [ln for ln in flows.splitlines() if f"cookie=0x{naming.node_vlan_flow_cookie(VLAN):016x}" in ln]
+    assert len(mine) == 5 and len([ln for ln in flows.splitlines() if "cookie=" in ln]) == 5, flows
     # the DHCP namespace holds a macvlan of the gateway and that VLAN's dnsmasq
     ns = naming.dhcp_namespace(VLAN)
     inner = sh(lab, "netnode", f"ip -n {ns} -o -d link show dev {naming.dhcp_macvlan(VLAN)}")
-    assert "macvlan mode bridge" in inner and f"link/ether {naming.port_mac(net['dhcp_server_ip'])} " in inner
+    assert "macvlan mode private" in inner and f"link/ether {naming.port_mac(net['dhcp_server_ip'])} " in inner
     assert f"{net['dhcp_server_ip']}/24" in sh(lab, "netnode", f"ip -n {ns} -o -4 addr show")
     pidfile = naming.dnsmasq_files(VLAN)["pid"]
     pid = sh(lab, "netnode", f"cat {pidfile}").strip()
@@ -114,7 +121,7 @@ def test_link_vlan_made_checked_removed_twice(lab, svc):
     found = found_keys(svc, node)
     keys = {k: d for k, d in found.items() if k.vlan == VLAN}
     assert {k.kind: d for k, d in keys.items()} == {
-        "vlan": "", "gateway": f"{net['gateway_ip']}/24", "namespace": "", "dnsmasq": "alive"}
+        "vlan": "", "gateway": f"{net['gateway_ip']}/24", "vlanflows": "5", "namespace": "", "dnsmasq": "alive"}
     assert {k.kind: d for k, d in found.items() if k.kind == "trunk"} == {"trunk": "ok"}
     # a second set-up changes nothing it need not (same trunk, a fresh dnsmasq)
     trunk_index = sh(lab, "netnode", "cat /sys/class/net/cr-trunk/ifindex").strip()
@@ -139,7 +146,7 @@ def test_internet_vlan_reservation_nat_made_checked_removed_twice(lab, svc):
     assert "gw_vlan400@cr-trunk:" in sh(lab, "netnode", "ip -o link show dev gw_vlan400")
     keys = found_keys(svc, node)
     assert ("reservation", VM_ID) in {(k.kind, k.vm_id) for k in keys}
-    assert {k.kind for k in keys if k.vlan == 400} == {"vlan", "gateway", "namespace", "dnsmasq"}
+    assert {k.kind for k in keys if k.vlan == 400} == {"vlan", "gateway", "vlanflows", "namespace", "dnsmasq"}
     assert any(k.kind == "nat" and k.name == "10.60.7.0/24" for k in keys)
     assert any(k.kind == "trunk" for k in keys)
     # a second deploy keeps the running DHCP server as it is
@@ -224,13 +231,13 @@ def test_a_look_alike_that_this_system_did_not_make_is_never_found(lab, svc):
     wname = next(n for n, ip in lab.hosts.items() if ip == worker)
     sh(lab, wname, "touch /home/ubuntu/vm_images/students_thesis_img.qcow2")
     sh(lab, "netnode", "ovs-vsctl add-port br-int gw_vlan3999 -- set interface gw_vlan3999 type=internal;"
-                       "ip netns add ns-dhcp-vlan3998; ip link add crlookalike type dummy; "
-                       "ip link add link crlookalike name gw_vlan3997 type vlan id 3997")
+                       "ip netns add ns-dhcp-vlan3998; ip link add crlookalike type veth peer name crlookalike-p; "
+                       "ip link add link crlookalike name gw_vlan3997 type macvlan mode private")
     try:
         assert not [k for k in found_keys(svc, worker) if k.name == "students_thesis_img.qcow2"]
         assert not [k for k in found_keys(svc, svc.config.network_node) if k.vlan in (3999, 3998, 3997)]
         sweep(svc)
-        assert "gw_vlan3997@crlookalike" in sh(lab, "netnode", "ip -o link show")
+        assert "gw_vlan3997@crlookalike:" in sh(lab, "netnode", "ip -o link show")
         assert "gw_vlan3999" in sh(lab, "netnode", "ovs-vsctl list-ports br-int")
     finally:
         sh(lab, wname, "rm -f /home/ubuntu/vm_images/students_thesis_img.qcow2")

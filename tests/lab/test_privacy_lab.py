@@ -179,7 +179,8 @@ def test_the_internet_gateway_and_dhcp_server_have_their_fixed_macs_and_no_ipv6(
     inside = naming.dhcp_macvlan(e.vlan)
     out = sh(lab, "netnode", f"ip netns exec {naming.dhcp_namespace(e.vlan)} cat /sys/class/net/{inside}/address")
     assert out.strip() == e.dhcp_mac
-    ports = re.findall(r"^\d+: (gw_vlan\d+)@cr-trunk:", sh(lab, "netnode", "ip -o link show type vlan"), flags=re.M)
+    ports = re.findall(r"^\d+: (gw_vlan\d+)@cr-trunk:", sh(lab, "netnode", "ip -o link show type macvlan"),
+                       flags=re.M)
     assert {"gw_vlan400", f"gw_vlan{t.va}", f"gw_vlan{t.vb}"} <= set(ports)
     assert not [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split() if p.startswith("gw_vlan")]
     for port in ports:

@@ -193,7 +193,7 @@ def test_shared_internet_vlan_outlives_one_slice_and_reused_addresses_lease_agai
     assert ok, msg
     # B keeps its internet: same dnsmasq, gateway, NAT; A's lease is given back at once
     assert sh(lab, "netnode", f"cat {STATE}/dnsmasq-vlan400.pid").strip() == pid
-    assert "gw_vlan400@cr-trunk" in sh(lab, "netnode", "ip -o link show type vlan")
+    assert "gw_vlan400@cr-trunk:" in sh(lab, "netnode", "ip -o link show type macvlan")
     assert mac(a_vms[0], 0) not in leases(lab, 400)
     rc, out = console(lab, b_vms[0], fetch_internet(lab))
     assert rc == 0 and "you are 10.255.0.1" in out, out

@@ -4,8 +4,8 @@ The database holds 198 other slices recording every block of 20 VLANs (design sl
 written into it as an instructor's class would leave them), so two new slices get no block: their
 links take free VLANs elsewhere (401, 402, ...: 172.17.x.0/24 subnets).  Tenant A (admin) and
 tenant B (student) each deploy two VMs joined by two links; placement puts their VMs on different
-workers, so every link crosses the lab's trunk into the network node's trunk port and its VLAN
-subinterfaces.  From inside the VMs: every NIC leased, pings over each link and to its gateway,
+workers, so every link crosses the lab's trunk and the network node's trunk (its node bridge's flows
+and the gateways' macvlans).  From inside the VMs: every NIC leased, pings over each link and to its gateway,
 full-size frames (1500-byte IP packets: 1518-byte tagged frames on the trunks) in both
 directions, and nothing of A reaching B or B reaching A (not a ping, not an ARP, not a broadcast).
 """
@@ -100,9 +100,11 @@ def ip_of(two, vm: dict, i: int) -> str:
 def test_links_beyond_the_blocks_get_distinct_free_vlans_on_the_nodes_trunk(lab, two):
     va, vb = two["vlans"]["wa"], two["vlans"]["wb"]
     assert va == [401, 402] and vb == [403, 404]       # the VLANs in no block come first
-    links = sh(lab, "netnode", "ip -o -d link show type vlan")
+    links = sh(lab, "netnode", "ip -o link show type macvlan")
+    flows = sh(lab, "netnode", "ovs-ofctl -O OpenFlow14 --no-stats dump-flows cr-node")
     for v in va + vb:
-        assert f"gw_vlan{v}@cr-trunk:" in links and f" id {v} " in links
+        assert f"gw_vlan{v}@cr-trunk:" in links
+        assert len([ln for ln in flows.splitlines() if f"dl_vlan={v}," in ln or f"mod_vlan_vid:{v}," in ln]) == 5
     ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
     assert not [p for p in ports if p.startswith(("gw_vlan", "dhcp"))], ports   # no OVS port per VLAN
     for vm in two["a"] + two["b"]:

@@ -6,6 +6,8 @@ import shlex
 import pytest
 from uhelpers import NODE, WORKERS, build_slice, make_api, ok, qemu_argv, script_of
 
+import vlan_manager
+
 
 def _is_launch(text):
     return "qemu-system-x86_64 " in text and "-daemonize" in text
@@ -345,29 +347,50 @@ def test_vlan_up_recreates_its_own_dhcp_namespace(linked):
     assert "grep -q -- --pid-file=/run/cloud-repositorio/dnsmasq-vlan100.pid" in s
 
 
-def test_a_link_vlan_is_a_subinterface_of_the_trunk_and_changes_no_ovs_port(linked):
-    """Issue 19: the node's only Open vSwitch port is its trunk; a VLAN is netlink work only."""
+def test_a_link_vlan_is_a_macvlan_of_the_trunk_with_its_flows_and_changes_no_ovs_port(linked):
+    """Issue 19: the node's Open vSwitch gets no port per VLAN; a VLAN is netlink work and five flows."""
     api, _db, ex, sid, _ids = linked
     ok(api.deploy_slice("admin", sid))
     s = next(x for x in _node_scripts(ex) if "gw_vlan100 " in x)
     lines = s.splitlines()
     assert ("ip link show dev gw_vlan100 >/dev/null 2>&1 || ip link add link cr-trunk name gw_vlan100 "
-            "address 02:00:c0:a8:64:01 type vlan id 100") in lines
+            "address 02:00:c0:a8:64:01 type macvlan mode private") in lines
     assert "ip link set gw_vlan100 address 02:00:c0:a8:64:01 alias cloud-repositorio=vlan100" in lines
-    assert ("ip link add link gw_vlan100 name dhcp100-i netns ns-dhcp-vlan100 address 02:00:c0:a8:64:fe "
-            "type macvlan mode bridge") in lines
+    assert ("ip link add link cr-trunk name dhcp100-i netns ns-dhcp-vlan100 address 02:00:c0:a8:64:fe "
+            "type macvlan mode private") in lines
     ipv6_off = next(i for i, ln in enumerate(lines) if "net.ipv6.conf.gw_vlan100.disable_ipv6=1" in ln)
     assert ipv6_off < lines.index("ip link set gw_vlan100 up")
     # the only ovs-vsctl changes: the trunk, when it is missing; an old-layout port, when there is one
     changes = [ln for ln in lines if "ovs-vsctl" in ln and ("add-port" in ln or "del-port" in ln)]
     assert len(changes) == 2
-    assert "add-port br-int cr-trunk-br" in changes[0] and "external_ids:cloud-repositorio=trunk" in changes[0]
-    assert changes[1].startswith("if { ip link show dev gw_vlan100 >/dev/null 2>&1 && "
-                                 "[ ! -e /proc/net/vlan/gw_vlan100 ]; } || ip link show dev dhcp100-o")
+    assert "add-br cr-node -- set bridge cr-node fail_mode=secure" in changes[0]
+    assert "add-port br-int cr-int-patch -- set interface cr-int-patch type=patch options:peer=cr-node-patch" \
+        in changes[0]
+    assert changes[1].startswith("if { ip link show dev gw_vlan100 >/dev/null 2>&1 && ! ip -o -d link show "
+                                 "dev gw_vlan100")
     trunk = s.index("port-to-br cr-trunk-br")
     assert s.index("vlan100.owner") < trunk < s.index("ip link add link cr-trunk name gw_vlan100")
     assert "9>/run/cloud-repositorio/trunk.lock" in s
+    # the VLAN's flows: one bundle on the node bridge, only between VLAN 100 and its two MACs
+    bundle = next(ln for ln in lines if "--bundle add-flows cr-node -" in ln)
+    flows = shlex.split(bundle.split(" | ")[0])[2:]
+    assert flows[0] == "delete cookie=0x4352000200000064/0xffffffffffffffff"
+    assert flows[1:] == ["add " + f for f in vlan_manager.node_vlan_flows(100, "192.168.100.1", "192.168.100.254")]
+    assert all("dl_vlan=100," in f or "mod_vlan_vid:100," in f for f in flows[1:])
+    assert bundle.index("cr-node") and lines.index(bundle) < lines.index("ip link set gw_vlan100 up")
 
+
+def test_node_vlan_flows_map_one_vlan_to_its_two_macs_only():
+    flows = vlan_manager.node_vlan_flows(401, "172.17.145.1", "172.17.145.254")
+    c = "cookie=0x4352000200000191,priority=100"
+    assert flows == [
+        f"{c},in_port=cr-node-patch,dl_vlan=401,dl_dst=02:00:ac:11:91:01,actions=strip_vlan,output:cr-trunk-br",
+        f"{c},in_port=cr-node-patch,dl_vlan=401,dl_dst=02:00:ac:11:91:fe,actions=strip_vlan,output:cr-trunk-br",
+        f"{c},in_port=cr-node-patch,dl_vlan=401,dl_dst=ff:ff:ff:ff:ff:ff,actions=strip_vlan,"
+        "mod_dl_dst:02:00:ac:11:91:01,output:cr-trunk-br,mod_dl_dst:02:00:ac:11:91:fe,output:cr-trunk-br",
+        f"{c},in_port=cr-trunk-br,dl_src=02:00:ac:11:91:01,actions=mod_vlan_vid:401,output:cr-node-patch",
+        f"{c},in_port=cr-trunk-br,dl_src=02:00:ac:11:91:fe,actions=mod_vlan_vid:401,output:cr-node-patch",
+    ]
 
 def test_ctrl_c_during_vm_start_rolls_back(tmp_path):
     import os

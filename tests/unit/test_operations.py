@@ -28,7 +28,7 @@ def healthy_scans(ex, ids, crashed=(), dead_vlan=None, trunk="ok"):
         ex.answer("scan", host=worker, out="\n".join(lines) + "\n")
     node = []
     for vlan, gw in ((100, "192.168.100.1/24"), (400, "10.60.7.1/24")):
-        node += [f"vlan {vlan}", f"gateway {vlan} {gw}", f"namespace {vlan}",
+        node += [f"vlan {vlan}", f"gateway {vlan} {gw}", f"namespace {vlan}", f"vlanflows {vlan} 5",
                  f"dnsmasq {vlan} {'dead' if vlan == dead_vlan else 'alive'}"]
     node += [f"reservation {ids[0]}", "nat -A POSTROUTING -s 10.60.7.0/24 -o uplink0 -m comment "
              "--comment cloud-repositorio -j MASQUERADE", "isolation ipv4", "isolation ipv6"]
