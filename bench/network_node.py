@@ -9,7 +9,7 @@ parallel, as ``deploy_slice`` does, then removed again (median of ``--runs``).
 It also reports where any growth comes from: dnsmasq memory per VLAN (RSS
 and PSS), the node's memory and kernel slab against the empty node, the
 namespaces and mounts, the iptables rules, the OVS ports, and the time of
-one change of each kind (an OVS port add, a VLAN subinterface, a
+one change of each kind (an OVS port add, a VLAN's five flows, a macvlan, a
 namespace, entering one with ``nsenter --net`` and with ``ip netns exec``,
 an ``iptables-save``).  Everything it made is removed at the end (and before it
 starts), checked with the product's own scan.
@@ -27,9 +27,11 @@ import time
 
 from labbench import LAB_CONFIG, lab_exec, lab_up
 
+import naming  # noqa: E402
 import vlan_manager  # noqa: E402
 from database import Database  # noqa: E402
 from deployment_api import DeploymentAPI  # noqa: E402
+from hosts import vm_firewall  # noqa: E402
 from hosts.runner import Runner  # noqa: E402
 from remote_executor import RemoteExecutor  # noqa: E402
 from store.config import ClusterConfig  # noqa: E402
@@ -105,6 +107,16 @@ def _meminfo() -> dict:
     return out
 
 
+def _flow_add_ms() -> float:
+    """Median ms of adding and deleting one VLAN's five flows on the node bridge (a bundle, as a set-up does)."""
+    if "cr-node" not in lab_exec("netnode", "ovs-vsctl list-br"):
+        return float("nan")
+    flows = vlan_manager.node_vlan_flows(4094, "172.31.254.1", "172.31.254.254")
+    bundle = vm_firewall.flow_bundle("cr-node", ["add " + f for f in flows])
+    cookie = vm_firewall.cookie_match(naming.node_vlan_flow_cookie(4094))
+    return _ms(f"{bundle} && ovs-ofctl -O OpenFlow14 del-flows cr-node {cookie}")
+
+
 def node_facts() -> dict:
     """Where a VLAN's cost on the node goes: processes, memory, and the time of each kind of change."""
     rss = lab_exec("netnode", "ps -o rss= -C dnsmasq | awk '{s += $1; n++} END {print n + 0, s + 0}'").split()
@@ -119,11 +131,14 @@ def node_facts() -> dict:
             "netns": int(lab_exec("netnode", "ip netns list | wc -l").split()[0]),
             "mounts": int(lab_exec("netnode", "wc -l < /proc/self/mountinfo").split()[0]),
             "ports": int(lab_exec("netnode", "ovs-vsctl list-ports br-int | wc -l").split()[0]),
+            "flows": int((lab_exec("netnode", "ovs-ofctl dump-flows cr-node 2>/dev/null | grep -c cookie=; true")
+                          .split() or ["0"])[0]),
+            "flow_add_ms": _flow_add_ms() - base,
             "port_add_ms": _ms("ovs-vsctl add-port br-int benchprobe -- set interface benchprobe type=internal && "
                                "ovs-vsctl del-port br-int benchprobe") - base,
-            "vlan_add_ms": _ms("ip link add benchlow type dummy; ip link add link benchlow name benchvlan type vlan "
-                               "id 4094; ip link del benchlow") - _ms("ip link add benchlow type dummy; "
-                                                                      "ip link del benchlow"),
+            "vlan_add_ms": _ms("ip link add benchlow type veth peer name benchlow-p; ip link add link benchlow "
+                               "name benchmv type macvlan mode private; ip link del benchlow")
+            - _ms("ip link add benchlow type veth peer name benchlow-p; ip link del benchlow"),
             "netns_add_ms": _ms(f"ip netns add {probe_ns} && ip netns del {probe_ns}") - base,
             "nsenter_ms": _ms(f"ip netns add {probe_ns}; nsenter --net=/run/netns/{probe_ns} true; "
                               f"ip netns del {probe_ns}") - _ms(f"ip netns add {probe_ns}; ip netns del {probe_ns}"),
@@ -178,14 +193,15 @@ def main() -> int:
               f"{down:>9.3f} {down / rows[0][4]:>8.2f}")
     print("\nWhere the node's cost goes at each size (memory against the empty node; times of one change, ms)")
     print(f"{'link VLANs':>10} {'dnsmasq':>8} {'RSS KiB':>8} {'PSS KiB':>8} {'avail -MiB':>10} {'slab +MiB':>9} "
-          f"{'netns':>6} {'mounts':>7} {'rules':>6} {'ports':>6} {'port add':>9} {'vlan add':>9} {'netns add':>9} "
-          f"{'nsenter':>8} {'netns exec':>10} {'ipt-save':>8}")
+          f"{'netns':>6} {'mounts':>7} {'rules':>6} {'ports':>6} {'flows':>6} {'port add':>9} {'flows add':>9} "
+          f"{'macvlan':>8} {'netns add':>9} {'nsenter':>8} {'netns exec':>10} {'ipt-save':>8}")
     for size, _slices, _t, _up, _down, f in rows:
         n = f["dnsmasq"] or 1
         print(f"{size:>10} {f['dnsmasq']:>8} {f['dnsmasq_kib'] / n:>8.0f} {f['dnsmasq_pss_kib'] / n:>8.0f} "
               f"{(empty['mem_avail_kib'] - f['mem_avail_kib']) / 1024:>10.0f} "
               f"{(f['slab_kib'] - empty['slab_kib']) / 1024:>9.0f} {f['netns']:>6} {f['mounts']:>7} "
-              f"{f['rules']:>6} {f['ports']:>6} {f['port_add_ms']:>9.1f} {f['vlan_add_ms']:>9.1f} "
+              f"{f['rules']:>6} {f['ports']:>6} {f['flows']:>6} {f['port_add_ms']:>9.1f} {f['flow_add_ms']:>9.1f} "
+              f"{f['vlan_add_ms']:>8.1f} "
               f"{f['netns_add_ms']:>9.1f} {f['nsenter_ms']:>8.1f} {f['netns_exec_ms']:>10.1f} "
               f"{f['iptables_save_ms']:>8.1f}")
     print(f"\nleft after the bench: {left['dnsmasq']} dnsmasq, {left['netns']} namespaces, {left['ports']} ports "
