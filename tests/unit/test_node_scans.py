@@ -1,0 +1,106 @@
+"""The network node's scans run for real (sh, awk, sed) on the output of ``ip``, ``ovs-vsctl`` and
+``ovs-ofctl`` as this kernel and Open vSwitch print it (fake commands on PATH replay captured text)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+
+import pytest
+from fakes import FakeExecutor
+
+import naming
+from hosts import kinds
+from hosts.resources import HostContext
+
+pytestmark = pytest.mark.skipif(not shutil.which("awk") or not shutil.which("sed"), reason="needs awk and sed")
+
+MACVLANS = (
+    "4: gw_vlan401@cr-trunk: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT "
+    "group default qlen 1000\\    link/ether 02:00:ac:11:91:01 brd ff:ff:ff:ff:ff:ff promiscuity 0  allmulti 0 "
+    "minmtu 68 maxmtu 65535 \\    macvlan mode private bcqueuelen 1000 usedbcqueuelen 1000 addrgenmode eui64 "
+    "numtxqueues 1 numrxqueues 1 gso_max_size 65536 gso_max_segs 65535 \\    alias cloud-repositorio=vlan401\n"
+    "5: gw_vlan402@cr-trunk: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 state UP\\    link/ether "
+    "02:00:ac:11:92:01 brd ff:ff:ff:ff:ff:ff \\    macvlan mode private \\    alias cloud-repositorio=vlan402\n"
+    # look-alikes: another lower device, no alias, another VLAN's alias, not a gw_vlan name
+    "6: gw_vlan3997@crlookalike: <BROADCAST> mtu 1500 \\    macvlan mode private "
+    "\\    alias cloud-repositorio=vlan3997\n"
+    "7: gw_vlan3996@cr-trunk: <BROADCAST> mtu 1500 \\    macvlan mode private\n"
+    "8: gw_vlan3995@cr-trunk: <BROADCAST> mtu 1500 \\    macvlan mode private \\    alias cloud-repositorio=vlan3994\n"
+    "9: mine@cr-trunk: <BROADCAST> mtu 1500 \\    macvlan mode private \\    alias cloud-repositorio=vlan1\n")
+ADDRS = ("4: gw_vlan401    inet 172.17.145.1/24 scope global gw_vlan401\\       valid_lft forever\n"
+         "3: eth0    inet 10.250.0.10/24 scope global eth0\\       valid_lft forever\n")
+FLOWS = (' cookie=0x4352000200000191, priority=100,in_port="cr-node-patch",dl_vlan=401,dl_dst=02:00:ac:11:91:01 '
+         'actions=strip_vlan,output:"cr-trunk-br"\n') * 5 + (
+         ' cookie=0x4352000200000f3d, priority=100,in_port="cr-trunk-br",dl_src=02:00:ac:1f:3d:01 '
+         'actions=mod_vlan_vid:3901,output:"cr-node-patch"\n') * 2
+
+
+def fake_bin(tmp_path, scripts: dict) -> str:
+    """A directory of executables named after commands, each printing its canned answer."""
+    d = tmp_path / "bin"
+    d.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        path = d / name
+        path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+    return str(d)
+
+
+def scan(tmp_path, kind_name: str, scripts: dict) -> dict:
+    ctx = HostContext(FakeExecutor().config, {})
+    kind = kinds.kind(kind_name)
+    env = dict(os.environ, PATH=fake_bin(tmp_path, scripts) + os.pathsep + os.environ["PATH"])
+    out = subprocess.run(["sh", "-c", kind.scan(ctx, "n")], capture_output=True, text=True, env=env, timeout=20)
+    assert out.returncode == 0, out.stderr
+    found = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        assert words[0] == kind_name, line
+        f = kind.parse("n", words[1:])
+        if f is not None:
+            found[f.key] = f.detail
+    return found
+
+
+def _ip_script() -> dict:
+    return {"ip": f"""\
+        case "$*" in
+          *"type macvlan"*) printf '%s' {_sq(MACVLANS)} ;;
+          *"-4 addr show"*) printf '%s' {_sq(ADDRS)} ;;
+        esac
+        """}
+
+
+def _sq(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def test_the_gateway_scan_finds_only_marked_macvlans_of_the_trunk(tmp_path):
+    found = scan(tmp_path, "gateway", _ip_script())
+    assert {(k.vlan, d) for k, d in found.items()} == {(401, "172.17.145.1/24"), (402, "-")}
+
+
+def test_the_vlan_flows_scan_counts_each_vlans_flows(tmp_path):
+    found = scan(tmp_path, "vlanflows", {"ovs-ofctl": f"printf '%s' {_sq(FLOWS)}\n"})
+    assert {(k.vlan, d) for k, d in found.items()} == {(401, "5"), (3901, "2")}
+
+
+@pytest.mark.parametrize("patch_bridge,detail", [("br-int", "ok"), ("", "detached")])
+def test_the_trunk_scan_says_whether_it_is_attached(tmp_path, patch_bridge, detail):
+    scripts = {
+        "ip": f"printf '%s\\n' {_sq('3: cr-trunk@cr-trunk-br: <UP> mtu 1500 alias cloud-repositorio=trunk')}\n",
+        "ovs-vsctl": f"""\
+            case "$*" in
+              *"port-to-br {naming.NODE_TRUNK_PORT}"*) echo {naming.NODE_BRIDGE} ;;
+              *"port-to-br {naming.NODE_PATCH_INT}"*) [ -n "{patch_bridge}" ] && echo {patch_bridge} || exit 1 ;;
+            esac
+            """}
+    found = scan(tmp_path, "trunk", scripts)
+    assert {(k.name, d) for k, d in found.items()} == {("cr-trunk", detail)}
+
+
+def test_an_unmarked_trunk_is_not_ours(tmp_path):
+    scripts = {"ip": "printf '%s\\n' '3: cr-trunk@cr-trunk-br: <UP> mtu 1500'\n", "ovs-vsctl": "echo br-int\n"}
+    assert scan(tmp_path, "trunk", scripts) == {}
