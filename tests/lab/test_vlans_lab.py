@@ -104,7 +104,7 @@ def test_links_beyond_the_blocks_get_distinct_free_vlans_on_the_nodes_trunk(lab,
     flows = sh(lab, "netnode", "ovs-ofctl -O OpenFlow14 --no-stats dump-flows cr-node")
     for v in va + vb:
         assert f"gw_vlan{v}@cr-trunk:" in links
-        assert len([ln for ln in flows.splitlines() if f"dl_vlan={v}," in ln or f"mod_vlan_vid:{v}," in ln]) == 5
+        assert len([ln for ln in flows.splitlines() if f"cookie=0x{naming.node_vlan_flow_cookie(v):016x}," in ln]) == 5
     ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
     assert not [p for p in ports if p.startswith(("gw_vlan", "dhcp"))], ports   # no OVS port per VLAN
     for vm in two["a"] + two["b"]:
