@@ -20,6 +20,8 @@ ACCOUNT=cloudrepo
 INSTRUCTORS=cloudrepo-instructors
 PID_FILE="$STATE/service.pid"
 PY="$REPO_DIR/.venv/bin/python"
+# shellcheck source=lab/common.sh
+source "$LAB_DIR/common.sh"
 
 log() { printf '[service] %s\n' "$*"; }
 die() { printf '[service] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -87,9 +89,9 @@ start() {
     state
     rm -f "$STATE/ready"
     cd "$REPO_DIR"
-    setsid runuser -u "$ACCOUNT" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 \
+    (exec_without_inherited_fds setsid runuser -u "$ACCOUNT" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 \
         "$PY" -m service --config "$STATE/cluster.yaml" --db "$STATE/database.yaml" --socket "$SOCKET" \
-        --ready-file "$STATE/ready" </dev/null >>"$STATE/log/service.out" 2>&1 9>&- &
+        --ready-file "$STATE/ready") </dev/null >>"$STATE/log/service.out" 2>&1 &
     local pid=$! i
     echo "$pid" >"$PID_FILE"
     for i in $(seq 1 300); do
