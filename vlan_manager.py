@@ -95,7 +95,9 @@ def trunk_up(bridge: str) -> str:
     node bridge ``cr-node`` (``fail_mode=secure``, the datapath type of
     ``bridge``) holding ``cr-trunk-br`` and a patch port to ``bridge``.  When
     all of it is there this is three cheap queries; otherwise one Open vSwitch
-    transaction (re)makes the bridge and its ports and waits for vswitchd.
+    transaction (re)makes the bridge and its ports and waits for vswitchd.  The
+    node bridge's two ports ask for OpenFlow ports 1 and 2, so the VLANs' flows
+    (ports by number once installed) still match when a repair remakes them.
     """
     alias = naming.device_alias(naming.TRUNK_MARK)
     mark = f"external_ids:{naming.MARK}={naming.TRUNK_MARK}"
@@ -114,9 +116,10 @@ def trunk_up(bridge: str) -> str:
         + " fail_mode=secure \"datapath_type=$dp\" " + q(mark) + " "
         + join(["--", "--if-exists", "del-port", NODE_BRIDGE, TRUNK_PORT,
                 "--", "add-port", NODE_BRIDGE, TRUNK_PORT, "--", "set", "port", TRUNK_PORT, mark,
+                "--", "set", "interface", TRUNK_PORT, "ofport_request=1",
                 "--", "--if-exists", "del-port", NODE_BRIDGE, PATCH,
                 "--", "add-port", NODE_BRIDGE, PATCH, "--", "set", "interface", PATCH, "type=patch",
-                f"options:peer={PATCH_INT}", "--", "set", "port", PATCH, mark,
+                f"options:peer={PATCH_INT}", "ofport_request=2", "--", "set", "port", PATCH, mark,
                 "--", "--if-exists", "del-port", bridge, PATCH_INT,
                 "--", "add-port", bridge, PATCH_INT, "--", "set", "interface", PATCH_INT, "type=patch",
                 f"options:peer={PATCH}", "--", "set", "port", PATCH_INT, mark]),
@@ -131,6 +134,17 @@ def remove_trunk(bridge: str) -> list:
     return [f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true", f"ip link del {q(TRUNK)} 2>/dev/null || true"]
 
 
+def any_vlan_marker(state_dir: str = naming.STATE_DIR) -> str:
+    """Shell test: some VLAN of this system has its marker on the node.
+
+    Not ``ls DIR/vlan*.owner``: ``ls`` fails when one of the files the glob
+    named is removed before it looks (another VLAN's removal running at the
+    same moment), and the node would then tear down the trunk or the
+    isolation chains of every VLAN still there.
+    """
+    return f"( for f in {q(state_dir)}/vlan*.owner; do [ -e \"$f\" ] && exit 0; done; exit 1 )"
+
+
 def trunk_teardown_if_unused(bridge: str) -> str:
     """Shell: under ``trunk.lock``, remove the trunk once no VLAN of this system is left on the node.
 
@@ -139,7 +153,7 @@ def trunk_teardown_if_unused(bridge: str) -> str:
     keeps the trunk, or removes it before the set-up makes it again.
     """
     return _locked("trunk.lock", [
-        f"if ! ls {q(naming.STATE_DIR)}/vlan*.owner >/dev/null 2>&1; then",
+        f"if ! {any_vlan_marker()}; then",
         *remove_trunk(bridge),
         "fi",
     ])
@@ -302,9 +316,8 @@ def isolation_rules(internet_vlan: int, uplink: str, management=()) -> str:
 
 def isolation_teardown_if_unused() -> str:
     """Shell: remove the isolation chains once no VLAN of this system is left on the node."""
-    state = q(naming.STATE_DIR)
     return _locked("iptables.lock", [
-        f"if ! ls {state}/vlan*.owner >/dev/null 2>&1; then",
+        f"if ! {any_vlan_marker()}; then",
         remove_isolation_rules(),
         "fi",
     ])

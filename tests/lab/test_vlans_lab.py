@@ -161,12 +161,22 @@ def test_no_frame_of_one_tenant_reaches_the_other(lab, two, attacker, victim):
     assert foreign not in out, out
 
 
-def test_deleting_both_leaves_the_node_without_trunk_or_gateway(lab, two):
+def test_deleting_one_keeps_the_others_vlans_and_deleting_both_leaves_nothing(lab, two):
     api = two["api"]
-    for s in list(api.db.all_slices().values()):
-        if s.get("vms"):
-            ok_, msg = api.delete_slice(s["owner"], s["slice_id"])
-            assert ok_, msg
+    live = [s for s in api.db.all_slices().values() if s.get("vms")]
+    first, second = sorted(live, key=lambda s: s["slice_id"])
+    ok_, msg = api.delete_slice(first["owner"], first["slice_id"])   # its two VLANs go at the same moment
+    assert ok_, msg
+    # the other slice's VLANs keep the trunk, their gateways and the isolation chains
+    links = sh(lab, "netnode", "ip -o link show")
+    assert "cr-trunk" in links
+    for v in (link["vlan_id"] for link in second["links"]):
+        assert f"gw_vlan{v}@cr-trunk" in links
+    assert "CR-FORWARD" in sh(lab, "netnode", "iptables -S FORWARD")
+    vm = second["vms"][0]
+    ok(lab, vm, f"ping -c 2 -W 2 {naming.link_network(vm['interfaces'][1]['vlan_id'])['gateway_ip']}")
+    ok_, msg = api.delete_slice(second["owner"], second["slice_id"])
+    assert ok_, msg
     assert "gw_vlan" not in sh(lab, "netnode", "ip -o link show")
     assert "cr-trunk" not in sh(lab, "netnode", "ip -o link show")
     assert_clean(lab)

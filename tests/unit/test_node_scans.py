@@ -104,3 +104,35 @@ def test_the_trunk_scan_says_whether_it_is_attached(tmp_path, patch_bridge, deta
 def test_an_unmarked_trunk_is_not_ours(tmp_path):
     scripts = {"ip": "printf '%s\\n' '3: cr-trunk@cr-trunk-br: <UP> mtu 1500'\n", "ovs-vsctl": "echo br-int\n"}
     assert scan(tmp_path, "trunk", scripts) == {}
+
+
+def _churn(state: str, seconds: float) -> subprocess.Popen:
+    """Other VLANs' markers made and removed as fast as the shell can, as parallel set-ups and removals do."""
+    loop = (f"end=$(($(date +%s) + {int(seconds) + 1})); while [ $(date +%s) -lt $end ]; do "
+            f"for v in 1 2 3 4 5 6 7 8; do : > {state}/vlan$v.owner; done; "
+            f"for v in 1 2 3 4 5 6 7 8; do rm -f {state}/vlan$v.owner; done; done")
+    return subprocess.Popen(["sh", "-c", loop])
+
+
+def test_a_vlan_marker_is_seen_while_other_vlans_come_and_go(tmp_path):
+    import vlan_manager
+    state = str(tmp_path)
+    check = vlan_manager.any_vlan_marker(state)
+    assert subprocess.run(["sh", "-c", check]).returncode == 1            # no marker: the node is unused
+    (tmp_path / "vlan4000.owner").write_text("cloud-repositorio\n")
+    assert subprocess.run(["sh", "-c", check]).returncode == 0
+    # VLAN 4000 stays the whole time: the trunk and the chains must stay too, however the other
+    # markers change under the glob (``ls DIR/vlan*.owner`` fails when one named file vanishes)
+    churn = _churn(state, 3)
+    try:
+        misses = sum(subprocess.run(["sh", "-c", f"for i in $(seq 100); do {check} || echo miss; done"],
+                                    capture_output=True, text=True).stdout.count("miss") for _ in range(3))
+    finally:
+        churn.wait()
+    assert misses == 0
+
+
+def test_teardowns_if_unused_test_the_markers_without_ls():
+    import vlan_manager
+    for script in (vlan_manager.trunk_teardown_if_unused("br-int"), vlan_manager.isolation_teardown_if_unused()):
+        assert vlan_manager.any_vlan_marker() in script and "ls " not in script
