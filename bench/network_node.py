@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Does the network node stay flat as the class grows? (SPEC §12)
+"""Does the network node stay flat as the class grows? (SPEC §12, §16)
 
 On the lab's network node, with the product's own builders (no VMs needed),
 it fills the node with live slices' worth of link VLANs (gateway, namespace,
@@ -133,6 +133,8 @@ def node_facts() -> dict:
             "ports": int(lab_exec("netnode", "ovs-vsctl list-ports br-int | wc -l").split()[0]),
             "flows": int((lab_exec("netnode", "ovs-ofctl dump-flows cr-node 2>/dev/null | grep -c cookie=; true")
                           .split() or ["0"])[0]),
+            "gateways": int((lab_exec("netnode", "ip -o link show type macvlan | grep -c ' gw_vlan'; true")
+                             .split() or ["0"])[0]),
             "flow_add_ms": _flow_add_ms() - base,
             "port_add_ms": _ms("ovs-vsctl add-port br-int benchprobe -- set interface benchprobe type=internal && "
                                "ovs-vsctl del-port br-int benchprobe") - base,
@@ -145,6 +147,16 @@ def node_facts() -> dict:
             "netns_exec_ms": _ms(f"ip netns add {probe_ns}; ip netns exec {probe_ns} true; ip netns del {probe_ns}")
             - _ms(f"ip netns add {probe_ns}; ip netns del {probe_ns}"),
             "iptables_save_ms": _ms("iptables-save -t filter >/dev/null") - base}
+
+
+def check_intact(size: int, slices: int, facts: dict) -> None:
+    """Stop when the probes disturbed what the node holds: every filled VLAN's gateway (and the internet
+    VLAN's while reservations are left), its five flows and dnsmasq, and the isolation chains."""
+    want = size + (1 if slices else 0)
+    got = (facts["gateways"], facts["flows"], facts["dnsmasq"])
+    if got != (want, 5 * want, want) or (size and facts["rules"] <= 3):
+        sys.exit(f"the node lost objects of VLANs still set up at {size} VLANs: gateways, flows, dnsmasq "
+                 f"{got} (expected {(want, 5 * want, want)}), iptables -S lines {facts['rules']}")
 
 
 def sweep(svc: Services) -> None:
@@ -175,7 +187,9 @@ def main() -> int:
                     run(svc, [reservation_cmd(svc, 100000, slices, True)])
                 filled = size
                 up, down = probe(svc, args.runs)
-                rows.append((size, slices, t_fill, up, down, node_facts()))
+                facts = node_facts()
+                check_intact(size, slices, facts)
+                rows.append((size, slices, t_fill, up, down, facts))
                 print(f"  measured {size} VLANs", file=sys.stderr)
         finally:
             sweep(svc)
