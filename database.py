@@ -260,6 +260,12 @@ LINK = _Record("a link (link_id, vlan_id, vm1_id, vm1_interface, vm2_id, vm2_int
     "vm1_interface": _required(_STR, "an interface name (eth1...)", **_IFNAME),
     "vm2_id": _required(_INT, "a VM ID", low=0),
     "vm2_interface": _required(_STR, "an interface name (eth1...)", **_IFNAME),
+    "impairment": (False, _Record("an impairment (delay_ms, jitter_ms, loss_pct, rate_kbit) or null", {
+        "delay_ms": _one_of(_NUM, "milliseconds from 0 to 10000", low=0, high=10000),
+        "jitter_ms": _one_of(_NUM, "milliseconds from 0 to 10000", low=0, high=10000),
+        "loss_pct": _one_of(_NUM, "a percentage from 0 to 100", low=0, high=100),
+        "rate_kbit": _one_of(_INT, "kbit/s (0: no limit, else 8 to 10000000)", low=0, high=10_000_000),
+    }, nullable=True)),
 })
 NETWORK = _Record("a network (vlan_id, cidr, gateway_ip, ...)", {
     "vlan_id": _required(_INT, "a VLAN (1-4094)", **_VLAN),

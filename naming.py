@@ -49,6 +49,18 @@ On a worker, per VM ``vm_id``
     VNC         TCP ``vnc_port`` = display ``vnc_port - 5900``; ports come from
                 5901 up, unique among the VMs in the database; password = the
                 VM's password
+    captures    a packet capture on TAP ``t`` (``tap{vm_id}_{i}``): ``timeout ... tcpdump -i t -p ...``
+                (its command line holds ``tcpdump -i t -p``) with the pid file
+                ``/run/cloud-repositorio/capture-{t}.{n}.pid`` (``n``: the capturing
+                shell's pid, so several captures of one TAP have their own)
+    impairments a link's delay, jitter, loss and rate on the egress of each end's TAP
+                (the frames going to the VM): the qdisc ``root netem`` of the TAP, or,
+                where the kernel has no ``sch_netem``, the user-space relay
+                ``netem_relay.py --dev t`` (pid file ``impair-{t}.pid``, program
+                ``/run/cloud-repositorio/netem_relay.py``) fed by a ``clsact`` egress filter
+                of the TAP that steals unmarked frames to the veth ``nx{vm_id}_{i}a``
+                (peer ``nx{vm_id}_{i}b``); the relay sends with the mark ``0x4352``.
+                Either way ``/run/cloud-repositorio/impair-{t}`` records what was applied
 
 On the network node, per link VLAN V
     gateway     OVS internal port ``gw_vlan{V}`` on ``br-int``, tag V,
@@ -244,6 +256,51 @@ def tap_name(vm_id: int, index: int) -> str:
     return name
 
 
+def tap_index(tap: str) -> Optional[tuple]:
+    """(vm_id, interface index) of a TAP name of this system, or None."""
+    m = TAP_RE.fullmatch(tap)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def capture_pidfile(tap: str, token: object) -> str:
+    """The pid file of one capture on TAP ``tap`` (``token``: the capturing shell's pid)."""
+    return f"{STATE_DIR}/capture-{tap}.{token}.pid"
+
+
+def capture_pidfile_glob(tap: str) -> str:
+    """The pid files of every capture on ``tap`` (a shell glob; the TAP name holds no glob character)."""
+    return f"{STATE_DIR}/capture-{tap}.*.pid"
+
+
+def capture_mark(tap: str) -> str:
+    """What the command line of a capture on ``tap`` holds (``pid_guard``'s check)."""
+    return f"tcpdump -i {tap} -p"
+
+
+def impair_marker(tap: str) -> str:
+    """The file recording the impairment applied to ``tap`` (its text: ``describe`` of it)."""
+    return f"{STATE_DIR}/impair-{tap}"
+
+
+def relay_pidfile(tap: str) -> str:
+    return f"{STATE_DIR}/impair-{tap}.pid"
+
+
+def relay_mark(tap: str) -> str:
+    """What the command line of the user-space relay of ``tap`` holds."""
+    return f"netem_relay.py --dev {tap} "
+
+
+RELAY_PROGRAM = f"{STATE_DIR}/netem_relay.py"
+RELAY_MARK = 0x4352  # the socket mark of frames the relay sends: the TAP's filter lets them through
+
+
+def relay_veth(vm_id: int, index: int) -> tuple:
+    """(end the TAP's filter redirects to, end the relay reads) of TAP ``tap{vm_id}_{index}``."""
+    tap_name(vm_id, index)  # the same length limit
+    return f"nx{vm_id}_{index}a", f"nx{vm_id}_{index}b"
+
+
 def overlay_path(vm_name: str, vm_id: Optional[int] = None) -> str:
     """The overlay of a VM: the documented path, or the ID-qualified one."""
     if vm_id is None:
@@ -309,3 +366,4 @@ GATEWAY_RE = re.compile(r"gw_vlan(\d+)")
 NETNS_RE = re.compile(r"ns-dhcp-vlan(\d+)")
 DNSMASQ_PID_RE = re.compile(r"dnsmasq-vlan(\d+)\.pid")
 RESERVATION_RE = re.compile(r"vm(\d+)")
+CAPTURE_PID_RE = re.compile(r"capture-(tap\d+_\d+)\.(\d+)\.pid")

@@ -10,6 +10,8 @@ done beside this file, one concern per module:
     reconcile   what the hosts hold against what the database expects (orphans)
     status      a slice as its hosts hold it (VM states, addresses, what is missing)
     guest_access  using a deployed VM: access details, console, boot log
+    captures    packet captures on a link or a VM's NIC (live lines or pcap bytes over a channel)
+    impairments a link's delay, jitter, loss and rate on both ends' TAPs
     operations  status and repair, per-VM stop/start/reboot, the cluster view
     capacity    what each worker may hold; admission of new and restarted VMs
     runner      the one parallel runner of host commands (failures, Ctrl-C)
@@ -30,8 +32,10 @@ from deployment_api import DeploymentAPI
 from hosts.runner import Progress, Runner
 from usecases.access import not_editable_reason
 from usecases.accounts import Accounts
+from usecases.captures import Captures
 from usecases.design import Design
 from usecases.guest_access import GuestAccess
+from usecases.impairments import LinkImpairments
 from usecases.instructor import Instructor
 from usecases.inventory import Inventory
 from usecases.lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
@@ -64,6 +68,8 @@ class OrchestratorAPI:
         self.operations = Operations(self.services)
         self.builder = SliceBuilder(self.services)
         self.instructor = Instructor(self.services, self.builder)
+        self.captures = Captures(self.services)
+        self.impairments = LinkImpairments(self.services)
 
     @property
     def runner(self) -> Runner:
@@ -171,6 +177,23 @@ class OrchestratorAPI:
 
     def boot_log(self, username: str, slice_id, vm_id, lines: int = 40) -> tuple:
         return self.guests.boot_log(username, slice_id, vm_id, lines)
+
+    # --- tools of a networking class: captures and link impairments (SPEC §17) ----------------
+
+    def open_capture(self, username: str, slice_id, target, filter_expr: str = "", count=None, seconds=None,
+                     mode: str = "text") -> tuple:
+        """(True, CaptureSession) capturing on ``target`` (``"link N"`` or ``"VM_ID ethN"``) until ``count``
+        packets or ``seconds``; ``mode`` ``text`` (one line per packet) or ``pcap`` (the pcap bytes)."""
+        return self.captures.open(username, slice_id, target, filter_expr, count, seconds, mode)
+
+    def set_impairment(self, username: str, slice_id, link_id, delay=None, jitter=None, loss=None, rate=None,
+                       progress: Optional[Progress] = None) -> tuple:
+        """Give a link delay/jitter (ms), loss (%) and a rate (e.g. ``10mbit``) on both ends' TAPs;
+        (True, {"message", "slice_id", "link_id", "impairment", "text"}) or (False, message)."""
+        return self.impairments.set(username, slice_id, link_id, delay, jitter, loss, rate, progress)
+
+    def clear_impairment(self, username: str, slice_id, link_id, progress: Optional[Progress] = None) -> tuple:
+        return self.impairments.clear(username, slice_id, link_id, progress)
 
     # --- operating a running cloud ----------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import naming
-from hosts import seed, vm_firewall
+from hosts import capture, impairments, seed, vm_firewall
 from hosts.hostcmd import HostCommand, home_path, join, q, stop_by_pidfile, wait_gone
 from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from models import Flavor
@@ -287,6 +287,7 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
     lines = [kill_vm(vm_id, graceful)]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true")
+    lines += [*capture.teardown_lines(vm_id, count), *impairments.teardown_lines(vm_id, count)]
     lines += [del_ports(bridge, taps), *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps)]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}")
@@ -375,9 +376,21 @@ def up_taps(vm: dict) -> list:
     return [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(_vm_interfaces(vm)))]
 
 
-def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: str) -> HostCommand:
+def impairment_lines(vm: dict, impairments_by_index: Optional[dict]) -> list:
+    """Shell lines giving the VM's TAPs their links' impairments (none: no line at all)."""
+    if not impairments_by_index:
+        return []
+    lines = impairments.program_lines()
+    for index, imp in sorted(impairments_by_index.items()):
+        lines += impairments.apply_lines(vm["worker_ip"], int(vm["vm_id"]), index, imp)
+    return lines
+
+
+def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: str,
+                      impairments_by_index: Optional[dict] = None) -> HostCommand:
     """One root script on the VM's worker: clear leftovers, make the seed and the TAPs (on br-int with
-    their rules, still down), start QEMU on them, bring them up, set the VNC password.
+    their rules, still down), start QEMU on them, give them their links' impairments
+    (``impairments_by_index``: interface index -> impairment), bring them up, set the VNC password.
 
     The VM's password comes on stdin.  Prints the QEMU pid as its last line.  The guest runs at
     ``settings.nice`` (below the host's own daemons: sshd, OVS).
@@ -403,6 +416,7 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         "trap 'wait \"$wiring\" 2>/dev/null || true' EXIT",
         join(nice + qemu_argv(vm, overlay, settings.accel)),
         "wait \"$wiring\" || { echo 'could not put the VM on br-int with its rules' >&2; exit 8; }",
+        *impairment_lines(vm, impairments_by_index),
         *up_taps(vm),
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',

@@ -13,6 +13,7 @@ from typing import Optional
 import qcow_manager  # noqa: F401  (registers its kinds)
 import vlan_manager  # noqa: F401
 import vm_launcher  # noqa: F401
+from hosts import capture, impairments  # noqa: F401
 from hosts.resources import KINDS, Kind
 
 

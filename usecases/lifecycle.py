@@ -23,6 +23,7 @@ from typing import Optional
 
 import vlan_manager
 import vm_launcher
+from hosts import impairments
 from hosts.hostcmd import CommandResult
 from hosts.resources import HostContext
 from hosts.runner import Cancel, Progress, StepReport, interrupts_cancel, interrupts_ignored
@@ -62,16 +63,17 @@ def deploy_commands(s: dict, ctx: HostContext, credentials) -> tuple:
     if sl.uses_internet(int(inet["vlan"])):
         node_cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet),
                                                           config.management))
-    vm_cmds = [launch_command(vm, ctx, credentials) for vm in s["vms"]]
+    vm_cmds = [launch_command(vm, ctx, credentials, s) for vm in s["vms"]]
     return node_cmds, vm_cmds
 
 
-def launch_command(vm: dict, ctx: HostContext, credentials):
-    """The script that (re)starts one VM on its worker."""
+def launch_command(vm: dict, ctx: HostContext, credentials, s: Optional[dict] = None):
+    """The script that (re)starts one VM on its worker (with its links' impairments when ``s``, its slice,
+    is given)."""
     config = ctx.config
     password = credentials.password(vm["vm_id"])
     return vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), vm_launcher.LaunchSettings.of(config),
-                                         password)
+                                         password, impairments.impairments_of(s, vm))
 
 
 def teardown_commands(s: dict, ctx: HostContext) -> tuple:

@@ -26,6 +26,7 @@ from typing import Optional
 import naming
 import vlan_manager
 import vm_launcher
+from hosts import impairments
 from hosts.hostcmd import HostCommand, q
 from hosts.runner import Cancel, Progress, interrupts_cancel
 from usecases import capacity
@@ -94,10 +95,23 @@ def repair_plan(report: SliceReport, services: Services) -> list:
         vm_id = int(vm["vm_id"])
         mine = {c.key.kind for c in bad if c.key.vm_id == vm_id}
         if mine & {"qemu", "tap", "vmfiles"}:
-            cmds.append(launch_command(vm, ctx, services.credentials))
-        elif mine & {"port", "flows"}:
+            cmds.append(launch_command(vm, ctx, services.credentials, s))
+            continue
+        if mine & {"port", "flows"}:
             cmds.append(vm_launcher.wire_vm_command(vm, vm_launcher.LaunchSettings.of(config)))
+        cmds += impairment_repairs(report, vm)
     return cmds
+
+
+def impairment_repairs(report: SliceReport, vm: dict) -> list:
+    """Commands giving a running VM's TAPs back their links' impairments (missing or different), and
+    clearing an impairment its links no longer have."""
+    vm_id = int(vm["vm_id"])
+    wanted = impairments.impairments_of(report.slice, vm)
+    bad = {c.key.name for c in report.problems if c.key.kind == "impair" and c.key.vm_id == vm_id}
+    bad |= {k.name for k in report.extra if k.kind == "impair" and k.vm_id == vm_id}
+    return [impairments.impair_command(vm, naming.tap_index(tap)[1], wanted.get(naming.tap_index(tap)[1]))
+            for tap in sorted(bad)]
 
 
 class Operations:
@@ -233,7 +247,8 @@ class Operations:
         if failed is not None:
             self._unmark(sid, previous, {})
             return False, f"Not started: cannot reach {failed.host}: {failed.message()}"
-        outcome, results = self._run([launch_command(vm, ctx, self.s.credentials) for vm in vms], "start", progress)
+        outcome, results = self._run([launch_command(vm, ctx, self.s.credentials, s) for vm in vms], "start",
+                                     progress)
         started = {c.target: ("running", (r.stdout.strip().splitlines() or [None])[-1]) for c, r in results if r.ok}
         self._unmark(sid, "running" if started or previous == "running" else previous, started)
         return outcome.ok, outcome.message if not outcome.ok else f"Started {len(started)} VM(s)"
