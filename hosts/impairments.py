@@ -65,7 +65,14 @@ def clear_lines(vm_id: int, index: int) -> list:
             f"ip link del {q(out_end)} 2>/dev/null || true",
             f"tc qdisc show dev {q(tap)} root 2>/dev/null | grep -q '^qdisc netem ' "
             f"&& tc qdisc del dev {q(tap)} root 2>/dev/null || true",
-            f"rm -f {q(naming.impair_marker(tap))}"]
+            f"rm -f {q(naming.impair_marker(tap))}",
+            drop_program_if_unused()]
+
+
+def drop_program_if_unused() -> str:
+    """Shell: remove the relay's program once no relay's pid file is left (builtins only otherwise)."""
+    return (f"keep=; for f in {q(naming.STATE_DIR)}/impair-tap*.pid; do [ -e \"$f\" ] && keep=1; done; "
+            f"[ -n \"$keep\" ] || rm -f {q(naming.RELAY_PROGRAM)}")
 
 
 def teardown_lines(vm_id: int, count: int) -> list:
@@ -81,7 +88,7 @@ def teardown_lines(vm_id: int, count: int) -> list:
                   f"ip link del {q(naming.relay_veth(vm_id, i)[0])} 2>/dev/null || true"]
     lines.append("rm -f " + " ".join(q(naming.impair_marker(naming.tap_name(vm_id, i))) for i in range(count)))
     glob = f"{q(naming.impair_marker(naming.tap_name(vm_id, 0))[:-1])}[0-9]*"
-    return [f"for f in {glob}; do [ -e \"$f\" ] || continue", *lines, "break; done"]
+    return [f"for f in {glob}; do [ -e \"$f\" ] || continue", *lines, drop_program_if_unused(), "break; done"]
 
 
 def _relay_lines(worker: str, vm_id: int, index: int, imp: dict) -> list:
