@@ -24,6 +24,7 @@ from typing import Optional
 from hosts import console
 from menu import classes as cli_classes
 from menu import commands
+from menu import tools as cli_tools
 from menu.prompts import (
     CANCELLED,
     ERR,
@@ -83,7 +84,8 @@ def render_slices(slices: list, show_owner: bool) -> list:
                 lines.append(text)
         for link in s.get("links", []):
             lines.append(f"  Link {link['link_id']}: VM{link['vm1_id']}.{link['vm1_interface']} <-> "
-                         f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})")
+                         f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})"
+                         f"{cli_tools.impairment_text(link)}")
     lines.append(WIDE)
     return lines
 
@@ -245,6 +247,7 @@ class CLI:
         if self.is_admin:
             items.append(("16", "Instructor tools (overview, class roster)", self.instructor_tools))
             items.append(("17", "Cluster view", self.cluster_view))
+        items.append(("18", "Capture and link impairments", self.net_tools))
         items.append(("0", "Exit", None))
         return items
 
@@ -451,6 +454,9 @@ class CLI:
 
     def instructor_tools(self) -> None:
         cli_classes.instructor_menu(self)
+
+    def net_tools(self) -> None:
+        cli_tools.tools_menu(self)
 
     def delete_slice(self) -> None:
         slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")

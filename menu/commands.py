@@ -10,12 +10,17 @@ Subcommands (``--config`` and ``--db`` may come before or after them)::
     slice show ID                                       the slice's text diagram
     topology template KIND N [--flavor F] [--internet WHICH] [--name NAME] [--dot]
     topology check FILE                                 is it a valid topology file? (its diagram)
+    capture SLICE TARGET [--filter EXPR] [--count N] [--seconds S] [--pcap FILE]
+                                                        packets on "link N" or "VM_ID ethN": lines, or a pcap file
+    link impair SLICE LINK [--delay D] [--jitter J] [--loss L] [--rate R] | --clear
 
 Who may: the commands that read or change the database act as its
 operator: whoever can write ``database.yaml`` (and its lock file) can change
 it by hand anyway, so a script that can open it is the operator.  They act
 as the database's admin account (``admin``, or ``--as NAME`` of another
 admin).  ``topology template`` and ``topology check`` touch no database.
+``capture`` and ``link impair`` act as ``--as NAME`` (any account; the use
+case lets only the slice's owner or an admin do it), ``admin`` by default.
 
 Output is plain text on stdout; errors go to stderr.  Exit status: 0 when it
 all worked, 1 when something was refused or failed (for a roster: any
@@ -28,6 +33,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -93,6 +99,8 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("slice_id", metavar="ID")
     p.set_defaults(run=run_slice_show)
 
+    _tools_subcommands(sub, common)
+
     top = sub.add_parser("topology", help="topology files (no database)").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     p = top.add_parser("template", help="print a template as a topology file")
@@ -103,6 +111,29 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = top.add_parser("check", help="check a topology file; print its diagram")
     p.add_argument("file")
     p.set_defaults(run=run_topology_check, offline=True)
+
+
+def _tools_subcommands(sub, common: argparse.ArgumentParser) -> None:
+    """``capture`` and ``link impair`` (SPEC §17)."""
+    p = sub.add_parser("capture", parents=[common], help="capture packets on a link or a VM's NIC")
+    p.add_argument("slice_id", metavar="SLICE")
+    p.add_argument("target", nargs="+", metavar="TARGET", help="'link N' or 'VM_ID ethN'")
+    p.add_argument("--filter", default="", metavar="EXPR", help="a tcpdump filter, e.g. 'icmp'")
+    p.add_argument("--count", metavar="N", help="stop after N packets")
+    p.add_argument("--seconds", metavar="S", help="stop after S seconds")
+    p.add_argument("--pcap", metavar="FILE", help="save the packets to this new pcap file instead of printing")
+    p.set_defaults(run=run_capture)
+    link = sub.add_parser("link", help="a link's impairment").add_subparsers(dest="action", metavar="ACTION",
+                                                                           required=True)
+    p = link.add_parser("impair", parents=[common], help="set, change or clear a link's delay, jitter, loss, rate")
+    p.add_argument("slice_id", metavar="SLICE")
+    p.add_argument("link_id", metavar="LINK")
+    p.add_argument("--delay", help="each direction, e.g. 100ms")
+    p.add_argument("--jitter", help="e.g. 10ms (at most the delay)")
+    p.add_argument("--loss", help="percent, e.g. 1.5")
+    p.add_argument("--rate", help="e.g. 512kbit, 10mbit")
+    p.add_argument("--clear", action="store_true", help="remove the link's impairment")
+    p.set_defaults(run=run_link_impair)
 
 
 def _template_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,6 +169,14 @@ def operator(api, args) -> str:
         admins = sorted(n for n, u in api.db.all_users().items() if u.get("role") == "admin")
         hint = f" (admins: {', '.join(admins)}; choose one with --as)" if admins else ""
         raise Failed(f"{name} is not an admin account of this database{hint}")
+    return name
+
+
+def acting_user(api, args) -> str:
+    """The account a tool command acts as (``--as``, default ``admin``): it must exist."""
+    name = getattr(args, "actor", None) or "admin"
+    if not api.db.get_user(name):
+        raise Failed(f"{name} is not an account of this database")
     return name
 
 
@@ -259,3 +298,44 @@ def _write_or_print(text: str, output: Optional[str]) -> int:
     out(f"written to {where}")
     return 0
 
+
+
+def run_capture(args, api) -> int:
+    from menu import tools
+
+    fd, path = None, None
+    if args.pcap:
+        ok, opened = tools.create_new_file(args.pcap)
+        if not ok:
+            raise Failed(opened)
+        fd, path = opened
+    try:
+        ok, session = api.open_capture(acting_user(api, args), args.slice_id, " ".join(args.target), args.filter,
+                                       args.count, args.seconds, mode="pcap" if fd is not None else "text")
+        if not ok:
+            if path:
+                os.unlink(path)
+            raise Failed(session)
+        print(tools.describe_session(session), file=sys.stderr)
+        if fd is None:
+            how, _lines, summary = tools.run_live(session, out, None)
+        else:
+            how, size, summary = tools.run_pcap(session, fd, None)
+            summary.append(f"{size} bytes written to {path}")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    for line in summary:
+        print(line, file=sys.stderr)
+    return 0 if how != "lost" else 1
+
+
+def run_link_impair(args, api) -> int:
+    user = acting_user(api, args)
+    if args.clear:
+        res = checked(api.clear_impairment(user, args.slice_id, args.link_id))
+    else:
+        res = checked(api.set_impairment(user, args.slice_id, args.link_id, args.delay, args.jitter, args.loss,
+                                         args.rate))
+    out(res["message"])
+    return 0

@@ -43,8 +43,8 @@ MENU_COMMON = [
 NEW_OPTIONS = ["12. Open VM console", "13. Slice status and repair", "14. Start, stop or reboot VMs",
                "15. Topology templates, import and export"]
 ADMIN_MENU = MENU_COMMON + ["11. Manage users"] + NEW_OPTIONS + [
-    "16. Instructor tools (overview, class roster)", "17. Cluster view", "0. Exit"]
-STUDENT_MENU = MENU_COMMON + NEW_OPTIONS + ["0. Exit"]
+    "16. Instructor tools (overview, class roster)", "17. Cluster view", "18. Capture and link impairments", "0. Exit"]
+STUDENT_MENU = MENU_COMMON + NEW_OPTIONS + ["18. Capture and link impairments", "0. Exit"]
 LEGACY_ADMIN_HASH = "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
 
 
