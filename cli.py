@@ -15,9 +15,12 @@ screen: unexpected errors are logged and summarised.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -41,12 +44,14 @@ from menu.prompts import (
     parse_int,
     parse_number,
     parse_yes_no,
+    printable,
     read_line,
     render_flavors,
     result,
     say,
 )
 from models import Flavor
+from service.client import DEFAULT_SOCKET, ServiceGone
 from topology.model import MAX_DATA_INTERFACES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -176,6 +181,30 @@ def render_progress(event: dict) -> str:
 
 # --- the menu ---------------------------------------------------------------------
 
+@contextlib.contextmanager
+def menu_signals():
+    """While the menu runs: Ctrl-Z and Ctrl-\\ do nothing (they would leave a shell as the menu's account)."""
+    names = ("SIGTSTP", "SIGQUIT", "SIGTTIN", "SIGTTOU")
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in names:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                old[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def set_log_actor(username: str) -> None:
+    """The menu run on its own: its log lines name the user and this process's uid."""
+    from remote_executor import LOG_ACTOR
+
+    LOG_ACTOR.set(f"user={username} uid={os.getuid()} pid={os.getpid()}")
+
+
 class CLI:
     """Login screen and main menu over an ``OrchestratorAPI``."""
 
@@ -192,14 +221,33 @@ class CLI:
         return bool(self.user and self.user.get("role") == "admin")
 
     def run(self) -> int:
-        """Loop: login, menu, until Exit or end of input."""
-        while True:
-            if self.user is None and not self.login():
-                say("\nGoodbye!")
-                return 0
-            if not self.main_menu():
-                say("\nGoodbye!")
-                return 0
+        """Loop: login, menu, until Exit or end of input (job control and Ctrl-\\ are ignored meanwhile)."""
+        with menu_signals():
+            while True:
+                try:
+                    if self.user is None and not self.login():
+                        say("\nGoodbye!")
+                        return 0
+                    if not self.main_menu():
+                        say("\nGoodbye!")
+                        return 0
+                except ServiceGone as e:
+                    if not self.reconnect(str(e)):
+                        return 1
+
+    def reconnect(self, why: str) -> bool:
+        """The manager service went away: say so, connect again and log in again (False: it is not back)."""
+        self.user = None
+        say(f"\n{ERR} {why}: the manager service stopped or restarted. Whatever it was doing for you "
+            "finished or was undone there; log in again.")
+        for _ in range(20):
+            try:
+                self.api.reconnect()
+                return True
+            except ServiceGone:
+                time.sleep(0.5)
+        say(f"{ERR} The manager service is not back: try again later.")
+        return False
 
     def login(self) -> bool:
         """Ask for credentials until they are right; False when input ends."""
@@ -222,6 +270,7 @@ class CLI:
                 say(f"\n{info}")
                 continue
             self.user = info
+            set_log_actor(info["username"])
             say(f"\nWelcome, {username}!")
             if info.get("default_password"):
                 say(f"{WARN}  You are using the default password: change it now (option 10).")
@@ -269,6 +318,7 @@ class CLI:
         if choice == "0":
             return False
         if choice == "9":
+            self.api.logout(self.username)
             say(f"\nGoodbye, {self.username}.")
             self.user = None
             return True
@@ -282,6 +332,8 @@ class CLI:
             say(CANCELLED)
         except KeyboardInterrupt:
             say("\n" + CANCELLED)
+        except ServiceGone:
+            raise
         except Exception as e:  # noqa: BLE001 - the user sees a summary, the log has the traceback
             log.exception("menu option %s failed", choice)
             say(f"\n{ERR} Unexpected error: {e} (details in the log)")
@@ -432,7 +484,7 @@ class CLI:
                 return result(False, text)
             say(f"\n--- last lines printed by VM {vm_id} ---")
             for line in text.replace("\r", "").splitlines():
-                say(line)
+                say(printable(line))
             say("--- end ---")
             return
         ok, session = self.api.open_console(self.username, slice_id, vm_id)
@@ -541,7 +593,7 @@ def default_db_path() -> str:
 
 
 def build(config_path: str, db_path: str, dry_run: bool = False):
-    """Config, logging, executor, database and orchestrator, wired together."""
+    """Config, logging, executor, database and orchestrator, wired together (the menu run on its own)."""
     from database import Database
     from deployment_api import DeploymentAPI
     from orchestrator_api import OrchestratorAPI
@@ -550,57 +602,78 @@ def build(config_path: str, db_path: str, dry_run: bool = False):
 
     config = ClusterConfig.load(config_path)
     configure_logging(config.log_file)
-    executor = RemoteExecutor(config, dry_run=dry_run)
+    executor = RemoteExecutor(config, dry_run=dry_run, batch_hosts={config.network_node})
     db = Database(db_path)
     db.load()  # a broken file is reported now, not after login
     return OrchestratorAPI(db, DeploymentAPI(executor), config), executor
-
-
-def print_plan(api, executor, slice_id: int) -> int:
-    """Dry run: show, per host, the exact commands a deploy would run (the hosts' facts are read, nothing changes)."""
-    ok, cmds = api.plan_deploy(None, slice_id)
-    if not ok:
-        print(f"{ERR} {cmds}", file=sys.stderr)
-        return 1
-    for cmd in cmds:
-        say(f"# {cmd.host}: {cmd.step}")
-        say(executor.render(cmd))
-        say()
-    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The command line: the menu's options, and the script mode's commands."""
     parser = argparse.ArgumentParser(
         description="Cloud Repositorio slice manager: the text menu, or (with a COMMAND) a script's tool",
-        epilog="Without a COMMAND: the menu. Commands: see 'python3 cli.py COMMAND --help'.")
-    parser.add_argument("--config", default=default_config_path(), help="cluster config YAML")
-    parser.add_argument("--db", default=default_db_path(), help="database YAML")
+        epilog="Without a COMMAND: the menu. Commands: see 'python3 cli.py COMMAND --help'. "
+               "With --socket (or CLOUD_SOCKET, or when the manager service's socket "
+               f"{DEFAULT_SOCKET} exists and no --config/--db is given) the menu is a client of the manager "
+               "service; otherwise it runs the use cases itself (the operator's embedded mode).")
+    parser.add_argument("--config", default=None, help="cluster config YAML (embedded mode)")
+    parser.add_argument("--db", default=None, help="database YAML (embedded mode)")
+    parser.add_argument("--socket", default=None, help="the manager service's socket (client mode)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="run the use cases in this process, even when a manager service is there")
+    parser.add_argument("--user", default=None, metavar="NAME",
+                        help="script mode and --plan: the account to log in as (default: this Unix account's name)")
+    parser.add_argument("--password-file", default=None, metavar="FILE",
+                        help="script mode and --plan: the password, from a file of yours (mode 0600)")
     parser.add_argument("--plan", metavar="SLICE_ID", type=int,
-                        help="print the host commands a deploy of this slice would run, run nothing")
+                        help="print the host commands a deploy of this slice would run, run nothing (logs in)")
     commands.add_subcommands(parser)
     return parser
 
 
-def main(argv: Optional[list] = None) -> int:
-    args = make_parser().parse_args(argv)
-    if getattr(args, "offline", False):
-        return commands.run(args)
+def service_socket(args) -> Optional[str]:
+    """The manager service's socket when the menu is its client, None for the embedded mode."""
+    explicit = args.socket or os.environ.get("CLOUD_SOCKET")
+    embedded = args.embedded or args.config or args.db or os.environ.get("CLOUD_CONFIG") or \
+        os.environ.get("CLOUD_DB")
+    if explicit and embedded:
+        raise StartError("--socket (or CLOUD_SOCKET) names the manager service; --config, --db and --embedded "
+                         "run without it: give one or the other")
+    if explicit:
+        return explicit
+    if not embedded and os.path.exists(DEFAULT_SOCKET):
+        return DEFAULT_SOCKET
+    return None
+
+
+class StartError(Exception):
+    """The menu cannot start (the message says why)."""
+
+
+def connect(args) -> tuple:
+    """(api, close): the manager service's client, or the use cases run here (embedded)."""
     from database import DatabaseError
+    from service.client import RemoteAPI, ServiceGone
     from store.config import ConfigError
 
-    try:
-        api, executor = build(args.config, args.db)
-    except (ConfigError, DatabaseError, OSError) as e:
-        print(f"error: cannot start: {e}" if args.command else f"{ERR} Cannot start: {e}", file=sys.stderr)
-        return 2
-    if args.command:
+    path = service_socket(args)
+    if path:
         try:
-            return commands.run(args, api)
-        finally:
-            executor.close()
-    if args.plan is not None:
-        return print_plan(api, executor, args.plan)
+            api = RemoteAPI(path)
+        except ServiceGone as e:
+            raise StartError(str(e)) from None
+        return api, api.close
+    try:
+        api, executor = build(args.config or default_config_path(), args.db or default_db_path())
+    except (ConfigError, DatabaseError, OSError) as e:
+        if isinstance(e, PermissionError):
+            raise StartError(f"{e} (this account cannot run the menu on its own: use the manager "
+                             f"service, e.g. --socket {DEFAULT_SOCKET})") from None
+        raise StartError(str(e)) from None
+    return api, executor.close
+
+
+def run_menu(api) -> int:
     started = time.monotonic()
     try:
         return CLI(api).run()
@@ -612,8 +685,42 @@ def main(argv: Optional[list] = None) -> int:
         print(f"\n{ERR} Fatal error: {e} (details in the log)", file=sys.stderr)
         return 1
     finally:
-        executor.close()
         log.info("menu session ended after %.1f s", time.monotonic() - started)
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = make_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        return commands.run(args)
+    script = bool(args.command) or args.plan is not None
+    try:
+        api, close = connect(args)
+    except StartError as e:
+        print(f"error: cannot start: {e}" if script else f"{ERR} Cannot start: {e}", file=sys.stderr)
+        return 2
+    try:
+        if script:
+            return run_script(args, api)
+        return run_menu(api)
+    finally:
+        close()
+
+
+def run_script(args, api) -> int:
+    """Script mode (and ``--plan``): log in, then the command, as that user."""
+    from service.client import ServiceGone
+
+    try:
+        user = commands.login(api, args)
+        if args.plan is not None and not args.command:
+            return commands.run(argparse.Namespace(run=commands.run_plan, plan=args.plan, command="plan"), api, user)
+        return commands.run(args, api, user)
+    except commands.Failed as e:
+        print(f"error: {commands.safe(str(e))}", file=sys.stderr)
+        return 1
+    except ServiceGone as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

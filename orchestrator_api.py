@@ -162,6 +162,21 @@ class OrchestratorAPI:
                 return False, s
         return self.lifecycle.plan(s)
 
+    def plan_text(self, username: Optional[str], slice_id) -> tuple:
+        """(True, [{"host", "step", "text"}]): the plan as the exact text each host's shell would get."""
+        ok, cmds = self.plan_deploy(username, slice_id)
+        if not ok:
+            return False, cmds
+        return True, [{"host": c.host, "step": c.step, "text": self.executor.render(c)} for c in cmds]
+
+    def cluster_workers(self, username: str) -> tuple:
+        """(True, [worker address]) in the config's order (the overview numbers workers by it)."""
+        return True, list(self.config.workers)
+
+    def logout(self, username: str) -> tuple:
+        """The session ends (nothing to undo on this side; the service unbinds the session)."""
+        return True, f"Goodbye, {username}."
+
     def hosts_of(self, s: dict) -> list:
         return hosts_of(s, self.config)
 

@@ -20,6 +20,7 @@ the runner (no handler installed) is treated the same way.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import signal
 import threading
 import time
@@ -73,9 +74,56 @@ class StepReport:
         return not self.interrupted and not self.failures and all(r is not None for r in self.results)
 
 
+class CallControl:
+    """A caller's way to interrupt the call it made, from another thread (the manager service's Ctrl-C).
+
+    Set as ``CALL_CONTROL`` in the context the use case runs in; every
+    ``interrupts_cancel(cancel)`` of that call then attaches its ``cancel``,
+    so ``interrupt()`` does what Ctrl-C does to the menu run on its own.  An
+    interrupt that comes before a cancel attaches is kept for it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancels: list = []
+        self.interrupted = False
+
+    def attach(self, cancel: Cancel) -> None:
+        with self._lock:
+            self._cancels.append(cancel)
+            if self.interrupted:
+                cancel.set("interrupted")
+
+    def detach(self, cancel: Cancel) -> None:
+        with self._lock:
+            if cancel in self._cancels:
+                self._cancels.remove(cancel)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.interrupted = True
+            for cancel in self._cancels:
+                cancel.set("interrupted")
+
+
+CALL_CONTROL: contextvars.ContextVar = contextvars.ContextVar("cloudrepo_call_control", default=None)
+
+
 @contextlib.contextmanager
 def interrupts_cancel(cancel: Cancel) -> Iterator[None]:
-    """While inside, Ctrl-C sets ``cancel`` instead of raising (main thread only; elsewhere nothing)."""
+    """While inside, Ctrl-C sets ``cancel`` instead of raising.
+
+    In the main thread: SIGINT.  In a call of the manager service: the
+    session's ``CallControl`` (its client pressed Ctrl-C).  Elsewhere nothing.
+    """
+    control = CALL_CONTROL.get()
+    if control is not None:
+        control.attach(cancel)
+        try:
+            yield
+        finally:
+            control.detach(cancel)
+        return
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -177,7 +225,8 @@ class Runner:
     # Seams for tests: an interrupt can be injected exactly while submitting or waiting.
 
     def _submit(self, pool: ThreadPoolExecutor, fn, *args) -> Future:
-        return pool.submit(fn, *args)
+        # the pool thread keeps the caller's context (who the work is for, on its log lines)
+        return pool.submit(contextvars.copy_context().run, fn, *args)
 
     def _wait_all(self, futures: list, cancel: Cancel) -> None:
         pending = set(futures)

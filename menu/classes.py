@@ -5,16 +5,19 @@ Prompts and rendering only: every action is one ``OrchestratorAPI`` call
 ``import_roster``, ``overview``).  The render functions are shared with the
 script mode (``commands.py``).
 
-Files on the manager are read and written with the rights of the menu's
-process, which holds the database and the SSH key to every host; so only an
-admin names paths.  A student imports an example or pasted text, and copies
-an export from the screen.
+Files on the manager are read and written by the menu's own process, and
+only their content goes to the use cases.  Through the manager service that
+process runs as the user's own Unix account, so every user names their own
+files; run on its own (embedded) it holds the database and the SSH key to
+every host, so only an admin names paths there, and a student imports an
+example or pasted text and copies an export from the screen.
 """
 from __future__ import annotations
 
 import os
 from typing import Optional
 
+from hosts.runner import interrupts_ignored
 from menu.prompts import (
     ERR,
     OK,
@@ -38,7 +41,7 @@ from topology import files as topology_file
 from topology import model as topology
 from topology import render as topology_render
 from usecases import roster
-from usecases.instructor import default_password_file
+from usecases.instructor import default_password_file, open_secret_file, write_password_file
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES_DIR = os.path.join(HERE, "topologies")
@@ -186,6 +189,33 @@ def render_roster_report(report, shown_passwords: bool = True) -> list:
     return lines
 
 
+def import_roster_with_file(api, username: str, password_file: str, *args, progress=None) -> tuple:
+    """``api.import_roster``, the generated passwords written by this process to a new 0600 file.
+
+    The file is made first (so a file that cannot be made changes nothing), with
+    this process's own rights — the manager service never writes a path a
+    client names; it returns the passwords in the report.  No generated
+    password: the file is removed again.
+    """
+    try:
+        fd = open_secret_file(os.path.expanduser(password_file))
+    except OSError as e:
+        return False, f"Cannot create the password file {password_file}: {e.strerror or e} (nothing was changed)"
+    try:
+        ok, report = api.import_roster(username, *args, progress=progress)
+    except BaseException:
+        os.close(fd)
+        os.unlink(os.path.expanduser(password_file))
+        raise
+    with interrupts_ignored():
+        written = write_password_file(fd, report.students if not isinstance(report, str) else [])
+        if written:
+            report.password_file = os.path.abspath(os.path.expanduser(password_file))
+        else:
+            os.unlink(os.path.expanduser(password_file))
+    return ok, report
+
+
 # --- asking for a topology -----------------------------------------------------------------
 
 def read_pasted() -> str:
@@ -288,8 +318,15 @@ def show_built(ok: bool, s) -> None:
     say("Deploy it with option 6.")
 
 
+def names_files(cli) -> bool:
+    """May this user name files on the manager?  Through the manager service the menu runs as the user's
+    own account, so everyone may (their files, their rights); run on its own it holds every key, so only
+    an admin may."""
+    return bool(getattr(cli.api, "remote", False)) or cli.is_admin
+
+
 def import_file(cli) -> None:
-    text, where = choose_topology(files=cli.is_admin)
+    text, where = choose_topology(files=names_files(cli))
     design, problems = topology_file.parse_topology(text)
     if problems:
         say(f"\n{ERR} {where} cannot be imported ({topology.plural(len(problems), 'problem')}; nothing was made):")
@@ -319,7 +356,7 @@ def export_slice(cli) -> None:
     say("")
     for line in text.rstrip("\n").split("\n"):
         say(line)
-    if not cli.is_admin:  # a student copies it from the screen: the menu's files are not theirs
+    if not names_files(cli):  # a student copies it from the screen: the menu's files are not theirs
         return
     target = ask_optional("\nSave it to a new file? (its path; Enter: do not save): ", "")
     if not target:
@@ -349,7 +386,7 @@ def show_overview(cli) -> None:
     if not ok:
         return result(False, rows)
     say("")
-    for line in render_overview(rows, list(cli.api.config.workers)):
+    for line in render_overview(rows, cli.api.cluster_workers(cli.username)[1]):
         say(line)
 
 
@@ -384,8 +421,8 @@ def roster_import(cli) -> None:
     if not ask_valid(f"Go ahead? New accounts' generated passwords go to {password_file} (y/n): ",
                      parse_yes_no, "Answer y or n"):
         raise Cancel()
-    ok, report = cli.api.import_roster(cli.username, text, fmt, topology_text, slice_name, password_file,
-                                       progress=progress_line)
+    ok, report = import_roster_with_file(cli.api, cli.username, password_file, text, fmt, topology_text,
+                                         slice_name, progress=progress_line)
     if isinstance(report, str):
         say()
         for i, line in enumerate(render_problems(report)):

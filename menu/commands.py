@@ -14,13 +14,15 @@ Subcommands (``--config`` and ``--db`` may come before or after them)::
                                                         packets on "link N" or "VM_ID ethN": lines, or a pcap file
     link impair SLICE LINK [--delay D] [--jitter J] [--loss L] [--rate R] | --clear
 
-Who may: the commands that read or change the database act as its
-operator: whoever can write ``database.yaml`` (and its lock file) can change
-it by hand anyway, so a script that can open it is the operator.  They act
-as the database's admin account (``admin``, or ``--as NAME`` of another
-admin).  ``topology template`` and ``topology check`` touch no database.
-``capture`` and ``link impair`` act as ``--as NAME`` (any account; the use
-case lets only the slice's owner or an admin do it), ``admin`` by default.
+Who may: every command that reads or changes slices or accounts logs in
+first and then acts as that user, with the same checks as the menu (a
+student exports only their own slices and captures or impairs only their
+own links; rosters and the overview are an admin's).  The user is ``--user NAME`` (default: this Unix account's name);
+the password is read from ``--password-file FILE`` (a file of this account's
+that nobody else may read or write: mode 0600 or stricter), else asked on
+the terminal, else the first line of standard input when it is piped.
+Never from the environment.  ``topology template`` and ``topology check``
+touch no database and need no login.
 
 Output is plain text on stdout; errors go to stderr.  Exit status: 0 when it
 all worked, 1 when something was refused or failed (for a roster: any
@@ -31,13 +33,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import io
 import logging
 import os
+import pwd
+import stat
 import sys
 from typing import Optional
 
 from menu import classes as cli_classes
+from menu.prompts import printable
 from topology import files as topology_file
 from topology import model as topology
 from topology import render as topology_render
@@ -61,8 +67,11 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help="cluster config YAML")
     common.add_argument("--db", default=argparse.SUPPRESS, help="database YAML")
-    common.add_argument("--as", dest="actor", default=argparse.SUPPRESS, metavar="ADMIN",
-                        help="the admin account to act as (default: admin)")
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="the manager service's socket")
+    common.add_argument("--user", default=argparse.SUPPRESS, metavar="NAME",
+                        help="the account to log in as (default: this Unix account's name)")
+    common.add_argument("--password-file", default=argparse.SUPPRESS, metavar="FILE",
+                        help="read the password from this file (yours, mode 0600); else the terminal or stdin")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("overview", parents=[common], help="every slice in one table (admin)")
@@ -144,40 +153,82 @@ def _template_arguments(p: argparse.ArgumentParser) -> None:
                    help="VMs with internet: none (default), all, first, or numbers like 1,3")
 
 
-def run(args: argparse.Namespace, api=None) -> int:
-    """Run the subcommand ``args`` names: its exit status; every failure is one line on stderr."""
+def run(args: argparse.Namespace, api=None, user: Optional[str] = None) -> int:
+    """Run the subcommand ``args`` names (as ``user``): its exit status; every failure is one line on stderr."""
     try:
-        return args.run(args) if getattr(args, "offline", False) else args.run(args, api)
+        return args.run(args) if getattr(args, "offline", False) else args.run(args, api, user)
     except Failed as e:
         for line in str(e).split("\n"):
-            print(f"error: {line}" if line and not line.startswith("  ") else line, file=sys.stderr)
+            print(f"error: {safe(line)}" if line and not line.startswith("  ") else safe(line), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - never a traceback
         log.exception("command %s failed", args.command)
-        print(f"error: unexpected error: {e} (details in the log)", file=sys.stderr)
+        print(f"error: unexpected error: {safe(str(e))} (details in the log)", file=sys.stderr)
         return 1
 
 
-def operator(api, args) -> str:
-    """The admin account the script acts as."""
-    name = getattr(args, "actor", None) or "admin"
-    user = api.db.get_user(name)
-    if not user or user.get("role") != "admin":
-        admins = sorted(n for n, u in api.db.all_users().items() if u.get("role") == "admin")
-        hint = f" (admins: {', '.join(admins)}; choose one with --as)" if admins else ""
-        raise Failed(f"{name} is not an admin account of this database{hint}")
-    return name
+def safe(text: str) -> str:
+    """A line with no control character left raw (a message may quote what a file or a user gave)."""
+    return printable(text)
 
 
-def acting_user(api, args) -> str:
-    """The account a tool command acts as (``--as``, default ``admin``): it must exist."""
-    name = getattr(args, "actor", None) or "admin"
-    if not api.db.get_user(name):
-        raise Failed(f"{name} is not an account of this database")
-    return name
+def login(api, args) -> str:
+    """Log in for a script: the user's name, or Failed with one line (nothing done)."""
+    name = getattr(args, "user", None) or _unix_name()
+    password = _password(args, name)
+    ok, info = api.authenticate(name, password)
+    if not ok:
+        raise Failed(f"login as {name} refused: {info}")
+    return info["username"]
+
+
+def _unix_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        raise Failed("this Unix account has no name: log in with --user NAME") from None
+
+
+def _password(args, name: str) -> str:
+    path = getattr(args, "password_file", None)
+    if path:
+        return read_password_file(path)
+    if sys.stdin is None or sys.stdin.closed:
+        raise Failed("a password is needed: give --password-file FILE, or type it, or pipe it on stdin")
+    if sys.stdin.isatty():
+        try:
+            return getpass.getpass(f"Password for {name}: ")
+        except (EOFError, KeyboardInterrupt):
+            raise Failed("no password given") from None
+    line = sys.stdin.readline(MAX_PASSWORD + 2)
+    if not line:
+        raise Failed("a password is needed: give --password-file FILE, or type it, or pipe it on stdin")
+    return line.rstrip("\r\n")
+
+
+MAX_PASSWORD = 128
+
+
+def read_password_file(path: str) -> str:
+    """The first line of a password file that is this account's own and nobody else's (0600 or stricter)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(os.path.expanduser(path), flags)
+    except OSError as e:
+        raise Failed(f"{path}: {e.strerror or e}") from None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise Failed(f"{path}: not a regular file")
+        if st.st_uid != os.getuid():
+            raise Failed(f"{path}: not your file: a password file must belong to you")
+        if st.st_mode & 0o077:
+            raise Failed(f"{path}: others may read or change it (mode {stat.S_IMODE(st.st_mode):04o}): "
+                         "make it 0600 (chmod 600)")
+        return f.readline(MAX_PASSWORD + 2).rstrip("\r\n")
 
 
 def checked(pair: tuple):
@@ -196,8 +247,8 @@ def read_file(path: str, limit: int = topology_file.MAX_TEXT) -> str:
 
 # --- the subcommands ------------------------------------------------------------------------
 
-def run_overview(args, api) -> int:
-    rows = checked(api.overview(operator(api, args)))
+def run_overview(args, api, user: str) -> int:
+    rows = checked(api.overview(user))
     if args.csv:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -209,20 +260,20 @@ def run_overview(args, api) -> int:
                              "" if r.running_for is None else int(r.running_for)])
         sys.stdout.write(buf.getvalue())
         return 0
-    for line in cli_classes.render_overview(rows, list(api.config.workers)):
+    for line in cli_classes.render_overview(rows, checked(api.cluster_workers(user))):
         out(line)
     return 0
 
 
-def run_roster_import(args, api) -> int:
+def run_roster_import(args, api, user: str) -> int:
     fmt = roster.format_of(args.file)
     if fmt is None:
         raise Failed("the roster file must end in .csv, .yaml or .yml")
     text = read_file(args.file, roster.MAX_TEXT)
     topology_text = read_file(args.topology) if args.topology else None
     password_file = args.passwords or default_password_file(args.file)
-    ok, report = api.import_roster(operator(api, args), text, fmt, topology_text, args.slice_name, password_file,
-                                   progress=lambda line: out(f"  {line}"))
+    ok, report = cli_classes.import_roster_with_file(api, user, password_file, text, fmt, topology_text,
+                                                     args.slice_name, progress=lambda line: out(f"  {line}"))
     if isinstance(report, str):
         raise Failed(report)
     for line in cli_classes.render_roster_report(report):
@@ -236,27 +287,36 @@ def _made(s: dict) -> int:
     return 0
 
 
-def run_slice_import(args, api) -> int:
+def run_slice_import(args, api, user: str) -> int:
     text = read_file(args.file)
-    return _made(checked(api.import_topology(operator(api, args), text, args.name, owner=args.owner,
+    return _made(checked(api.import_topology(user, text, args.name, owner=args.owner,
                                              progress=lambda line: out(f"  {line}"))))
 
 
-def run_slice_template(args, api) -> int:
-    return _made(checked(api.create_from_template(operator(api, args), args.kind, args.vms, args.flavor,
+def run_slice_template(args, api, user: str) -> int:
+    return _made(checked(api.create_from_template(user, args.kind, args.vms, args.flavor,
                                                   args.internet, args.name, owner=args.owner,
                                                   progress=lambda line: out(f"  {line}"))))
 
 
-def run_slice_export(args, api) -> int:
-    text = checked(api.export_slice(operator(api, args), args.slice_id, "dot" if args.dot else "yaml"))
+def run_slice_export(args, api, user: str) -> int:
+    text = checked(api.export_slice(user, args.slice_id, "dot" if args.dot else "yaml"))
     return _write_or_print(text, args.output)
 
 
-def run_slice_show(args, api) -> int:
-    s = checked(api.get_slice(operator(api, args), args.slice_id))
+def run_slice_show(args, api, user: str) -> int:
+    s = checked(api.get_slice(user, args.slice_id))
     for line in topology_render.render_diagram(s):
         out(line)
+    return 0
+
+
+def run_plan(args, api, user: str) -> int:
+    """``--plan SLICE_ID``: the exact text each host would get for a deploy of the slice (nothing runs)."""
+    for step in checked(api.plan_text(user, args.plan)):
+        out(f"# {step['host']}: {step['step']}")
+        out(step["text"])
+        out()
     return 0
 
 
@@ -299,8 +359,7 @@ def _write_or_print(text: str, output: Optional[str]) -> int:
     return 0
 
 
-
-def run_capture(args, api) -> int:
+def run_capture(args, api, user: str) -> int:
     from menu import tools
 
     fd, path = None, None
@@ -310,7 +369,7 @@ def run_capture(args, api) -> int:
             raise Failed(opened)
         fd, path = opened
     try:
-        ok, session = api.open_capture(acting_user(api, args), args.slice_id, " ".join(args.target), args.filter,
+        ok, session = api.open_capture(user, args.slice_id, " ".join(args.target), args.filter,
                                        args.count, args.seconds, mode="pcap" if fd is not None else "text")
         if not ok:
             if path:
@@ -330,8 +389,7 @@ def run_capture(args, api) -> int:
     return 0 if how != "lost" else 1
 
 
-def run_link_impair(args, api) -> int:
-    user = acting_user(api, args)
+def run_link_impair(args, api, user: str) -> int:
     if args.clear:
         res = checked(api.clear_impairment(user, args.slice_id, args.link_id))
     else:

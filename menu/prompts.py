@@ -35,19 +35,42 @@ def say(text: str = "") -> None:
         sys.stdout.flush()
 
 
+MAX_ANSWER = 4096  # characters of one answer; the rest of a longer line is read and dropped
+
+
 def read_line(prompt: str) -> str:
-    """Show ``prompt`` and read one line (EOFError at the end of input).
+    """Show ``prompt`` and read one line of at most ``MAX_ANSWER`` characters (EOFError at the end of input).
 
     Not ``input()``: its C line reader stops at a NUL byte and then waits for
-    more, so a line holding a NUL got no reaction at all.
+    more, so a line holding a NUL got no reaction at all.  A longer line is
+    refused (read to its end in bounded pieces, never held whole): the answer
+    is empty, which cancels or is refused like any empty answer.
     """
     with _OUT:
         sys.stdout.write(prompt)
         sys.stdout.flush()
-    line = sys.stdin.readline()
+    line = sys.stdin.readline(MAX_ANSWER + 1)
     if not line:
         raise EOFError
+    if len(line) > MAX_ANSWER and not line.endswith("\n"):
+        while True:
+            rest = sys.stdin.readline(65536)
+            if not rest or rest.endswith("\n"):
+                break
+        say(f"{ERR} That answer is too long (at most {MAX_ANSWER} characters).")
+        return ""
     return line.rstrip("\r\n")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character shown escaped (``\\x1b``), never sent raw to a terminal.
+
+    Tabs and newlines stay; ESC, the other C0 and C1 controls and DEL would
+    let what a VM or a hand-edited file prints move the cursor, retitle the
+    window or make the terminal type into the menu.
+    """
+    return "".join(c if c in "\n\t" or (c.isprintable()) else f"\\x{ord(c):02x}" if ord(c) < 0x100
+                   else f"\\u{ord(c):04x}" for c in text)
 
 
 def ask(prompt: str) -> str:

@@ -22,13 +22,16 @@ class MenuSession:
     """One cli.py in a pseudo-terminal, with the full transcript of its screen."""
 
     def __init__(self, config: Path, db: Path, log: Path, *, cwd: Path | None = None, timeout: float = 20,
-                 program: Path = CLI, env: dict | None = None):
+                 program: Path = CLI, env: dict | None = None, socket: Path | None = None,
+                 argv: list | None = None):
         self.log = log
         self.buf = io.StringIO()
         env = dict(os.environ, TERM="dumb", PYTHONUNBUFFERED="1", **(env or {}))
         env.pop("CLOUD_CONFIG", None)
         env.pop("CLOUD_DB", None)
-        self.p = pexpect.spawn(PY, [str(program), "--config", str(config), "--db", str(db)], env=env,
+        where = ["--socket", str(socket)] if socket is not None else ["--config", str(config), "--db", str(db)]
+        self.p = pexpect.spawn(argv[0] if argv else PY, (argv[1:] if argv else []) + [str(program)] + where,
+                               env=env,
                                cwd=str(cwd if cwd is not None else db.parent), encoding="utf-8",
                                codec_errors="replace", timeout=timeout, dimensions=(60, 200))
         self.p.logfile_read = self.buf

@@ -83,12 +83,14 @@ class RosterReport:
 
 
 def default_password_file(roster_path: Optional[str]) -> str:
-    """``<roster name>-passwords-<time>.txt`` beside the roster (or in the current folder)."""
+    """``<roster name>-passwords-<time>.txt`` beside the roster (or in the current folder), a name not taken yet."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if not roster_path:
-        return f"roster-passwords-{stamp}.txt"
-    stem = os.path.splitext(roster_path)[0]
-    return f"{stem}-passwords-{stamp}.txt"
+    stem = os.path.splitext(roster_path)[0] if roster_path else "roster"
+    path, n = f"{stem}-passwords-{stamp}.txt", 1
+    while os.path.lexists(path):
+        n += 1
+        path = f"{stem}-passwords-{stamp}-{n}.txt"
+    return path
 
 
 def open_secret_file(path: str) -> int:
@@ -97,6 +99,19 @@ def open_secret_file(path: str) -> int:
     fd = os.open(path, flags, 0o600)
     os.fchmod(fd, 0o600)  # whatever the umask
     return fd
+
+
+def write_password_file(fd: int, students: list) -> bool:
+    """Write ``username password`` of each generated password to ``fd`` (closed after); False when none."""
+    lines = [f"{o.username} {o.password}\n" for o in students if o.password]
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        if lines:
+            f.write(f"# Cloud Repositorio accounts made {time.strftime('%Y-%m-%d %H:%M:%S')}: username password\n"
+                    "# Give each student theirs; they change it with option 10 of the menu.\n")
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+    return bool(lines)
 
 
 def age_of(stamp: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -203,7 +218,7 @@ class Instructor:
         new = [st for st in students if st.username not in data["users"]]
         generated = {st.username: roster.generate_password() for st in new if st.password is None}
         hashes = {st.username: passwords.hash_password(st.password or generated[st.username]) for st in new}
-        path = (password_file or default_password_file(None)) if generated else None
+        path = password_file if generated else None  # None: the passwords are in the report only
         with interrupts_ignored():  # from the password file's creation to its last line: all of it or nothing
             try:
                 fd = open_secret_file(path) if path else None
@@ -241,15 +256,7 @@ class Instructor:
 
     @staticmethod
     def _write_passwords(fd: int, path: str, report: RosterReport, say: Say) -> None:
-        lines = [f"{o.username} {o.password}\n" for o in report.students if o.password]
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            if lines:
-                f.write(f"# Cloud Repositorio accounts made {time.strftime('%Y-%m-%d %H:%M:%S')}: username password\n"
-                        "# Give each student theirs; they change it with option 10 of the menu.\n")
-                f.writelines(lines)
-                f.flush()
-                os.fsync(f.fileno())
-        if lines:
+        if write_password_file(fd, report.students):
             report.password_file = os.path.abspath(path)
             say(f"generated passwords written to {report.password_file} (mode 0600)")
         else:  # every account was made by someone else meanwhile: no password of ours to keep

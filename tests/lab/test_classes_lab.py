@@ -27,10 +27,11 @@ TEMPLATE_TIMEOUT = 120
 
 
 def cli(site, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python3 cli.py --config <lab config> --db <test database> ARGS``, as a script runs it."""
+    """``python3 cli.py --config <lab config> --db <test database> --user admin ARGS`` (password piped)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CLOUD_CONFIG", "CLOUD_DB")}
-    proc = subprocess.run([sys.executable, str(CLI), "--config", str(site["cfg"]), "--db", str(site["db"])]
-                          + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([sys.executable, str(CLI), "--config", str(site["cfg"]), "--db", str(site["db"]),
+                           "--user", "admin"] + list(args), capture_output=True, text=True, timeout=timeout,
+                          env=env, input="admin\n")
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return proc
 

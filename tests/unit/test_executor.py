@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import socket
+import stat
 import subprocess
 
 import paramiko
@@ -15,7 +16,7 @@ from uhelpers import lab_config, make_api, ok
 import remote_executor
 from hosts.hostcmd import CommandResult, HostCommand, chain, home_path, join, q, shell_path
 from qcow_manager import overlay_delete
-from remote_executor import RemoteExecutor, configure_logging
+from remote_executor import LOG_ACTOR, RemoteExecutor, configure_logging
 from store.config import ClusterConfig
 
 NASTY = ["plain", "with space", "it's", 'dq"x', "$(touch /tmp/pwned)", "`id`", "a;b", "a&&b",
@@ -427,8 +428,16 @@ def test_configure_logging_writes_to_the_file_only(tmp_path, root_logging):
     lines = path.read_text(encoding="utf-8").splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert len(lines) == 2, lines
-    assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] host=h1 connected", lines[0])
-    assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] Oops", lines[1])
+    assert re.fullmatch(stamp + r" INFO cloudrepo\.remote \[MainThread\] \[-\] host=h1 connected", lines[0])
+    assert re.fullmatch(stamp + r" WARNING paramiko\.transport \[MainThread\] \[-\] Oops", lines[1])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600   # hosts, steps and users: only its owner reads it
+    token = LOG_ACTOR.set("session=s1 user=ana uid=1001 pid=7")
+    try:
+        logging.getLogger("cloudrepo.service").info("ana calls deploy_slice")
+    finally:
+        LOG_ACTOR.reset(token)
+    root_logging.handlers[0].flush()
+    assert "[session=s1 user=ana uid=1001 pid=7] ana calls deploy_slice" in path.read_text().splitlines()[-1]
 
 
 
@@ -443,3 +452,16 @@ def test_a_command_line_too_long_for_a_host_is_refused_before_sending():
     assert "remove 1654 orphan(s)" in res.message() and "nothing was sent" in res.message()
     assert ex.calls == []
     assert ex.run(HostCommand(host, "true\n" * 1_000, step="short")).ok
+
+
+def test_a_batch_script_gives_each_member_its_own_results():
+    from hosts.batch import batch_script, split_results
+
+    texts = ["printf 'a\\nb'; exit 3", "printf '%s' \"it's\" >&2", "head -c 3 /dev/zero", "true"]
+    proc = subprocess.run(["sh", "-c", batch_script(texts)], capture_output=True, timeout=30)
+    assert proc.returncode == 0
+    assert split_results(proc.stdout, 4) == [(3, b"a\nb", b""), (0, b"", b"it's"), (0, b"\0\0\0", b""), (0, b"", b"")]
+    with pytest.raises(ValueError):
+        split_results(proc.stdout[:-2] if proc.stdout.endswith(b"") else b"", 5)
+    with pytest.raises(ValueError):
+        split_results(b"@@CRB 0 0 10 0\nshort", 1)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from fakes import FakeExecutor
 from menu_driver import CHOICE, CLI, PY, REPO, MenuSession
+from service_driver import ServiceProcess
 
 from database import Database
 from deployment_api import DeploymentAPI
@@ -55,6 +56,7 @@ class Site:
     cfg: Path
     log: Path
     cfg_dict: dict
+    socket: Path | None = None
 
     def db_bytes(self) -> bytes:
         return self.db.read_bytes()
@@ -71,11 +73,15 @@ class Site:
 
 
 class Menu(MenuSession):
-    """The shared menu driver on a :class:`Site` (its config, database, log and folder)."""
+    """The shared menu driver on a :class:`Site` (its config, database, log and folder).
+
+    With a site whose ``socket`` is set, the menu is a client of a manager
+    service running on that site's config and database (every test runs both ways).
+    """
 
     def __init__(self, site: Site, timeout: float = 15):
         self.site = site
-        super().__init__(site.cfg, site.db, site.log, cwd=site.dir, timeout=timeout)
+        super().__init__(site.cfg, site.db, site.log, cwd=site.dir, timeout=timeout, socket=site.socket)
 
 
 def menu_items(screen: str) -> list:
@@ -84,8 +90,18 @@ def menu_items(screen: str) -> list:
     return [line for line in block.split("\n") if line.strip()]
 
 
-@pytest.fixture
-def site(tmp_path) -> Site:
+@pytest.fixture(params=["embedded", "service"])
+def site(request, tmp_path) -> Site:
+    """A test site; with the "service" parameter its menus are clients of a manager service on it."""
+    s = make_site(tmp_path)
+    if request.param == "service":
+        s.socket = tmp_path / "manager.sock"
+        service = ServiceProcess(s.cfg, s.db, s.socket)
+        request.addfinalizer(service.stop)
+    return s
+
+
+def make_site(tmp_path) -> Site:
     db = tmp_path / "database.yaml"
     shutil.copyfile(REPO / "database.yaml", db)
     cfg_dict = {

@@ -1,5 +1,8 @@
 """Option 18 (captures and link impairments) and the script mode's ``capture`` / ``link impair``, in a real
-terminal (pexpect) or a pipe, the hosts answered by the FakeExecutor (``tests/fake_cli.py``)."""
+terminal (pexpect) or a pipe, the hosts answered by the FakeExecutor (``tests/fake_cli.py``).
+
+Every test runs twice: the menu on its own (embedded), and the menu as a client of a manager service
+(``tests/fake_service.py``) that runs the use cases and relays the capture's stream."""
 from __future__ import annotations
 
 import os
@@ -12,6 +15,7 @@ import pytest
 import yaml
 from fakes import LAB_LIKE, PCAP_BYTES, FakeExecutor
 from menu_driver import CHOICE, REPO, MenuSession
+from service_driver import ServiceProcess
 
 from database import Database
 from deployment_api import DeploymentAPI
@@ -20,8 +24,8 @@ from orchestrator_api import OrchestratorAPI
 FAKE_CLI = REPO / "tests" / "fake_cli.py"
 
 
-@pytest.fixture
-def site(tmp_path):
+@pytest.fixture(params=["embedded", "service"])
+def site(request, tmp_path):
     db = tmp_path / "database.yaml"
     shutil.copyfile(REPO / "database.yaml", db)
     cfg = tmp_path / "cluster.yaml"
@@ -31,7 +35,21 @@ def site(tmp_path):
     ids = [api.add_vm_to_slice("student", sid, f"v{i}", "cirros", 1)[1]["vm_id"] for i in range(2)]
     api.create_link("student", sid, ids[0], "eth1", ids[1], "eth1")
     assert api.deploy_slice("student", sid)[0]
-    return {"dir": tmp_path, "db": db, "cfg": cfg, "log": tmp_path / "menu.log", "sid": sid, "ids": ids}
+    site = {"dir": tmp_path, "db": db, "cfg": cfg, "log": tmp_path / "menu.log", "sid": sid, "ids": ids,
+            "mode": request.param, "services": []}
+    yield site
+    for service in site["services"]:
+        service.stop()
+
+
+def service_socket(site, env: dict = None):
+    """The socket of the site's manager service (started on first use, with ``env``), or None when embedded."""
+    if site["mode"] != "service":
+        return None
+    if not site["services"]:
+        site["services"].append(ServiceProcess(site["cfg"], site["db"], site["dir"] / "manager.sock", fake=True,
+                                               env=env))
+    return site["services"][0].sock
 
 
 @pytest.fixture
@@ -39,7 +57,8 @@ def menu(site):
     menus = []
 
     def make(user: str, password: str, env: dict = None) -> MenuSession:
-        m = MenuSession(site["cfg"], site["db"], site["log"], cwd=site["dir"], program=FAKE_CLI, env=env or {})
+        m = MenuSession(site["cfg"], site["db"], site["log"], cwd=site["dir"], program=FAKE_CLI, env=env or {},
+                        socket=service_socket(site, env))
         menus.append(m)
         m.login(user, password)
         return m
@@ -166,20 +185,27 @@ def test_a_pcap_capture_is_written_to_a_new_file_never_over_an_old_one(site, men
     m.exit()
 
 
-def run_script(site, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(FAKE_CLI), "--config", str(site["cfg"]), "--db", str(site["db"]),
-                           *args], capture_output=True, text=True, timeout=60, env=dict(os.environ, **(env or {})),
-                          stdin=subprocess.DEVNULL)
+def run_script(site, *args, user="student", password=None) -> subprocess.CompletedProcess:
+    """``cli.py ARGS --user USER`` (the password piped), on the site's database or through its service."""
+    sock = service_socket(site)
+    where = ["--socket", str(sock)] if sock else ["--config", str(site["cfg"]), "--db", str(site["db"])]
+    env = dict(os.environ)
+    env.pop("CLOUD_CONFIG", None)
+    env.pop("CLOUD_DB", None)
+    proc = subprocess.run([sys.executable, str(FAKE_CLI), *where, *args, "--user", user], capture_output=True,
+                          text=True, timeout=60, env=env, input=f"{password or user}\n")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return proc
 
 
 def test_script_mode_capture_and_link_impair(site, tmp_path):
     sid = str(site["sid"])
-    proc = run_script(site, "link", "impair", sid, "1", "--delay", "100ms", "--as", "student")
+    proc = run_script(site, "link", "impair", sid, "1", "--delay", "100ms")
     assert proc.returncode == 0 and proc.stdout == "Link 1: delay 100ms (applied on 2 TAP(s))\n", proc.stderr
-    proc = run_script(site, "link", "impair", sid, "1", "--loss", "150%", "--as", "student")
+    proc = run_script(site, "link", "impair", sid, "1", "--loss", "150%")
     assert proc.returncode == 1 and proc.stderr.startswith("error: Loss must be a percentage from 0 to 100")
     assert link_of(site)["impairment"]["delay_ms"] == 100
-    proc = run_script(site, "link", "impair", sid, "1", "--clear")
+    proc = run_script(site, "link", "impair", sid, "1", "--clear", user="admin")
     assert proc.returncode == 0 and "impairment" not in link_of(site)
     proc = run_script(site, "capture", sid, "link", "1", "--filter", "icmp", "--count", "2")
     assert proc.returncode == 0, proc.stderr
@@ -190,5 +216,12 @@ def test_script_mode_capture_and_link_impair(site, tmp_path):
     assert proc.returncode == 0 and out.read_bytes() == PCAP_BYTES, proc.stderr
     proc = run_script(site, "capture", sid, "link", "1", "--filter", "$(reboot)")
     assert proc.returncode == 1 and "Not a capture filter: '$' is not allowed" in proc.stderr
-    assert run_script(site, "capture", sid, "link", "1", "--as", "nobody").stderr == \
-        "error: nobody is not an account of this database\n"
+    assert run_script(site, "capture", sid, "link", "1", user="nobody").stderr.startswith(
+        "error: login as nobody refused: ")
+    assert OrchestratorAPI(Database(str(site["db"])), DeploymentAPI(FakeExecutor())).create_user(
+        "admin", "eve", "evepass1")[0]
+    for args in (["capture", sid, "link", "1"], ["link", "impair", sid, "1", "--delay", "5"],
+                 ["link", "impair", sid, "1", "--clear"]):
+        proc = run_script(site, *args, user="eve", password="evepass1")
+        assert proc.returncode == 1 and proc.stderr == "error: Slice not found or not authorized\n", proc.stderr
+    assert "impairment" not in link_of(site)
