@@ -20,6 +20,7 @@ OPT_TEXT = (str, type(None))
 FLAG = (bool,)
 OPT_ID = (int, str, type(None))
 LIST = (list,)
+VALUE = (int, float, str, type(None))  # a measure typed by people ("100ms", "1.5") or a number
 MAX_TEXT_ARG = 4 * 1024 * 1024
 
 
@@ -67,6 +68,12 @@ METHODS = {m.name: m for m in [
     _m("access_details", P("slice_ids", LIST, items=(int, str))),
     _m("open_console", P("slice_id", ID), P("vm_id", ID)),
     _m("boot_log", P("slice_id", ID), P("vm_id", ID), P("lines", (int,), 40)),
+    # A capture's pcap bytes come back on its stream; the menu writes the file with the user's own rights.
+    _m("open_capture", P("slice_id", ID), P("target", TEXT), P("filter_expr", TEXT, ""), P("count", OPT_ID, None),
+       P("seconds", OPT_ID, None), P("mode", TEXT, "text")),
+    _m("set_impairment", P("slice_id", ID), P("link_id", ID), P("delay", VALUE, None), P("jitter", VALUE, None),
+       P("loss", VALUE, None), P("rate", VALUE, None), progress=True),
+    _m("clear_impairment", P("slice_id", ID), P("link_id", ID), progress=True),
     _m("slice_status", P("slice_id", ID)),
     _m("repair_slice", P("slice_id", ID), progress=True),
     _m("stop_vm", P("slice_id", ID), P("vm_id", OPT_ID, None), progress=True),
