@@ -26,7 +26,7 @@ import os
 from typing import Iterable, Optional
 
 import naming
-from hosts.hostcmd import HostCommand, join, q, stop_by_pidfile
+from hosts.hostcmd import HostCommand, join, q, stop_by_pidfile, wait_gone
 from hosts.resources import Found, Key, Kind, register
 from topology import impairment
 
@@ -76,19 +76,20 @@ def drop_program_if_unused() -> str:
 
 
 def teardown_lines(vm_id: int, count: int) -> list:
-    """Shell lines ending the relays of a VM's TAPs and removing their veths and records (stop, delete:
-    the TAPs' own removal drops their qdiscs and filters).  Only shell builtins run when the VM has no
-    impairment record (a VM without impairments is stopped as fast as before)."""
+    """Shell lines ending the relays of a VM's TAPs and removing their veths, pid files and records (stop,
+    delete: the TAPs' own removal drops their qdiscs and filters).  One loop over the VM's records and pid
+    files: only shell builtins run when there is none (a VM without impairments stops as fast as before)."""
     if not count:
         return []
-    lines = []
-    for i in range(count):
-        tap = naming.tap_name(vm_id, i)
-        lines += [stop_by_pidfile(naming.relay_pidfile(tap), naming.relay_mark(tap), wait_s=2),
-                  f"ip link del {q(naming.relay_veth(vm_id, i)[0])} 2>/dev/null || true"]
-    lines.append("rm -f " + " ".join(q(naming.impair_marker(naming.tap_name(vm_id, i))) for i in range(count)))
-    glob = f"{q(naming.impair_marker(naming.tap_name(vm_id, 0))[:-1])}[0-9]*"
-    return [f"for f in {glob}; do [ -e \"$f\" ] || continue", *lines, drop_program_if_unused(), "break; done"]
+    glob = naming.impair_marker(naming.tap_name(vm_id, 0))[:-1] + "[0-9]*"  # the state folder needs no quotes
+    wait = f"{wait_gone(2)}; kill -9 \"$pid\" 2>/dev/null || true; {wait_gone(2)}"
+    return [f"found=; for f in {glob}; do [ -e \"$f\" ] || continue; found=1; t=${{f##*/impair-}}; t=${{t%.pid}}; "
+            f"i=${{t#*_}}; pid=$(cat \"{naming.relay_pidfile('$t')}\" 2>/dev/null || true); "
+            f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- "
+            f"\"{naming.relay_mark('$t')}\"; then kill -TERM \"$pid\" 2>/dev/null || true; {wait}; fi; "
+            f"rm -f \"{naming.relay_pidfile('$t')}\" \"{naming.impair_marker('$t')}\"; "
+            f"ip link del \"{naming.relay_veth(vm_id, '${i}')[0]}\" 2>/dev/null || true; done",
+            f"[ -z \"$found\" ] || {{ {drop_program_if_unused()}; }}"]
 
 
 def _relay_lines(worker: str, vm_id: int, index: int, imp: dict) -> list:
@@ -177,9 +178,11 @@ class Impairment(Kind):
                 "'s/^qdisc netem [0-9a-f]*: dev \\(tap[0-9]*_[0-9]*\\) root.*/\\1/p')\n"
                 "for t in $netem; do f=" + state + "/impair-$t; "
                 "echo \"impair $t netem $(head -c 200 \"$f\" 2>/dev/null | tr -cd 'A-Za-z0-9.,% ' || true)\"; done\n"
-                f"for f in {state}/impair-tap*; do case \"$f\" in *.pid) continue;; esac; [ -f \"$f\" ] || continue; "
-                "t=${f##*/impair-}; echo \"$netem\" | grep -qx -- \"$t\" && continue; "
-                f"{relay}; echo \"impair $t $m $(head -c 200 \"$f\" | tr -cd 'A-Za-z0-9.,% ')\"; done")
+                # a record, or a relay's pid file without one (a script cut short): each TAP once
+                f"seen=' '; for f in {state}/impair-tap*; do [ -f \"$f\" ] || continue; t=${{f##*/impair-}}; "
+                "t=${t%.pid}; case \"$seen\" in *\" $t \"*) continue;; esac; seen=\"$seen$t \"; "
+                "echo \"$netem\" | grep -qx -- \"$t\" && continue; f=${f%.pid}; "
+                f"{relay}; echo \"impair $t $m $(head -c 200 \"$f\" 2>/dev/null | tr -cd 'A-Za-z0-9.,% ')\"; done")
 
     def parse(self, host, fields):
         ids = naming.tap_index(fields[0]) if fields else None

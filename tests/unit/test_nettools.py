@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 
 import pytest
 from uhelpers import WORKERS, build_slice, make_api, ok, script_of
@@ -117,10 +118,41 @@ def test_the_launch_applies_impairments_before_the_taps_come_up_and_is_unchanged
 
 def test_stop_ends_captures_and_relays_with_builtins_only_when_there_are_none():
     script = vm_launcher.stop_vm_command(VM, "br-int").script
-    assert "for pf in /run/cloud-repositorio/capture-tap1001_0.*.pid; do" in script
-    assert "for pf in /run/cloud-repositorio/capture-tap1001_1.*.pid; do" in script
-    assert "for f in /run/cloud-repositorio/impair-tap1001_[0-9]*; do [ -e \"$f\" ] || continue" in script
-    assert "rm -f /run/cloud-repositorio/impair-tap1001_0 /run/cloud-repositorio/impair-tap1001_1" in script
+    cap, imp = capture.teardown_lines(1001, 2), impairments.teardown_lines(1001, 2)
+    assert len(cap) == 1 and len(imp) == 2 and all(line in script for line in cap + imp)   # one loop each
+    assert cap[0].startswith("for pf in /run/cloud-repositorio/capture-tap1001_[0-9]*.*.pid; do "
+                             "[ -e \"$pf\" ] || continue; t=${pf##*/capture-}; t=${t%%.*}; ")
+    assert imp[0].startswith("found=; for f in /run/cloud-repositorio/impair-tap1001_[0-9]*; do "
+                             "[ -e \"$f\" ] || continue; found=1; ")
+    assert imp[1].startswith("[ -z \"$found\" ] || { keep=; ")
+    assert capture.teardown_lines(1001, 0) == impairments.teardown_lines(1001, 0) == []
+
+
+def test_the_teardown_loops_end_only_the_vms_own_captures_and_relays(tmp_path):
+    """The loops run for real (bash, the state folder moved to a temporary one): VM 1001's pid files and
+    records go, its relay (by its command line) is ended, a process that is not its relay is left alone, and
+    so is everything of VM 10010 (whose names start the same)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    relay = subprocess.Popen(["bash", "-c", "exec -a 'netem_relay.py --dev tap1001_1 --via x' sleep 30"])
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        files = {"impair-tap1001_1": "delay 5ms\n", "impair-tap1001_1.pid": f"{relay.pid}\n",
+                 "impair-tap1001_0.pid": f"{other.pid}\n", "capture-tap1001_0.77.pid": f"{other.pid}\n",
+                 "impair-tap10010_1": "x\n", "impair-tap10010_1.pid": "1\n", "capture-tap10010_1.5.pid": "1\n",
+                 "netem_relay.py": "#\n"}
+        for name, text in files.items():
+            (state / name).write_text(text)
+        script = "\n".join(capture.teardown_lines(1001, 2) + impairments.teardown_lines(1001, 2))
+        script = script.replace(naming.STATE_DIR, str(state)).replace("ip link del", ": ip link del")
+        subprocess.run(["bash", "-c", script], check=True, timeout=30)
+        assert sorted(p.name for p in state.iterdir()) == ["capture-tap10010_1.5.pid", "impair-tap10010_1",
+                                                          "impair-tap10010_1.pid", "netem_relay.py"]
+        assert relay.wait(5) is not None and other.poll() is None
+    finally:
+        for p in (relay, other):
+            p.kill()
+            p.wait()
 
 
 def test_capture_script_runs_tcpdump_without_promiscuous_mode_with_each_filter_word_quoted():
