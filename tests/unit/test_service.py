@@ -347,14 +347,15 @@ def test_ctrl_c_in_the_menu_rolls_the_deploy_back_on_the_service(served):
 
 def test_one_request_at_a_time_per_session(served):
     _service, _api, ex, path = served
+    _client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     raw = Raw(path)
     assert raw.login("ana", "ana-secret")["result"][0]
-    gate = threading.Event()
-    ex.hooks["host_facts"] = lambda cmd: gate.wait(5)
-    raw.send({"id": 2, "op": "call", "method": "cluster_view"})
+    raw.send({"id": 2, "op": "call", "method": "deploy_slice", "args": [sid]})
+    assert started.wait(10)
     reply = raw.ask({"id": 3, "op": "call", "method": "get_quota"})
     assert reply == {"id": 3, "ok": False, "error": "one request at a time: the previous one is still running"}
-    gate.set()
+    release.set()
+    assert raw.reader.read()["id"] == 2
 
 
 def test_a_client_that_vanishes_mid_deploy_leaves_it_all_or_nothing(served):
