@@ -38,6 +38,7 @@ RELAY_MARK = 0x4352  # "CR": the mark of frames this relay sends (naming.RELAY_M
 ETH_P_ALL = 0x0003
 VNET_HDR_LEN = 10
 MAX_FRAME = 65536 + VNET_HDR_LEN + 64
+DESCRIPTION = "A link impairment in user space (delay, jitter, loss, rate) between a veth and a TAP."
 
 
 def packet_socket(dev: str, mark: int = 0) -> socket.socket:
@@ -117,7 +118,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p = argparse.ArgumentParser(description=DESCRIPTION)  # the docstring is not sent to the workers
     p.add_argument("--dev", required=True, help="the TAP the frames go to")
     p.add_argument("--via", required=True, help="the veth end the stolen frames arrive on")
     p.add_argument("--delay-ms", type=float, default=0.0)

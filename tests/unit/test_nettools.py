@@ -420,3 +420,15 @@ def test_live_lines_are_cleaned_of_terminal_escapes_and_pcap_bytes_go_to_a_new_f
     os.symlink(path, tmp_path / "link.pcap")
     assert not tools.create_new_file(str(tmp_path / "link.pcap"))[0]
     assert naming.capture_mark("tap1001_1") == "tcpdump -i tap1001_1 -p"
+
+
+def test_the_relay_program_sent_to_the_workers_runs(tmp_path):
+    """The program as the scripts write it (its docstring left out) starts, parses its arguments and says
+    why it cannot run on a device that does not exist (the lab found it dying at once before)."""
+    program = tmp_path / "netem_relay.py"
+    program.write_text(impairments.relay_program())
+    assert '"""' not in program.read_text().split("\n", 3)[1]
+    proc = subprocess.run(["python3", str(program), "--dev", "nosuchdev0", "--via", "nosuchdev1", "--delay-ms", "5",
+                           "--pidfile", str(tmp_path / "p.pid")], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("netem_relay nosuchdev0: ") and "No such device" in proc.stderr, proc.stderr
