@@ -104,7 +104,13 @@ def _relay_lines(worker: str, vm_id: int, index: int, imp: dict) -> list:
             f"ip link add {q(out_end)} type veth peer name {q(in_end)}",
             *(f"sysctl -qw net.ipv6.conf.{d}.disable_ipv6=1 2>/dev/null || true" for d in (out_end, in_end)),
             f"ip link set {q(out_end)} up && ip link set {q(in_end)} up",
-            f"setsid {run} </dev/null >/dev/null 2>&1 & echo $! > {q(pidfile)}",
+            # the relay writes its pid file once it runs; without it in 5 s the impairment fails (and is undone)
+            f"rm -f {q(pidfile)}; err=$(mktemp); setsid {run} </dev/null >/dev/null 2>\"$err\" & relay=$!",
+            f"n=0; while [ ! -s {q(pidfile)} ] && [ $n -lt 100 ] && kill -0 \"$relay\" 2>/dev/null; do sleep 0.05; "
+            "n=$((n+1)); done",
+            f"if [ ! -s {q(pidfile)} ]; then kill \"$relay\" 2>/dev/null || true; "
+            f"echo \"the impairment relay of {tap} did not start: $(tail -n 1 \"$err\")\" >&2; rm -f \"$err\"; "
+            f"exit {IMPAIR_EXIT}; fi; rm -f \"$err\"",
             f"tc qdisc add dev {q(tap)} clsact",
             join(["tc", "filter", "replace", "dev", tap, "egress", "pref", "1", "protocol", "all", "bpf",
                   "bytecode", STEAL_BPF, "action", "mirred", "egress", "redirect", "dev", out_end])]

@@ -14,7 +14,8 @@ writes them to the TAP with ``PACKET_QDISC_BYPASS`` (so they skip the
 filter that stole them).  Both sockets use ``PACKET_VNET_HDR``, so large
 (GSO) frames and partial checksums pass unchanged.
 
-It runs until SIGTERM/SIGINT or until the TAP or the veth disappears (the
+It writes its pid file once both sockets are open (the script that starts it
+waits for that), runs until SIGTERM/SIGINT or until the TAP disappears (the
 VM stopped), and removes its pid file when it ends.  It is started and
 stopped only by ``hosts.impairments``; its command line and pid file are
 named in ``naming`` (``relay_pidfile``), so the orphan scan finds it.
@@ -92,9 +93,19 @@ class Line:
         return out
 
 
+def announce(pidfile: str) -> None:
+    """Write this process's pid to ``pidfile`` (atomically): the impairment script waits for it, so a relay
+    that cannot run is known at once and the TAP's frames are never stolen into nothing."""
+    tmp = f"{pidfile}.{os.getpid()}.new"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, pidfile)
+
+
 def run(args) -> int:
     rx = packet_socket(args.via)
     tx = packet_socket(args.dev, mark=RELAY_MARK)
+    announce(args.pidfile)
     line = Line(args.delay_ms, args.jitter_ms, args.loss_pct, args.rate_kbit, args.limit)
     while True:
         now = time.monotonic()

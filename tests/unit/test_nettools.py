@@ -83,10 +83,15 @@ def test_impair_script_tries_netem_then_the_relay_on_the_tap():
     assert "if ! err=$(tc qdisc replace dev tap1001_1 root netem limit 1000 delay 100ms 10ms loss 2.5% " \
            "rate 1000kbit 2>&1); then case \"$err\" in *nknown*)" in lines
     assert "ip link add nx1001_1a type veth peer name nx1001_1b" in lines
-    assert ("setsid python3 /run/cloud-repositorio/netem_relay.py --dev tap1001_1 --via nx1001_1b --delay-ms 100 "
-            "--jitter-ms 10 --loss-pct 2.5 --rate-kbit 1000 --limit 1000 --pidfile "
-            "/run/cloud-repositorio/impair-tap1001_1.pid </dev/null >/dev/null 2>&1 & "
-            "echo $! > /run/cloud-repositorio/impair-tap1001_1.pid") in lines
+    started = lines.index("rm -f /run/cloud-repositorio/impair-tap1001_1.pid; err=$(mktemp); setsid python3 "
+                          "/run/cloud-repositorio/netem_relay.py --dev tap1001_1 --via nx1001_1b --delay-ms 100 "
+                          "--jitter-ms 10 --loss-pct 2.5 --rate-kbit 1000 --limit 1000 --pidfile "
+                          "/run/cloud-repositorio/impair-tap1001_1.pid </dev/null >/dev/null 2>\"$err\" & relay=$!")
+    # the filter that steals the TAP's frames comes only once the relay has written its pid file
+    assert lines[started + 1] == ("n=0; while [ ! -s /run/cloud-repositorio/impair-tap1001_1.pid ] && [ $n -lt 100 ] "
+                                  "&& kill -0 \"$relay\" 2>/dev/null; do sleep 0.05; n=$((n+1)); done")
+    assert lines[started + 2].startswith("if [ ! -s /run/cloud-repositorio/impair-tap1001_1.pid ]; then kill ")
+    assert "exit 9; fi" in lines[started + 2] and lines[started + 3] == "tc qdisc add dev tap1001_1 clsact"
     assert ("tc filter replace dev tap1001_1 egress pref 1 protocol all bpf bytecode "
             "'4,32 0 0 4294963220,21 0 1 0,6 0 0 4294967295,6 0 0 0' action mirred egress redirect dev nx1001_1a"
             ) in lines
