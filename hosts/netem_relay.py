@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import os
 import random
 import select
@@ -102,6 +103,43 @@ def announce(pidfile: str) -> None:
     os.replace(tmp, pidfile)
 
 
+def gone(dev: str) -> bool:
+    """Whether the device no longer exists (the VM stopped, the veth removed)."""
+    try:
+        socket.if_nametoindex(dev)
+        return False
+    except OSError:
+        return True
+
+
+def receive(rx: socket.socket, line: Line, now: float, via: str) -> bool:
+    """Take the frames waiting on ``rx`` into the line; False once the veth is gone."""
+    for _ in range(256):
+        try:
+            line.offer(rx.recv(MAX_FRAME), now)
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            # ENETDOWN is reported once when the device goes down (or was down at bind): not an end
+            return e.errno == errno.ENETDOWN and not gone(via)
+    return True
+
+
+def transmit(tx: socket.socket, frames: list, dev: str) -> bool:
+    """Write the due frames to the TAP; False once the TAP is gone."""
+    for frame in frames:
+        try:
+            tx.send(frame)
+        except BlockingIOError:
+            pass  # the TAP's queue is full (the VM is not reading): the frame is lost, as on a wire
+        except OSError as e:
+            if e.errno in (errno.ENXIO, errno.ENODEV) or gone(dev):
+                return False
+            # ENETDOWN (the TAP was still down when this socket was bound, or is down a moment), EMSGSIZE
+            # (a frame the TAP cannot take): this frame is lost
+    return True
+
+
 def run(args) -> int:
     rx = packet_socket(args.via)
     tx = packet_socket(args.dev, mark=RELAY_MARK)
@@ -110,22 +148,10 @@ def run(args) -> int:
     while True:
         now = time.monotonic()
         ready, _, _ = select.select([rx], [], [], line.next_wait(now))
-        now = time.monotonic()
-        if ready:
-            for _ in range(256):
-                try:
-                    line.offer(rx.recv(MAX_FRAME), now)
-                except BlockingIOError:
-                    break
-        for frame in line.due(time.monotonic()):
-            try:
-                tx.send(frame)
-            except BlockingIOError:
-                pass  # the TAP's queue is full (the VM is not reading): the frame is lost, as on a wire
-            except OSError as e:
-                if e.errno in (6, 19, 100):  # ENXIO, ENODEV, ENETDOWN: the TAP is gone or down
-                    return 0
-                # e.g. EMSGSIZE for a frame the TAP cannot take: lost
+        if ready and not receive(rx, line, time.monotonic(), args.via):
+            return 0
+        if not transmit(tx, line.due(time.monotonic()), args.dev):
+            return 0
 
 
 def main(argv=None) -> int:

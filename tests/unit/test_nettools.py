@@ -437,3 +437,50 @@ def test_the_relay_program_sent_to_the_workers_runs(tmp_path):
                            "--pidfile", str(tmp_path / "p.pid")], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("netem_relay nosuchdev0: ") and "No such device" in proc.stderr, proc.stderr
+
+
+def test_the_relay_line_delays_paces_and_drops_like_netem():
+    from hosts import netem_relay as relay
+
+    line = relay.Line(delay_ms=100, jitter_ms=0, loss_pct=0, rate_kbit=0, limit=2)
+    line.offer(b"\0" * 10 + b"a" * 100, now=1.0)
+    line.offer(b"\0" * 10 + b"b" * 100, now=1.0)
+    line.offer(b"\0" * 10 + b"c" * 100, now=1.0)                 # the queue holds 2: dropped, as netem's limit
+    assert line.next_wait(1.05) == pytest.approx(0.05) and line.due(1.05) == []
+    assert [f[10:11] for f in line.due(1.1)] == [b"a", b"b"] and line.next_wait(2.0) is None
+    paced = relay.Line(0, 0, 0, rate_kbit=8, limit=10)            # 8 kbit/s: 1000 bytes take 1 s
+    paced.offer(b"\0" * 10 + b"x" * 1000, now=0.0)
+    paced.offer(b"\0" * 10 + b"y" * 1000, now=0.0)
+    assert [due for due, _f in paced.queue] == [pytest.approx(1.0), pytest.approx(2.0)]
+    lossy = relay.Line(0, 0, loss_pct=100, rate_kbit=0, limit=10)
+    lossy.offer(b"z" * 20, now=0.0)
+    assert not lossy.queue
+
+
+def test_the_relay_survives_a_tap_that_is_down_and_ends_when_it_is_gone(monkeypatch):
+    import errno
+
+    from hosts import netem_relay as relay
+
+    class Sock:
+        def __init__(self, errs):
+            self.errs, self.sent = list(errs), []
+
+        def send(self, frame):
+            if self.errs:
+                raise OSError(self.errs.pop(0), "x")
+            self.sent.append(frame)
+
+        def recv(self, _n):
+            if self.errs:
+                raise OSError(self.errs.pop(0), "x")
+            raise BlockingIOError
+
+    monkeypatch.setattr(relay, "gone", lambda dev: dev == "gone0")
+    tx = Sock([errno.ENETDOWN])                    # the TAP was still down when the socket was bound
+    assert relay.transmit(tx, [b"1", b"2"], "tap1") and tx.sent == [b"2"]
+    assert not relay.transmit(Sock([errno.ENODEV]), [b"1"], "tap1")
+    assert not relay.transmit(Sock([errno.ENETDOWN]), [b"1"], "gone0")
+    line = relay.Line(0, 0, 0, 0, 10)
+    assert relay.receive(Sock([errno.ENETDOWN]), line, 0.0, "nx1b")
+    assert not relay.receive(Sock([errno.ENETDOWN]), line, 0.0, "gone0")
