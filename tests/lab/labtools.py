@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -181,3 +182,30 @@ def restart_sshd(lab, host: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"sshd of {host} did not come back")
+
+
+# --- captures (SPEC §17) ---------------------------------------------------------------------
+
+def pcap_packets(data: bytes) -> list:
+    """The frames of a pcap stream (little- or big-endian, µs or ns), checking its structure."""
+    magic = data[:4]
+    order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<",
+             b"\xa1\xb2\x3c\x4d": ">"}.get(magic)
+    assert order, f"not a pcap stream: {data[:24]!r}"
+    _major, _minor, _zone, _sig, _snap, linktype = struct.unpack(order + "HHiIII", data[4:24])
+    assert linktype == 1, linktype  # Ethernet
+    frames, off = [], 24
+    while off + 16 <= len(data):
+        _sec, _frac, incl, _orig = struct.unpack(order + "IIII", data[off:off + 16])
+        frames.append(data[off + 16:off + 16 + incl])
+        off += 16 + incl
+    assert off == len(data), "the pcap stream ends inside a record"
+    return frames
+
+
+def icmp_of(frame: bytes):
+    """(ICMP type, source IP, destination IP) of an IPv4 ICMP Ethernet frame, else None."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 1:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    return frame[14 + ihl], ".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,11 +23,22 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import LAB_DIR, REPO, Menu
-from labtools import assert_clean, host_of, make_api, sh, wait_for_leases
+from labtools import (
+    assert_clean,
+    console,
+    host_of,
+    icmp_of,
+    make_api,
+    pcap_packets,
+    sh,
+    wait_for_leases,
+    wait_guest_configured,
+)
 from menu_driver import PY
 from service_driver import ServiceProcess
 
 import naming
+from service.client import RemoteAPI
 
 SERVICE_ACCOUNT = "cloudrepo"
 INSTRUCTORS = "cloudrepo-instructors"
@@ -298,6 +310,96 @@ def test_the_service_never_follows_a_path_a_student_names(lab, service, tmp_path
                         "slice", "export", "1000", "--output", str(service.state / "x.yaml"), input="admin\n")
     assert denied.returncode == 1 and "Permission denied" in denied.stderr
     assert not (service.state / "x.yaml").exists()
+
+
+def _read_stream(stream, until: bytes = b"", count: int = 0, timeout: float = 60) -> tuple:
+    """(stdout, stderr) of a relayed stream until ``until`` was seen ``count`` times, or it ended."""
+    out, err, deadline = b"", b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and not (count and out.count(until) >= count):
+        while stream.recv_stderr_ready():
+            err += stream.recv_stderr(65536)
+        if stream.recv_ready():
+            out += stream.recv(65536)
+        elif stream.eof_received:
+            break
+        else:
+            time.sleep(0.05)
+    return out, err
+
+
+def test_captures_and_impairments_through_the_service_pcap_written_by_the_students_menu(lab, service):
+    """SPEC §17 through the service: the capture's stream relayed (stopped by the menu's EOF), a pcap saved
+    by crstudent's own process, a delay set and cleared; the worker keeps no capture afterwards."""
+    api = RemoteAPI(str(service.socket))
+    try:
+        assert api.authenticate("student", "student")[0]
+        sid = api.create_slice("-", "tools")[1]["slice_id"]
+        ids = [api.add_vm_to_slice("-", sid, f"t{i}", "cirros", 1)[1]["vm_id"] for i in range(2)]
+        link = api.create_link("-", sid, ids[0], "eth1", ids[1], "eth1")[1]
+        ok, msg = api.deploy_slice("-", sid)
+        assert ok, msg
+        vms = api.get_slice("-", sid)[1]["vms"]
+        vlan = link["vlan_id"]
+        got = wait_for_leases(lab, {(vlan, vm["interfaces"][1]["mac"].lower()) for vm in vms}, timeout=180)
+        a, b = (got[(vlan, vm["interfaces"][1]["mac"].lower())] for vm in vms)
+        wait_guest_configured(lab, [(vm, "eth1") for vm in vms], timeout=180)
+
+        def ping(n: int) -> str:
+            rc, out = console(lab, vms[0], f"ping -c {n} -i 0.2 -W 2 {b}", timeout=60)
+            assert rc == 0, out
+            return out
+
+        # live, stopped by the menu (Ctrl-] sends EOF): the last lines and tcpdump's summary still arrive
+        ok, session = api.open_capture("-", sid, "link 1", "icmp", 100, 120, "text")
+        assert ok, session
+        host = host_of(lab, session.worker)
+        ping(2)
+        out, _err = _read_stream(session.channel, b"ICMP echo reply", 2, timeout=30)
+        session.channel.shutdown_write()
+        rest, err = _read_stream(session.channel, timeout=30)
+        session.channel.close()
+        lines = (session.early + out + rest).decode()
+        assert lines.count(f"IP {a} > {b}: ICMP echo request") == 2, lines
+        assert lines.count(f"IP {b} > {a}: ICMP echo reply") == 2, lines
+        assert b"packets captured" in err, err
+        assert sh(lab, host, "pgrep -af '[t]cpdump -i tap' || true").strip() == ""
+        # a pcap, saved by the student's own menu process (script mode as crstudent)
+        target = Path("/tmp") / f"crsvc-capture-{os.getpid()}.pcap"
+        target.unlink(missing_ok=True)
+        argv = ["runuser", "-u", STUDENT_ACCOUNT, "--", PY, str(REPO / "cli.py"), "--socket", str(service.socket),
+                "--user", "student", "capture", str(sid), f"{ids[1]}", "eth1", "--filter", "icmp", "--count", "4",
+                "--seconds", "120", "--pcap", str(target)]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd="/tmp")
+        proc.stdin.write("student\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while "tcpdump -i" not in sh(lab, host_of(lab, vms[1]["worker_ip"]), "pgrep -af '[t]cpdump -i tap' || true"):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.2)
+        ping(2)
+        assert proc.wait(60) == 0, proc.stderr.read()
+        try:
+            st = target.stat()
+            assert pwd.getpwuid(st.st_uid).pw_name == STUDENT_ACCOUNT and st.st_mode & 0o777 == 0o600
+            icmp = [icmp_of(f) for f in pcap_packets(target.read_bytes())]
+        finally:
+            target.unlink(missing_ok=True)
+        assert sorted(icmp) == sorted([(8, a, b), (0, b, a)] * 2), icmp
+        # a delay of 100 ms each way, then cleared
+        ok, res = api.set_impairment("-", sid, 1, "100ms")
+        assert ok, res
+        rtt = [float(x) for x in re.findall(r"time=([\d.]+) ms", ping(3))]
+        assert len(rtt) == 3 and min(rtt) >= 199, rtt
+        report = api.slice_status("-", sid)[1]
+        assert [c.found for c in report.checks if c.key.kind == "impair"] == ["delay 100ms"] * 2
+        ok, res = api.clear_impairment("-", sid, 1)
+        assert ok, res
+        rtt = [float(x) for x in re.findall(r"time=([\d.]+) ms", ping(3))]
+        assert len(rtt) == 3 and max(rtt) < 100, rtt
+        assert "calls open_capture" in service.log_text()
+    finally:
+        api.close()
 
 
 def test_the_default_socket_is_what_run_sh_uses(lab):

@@ -225,3 +225,19 @@ def test_script_mode_capture_and_link_impair(site, tmp_path):
         proc = run_script(site, *args, user="eve", password="evepass1")
         assert proc.returncode == 1 and proc.stderr == "error: Slice not found or not authorized\n", proc.stderr
     assert "impairment" not in link_of(site)
+
+
+def test_the_readmes_tool_commands_are_real_commands():
+    """The ``python3 cli.py capture`` / ``link impair`` lines the README shows parse as script-mode commands."""
+    import shlex
+
+    from cli import make_parser
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Tools of a networking class: captures and link impairments", 1)[1].split("\n## ", 1)[0]
+    found = [shlex.split(line.strip()[2:])[2:] for line in section.splitlines()
+             if line.strip().startswith("$ python3 cli.py ")]
+    assert {tuple(w[:2]) if w[0] == "link" else (w[0],) for w in found} == {("capture",), ("link", "impair")}
+    parser = make_parser()
+    for words in found:
+        assert parser.parse_args(words).run.__name__ in ("run_capture", "run_link_impair"), words
