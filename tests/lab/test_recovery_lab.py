@@ -92,7 +92,7 @@ CASES = [  # (where the deploy is killed, who reads the slice next)
 def test_the_next_reader_rolls_back_a_killed_deploy(lab, api, at, reader):
     sid, vms, links = slice3(api, f"k{CASES.index((at, reader))}")
     s = api.db.get_slice(sid)
-    n = {"connect": len(hosts_of(s, api.config)), "network": len(links) + 1, "first": 0, "in_flight": 0.5}[at]
+    n = {"connect": len(hosts_of(s, api.config)), "network": len(links) + 1, "first": 0, "in_flight": 0.2}[at]
     api.executor.close()
     assert kill_manager_at(api.db.path, "deploy", at, "admin", sid, n) == -signal.SIGKILL
     assert api.db.get_slice(sid)["status"] == "deploying"  # the dead session's mark, as the file says
@@ -139,7 +139,7 @@ def test_a_killed_start_ends_stopped_and_a_killed_stop_is_finished(lab, api):
     ok, msg = api.stop_vm("admin", sid)
     assert ok, msg
     api.executor.close()
-    assert kill_manager_at(api.db.path, "start", "in_flight", "admin", sid, 0.5) == -signal.SIGKILL
+    assert kill_manager_at(api.db.path, "start", "in_flight", "admin", sid, 0.2) == -signal.SIGKILL
     assert api.db.get_slice(sid)["status"] == "starting"
     ok, s = api.get_slice("admin", sid)
     assert ok and s["status"] == "stopped" and all(vm["status"] == "stopped" for vm in s["vms"]), s
