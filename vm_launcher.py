@@ -15,6 +15,7 @@ launch script first removes the VM's leftovers with those same removals
 """
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -413,7 +414,7 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         "umask 077",
         take_vm_lock(vm_id, 30),
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
-        f"chmod 600 {q(overlay)}",
+        f"chmod 600 {q(overlay)} && chmod 700 {q(posixpath.dirname(overlay))}",  # disks made before too
         *vm_teardown(vm, settings.bridge, keep_log=True, rules=False, keep_lock=True),
         *make_seed(vm, int(settings.internet["vlan"])),
         *make_taps(vm),

@@ -27,9 +27,10 @@ def test_disks_seeds_and_state_files_are_root_only(lab, api):
     ok, vm = api.add_vm_to_slice("admin", s["slice_id"], "secret", "cirros", 1, True)
     assert ok, vm
     host = host_of(lab, vm["worker_ip"])
-    sh(lab, host, "chmod 755 /home/ubuntu/vm_images")   # as an older version left it: the next add fixes it
-    ok, vm2 = api.add_vm_to_slice("admin", s["slice_id"], "other", "cirros", 0)
-    assert ok, vm2
+    mode, owner, _group = mode_of(lab, host, "/home/ubuntu/vm_images/secret_img.qcow2")
+    assert mode == 0o600 and owner == "ubuntu", (oct(mode), owner)   # made so
+    # as an older version left them: the VM's next start makes them private again
+    sh(lab, host, "chmod 755 /home/ubuntu/vm_images && chmod 644 /home/ubuntu/vm_images/secret_img.qcow2")
     ok, msg = api.deploy_slice("admin", s["slice_id"])
     assert ok, msg
     images = "/home/ubuntu/vm_images"

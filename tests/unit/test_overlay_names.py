@@ -170,7 +170,7 @@ def test_the_launch_makes_everything_of_the_vm_root_only_and_holds_its_lock():
     umask = launch.index("umask 077")
     lock = next(i for i, line in enumerate(launch) if "flock -w" in line and "vm1001.lock" in line)
     assert launch.index("mkdir -p /run/cloud-repositorio && chmod 700 /run/cloud-repositorio") < umask < lock < qemu
-    assert "chmod 600 /home/ubuntu/vm_images/web-1_img.qcow2" in launch[lock:qemu]
+    assert "chmod 600 /home/ubuntu/vm_images/web-1_img.qcow2 && chmod 700 /home/ubuntu/vm_images" in launch[lock:qemu]
     assert launch[qemu].endswith(" 8>&-")           # QEMU (a daemon) never keeps the VM's lock
     assert not any("rm -f" in line and "vm1001.lock" in line for line in launch)
     stop = vm_launcher.stop_vm_command(vm, "br-int").script.splitlines()
