@@ -36,6 +36,16 @@ check_commands() {
 }
 check_commands
 
+# The lab's daemons live on after this script: none of them may keep a descriptor
+# it inherited from its caller. "flock /tmp/crlab-machine.lock lab/up.sh" hands
+# us the machine-wide lock as fd 3; kept by sshd, OVS and the init of every host,
+# that lock stayed held for as long as the lab ran, and every other lab user
+# waited for it. (Our caller's flock process still holds the lock: closing our
+# copies here releases nothing.) Bash reads this script on fd 255: that one stays.
+for fd in $(ls /proc/$$/fd); do
+    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
+
 take_lock
 
 # --- guest image (built by lab/build_image.sh, never here) ------------------------

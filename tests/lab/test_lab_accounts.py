@@ -52,13 +52,29 @@ def test_an_account_added_on_the_machine_leaves_every_host_reachable(lab):
 
 
 @pytest.mark.parametrize("host", ["worker2"])
-def test_a_host_that_refuses_the_login_is_rebuilt(lab, host):
+def test_a_host_that_refuses_the_login_is_rebuilt(lab, host, tmp_path):
     # the host's own /etc/passwd loses the lab user: sshd, OVS and the TCP port still answer
     lab.exec(host, "sed -i '/^ubuntu:/d' /etc/passwd", check=True)
     with pytest.raises(paramiko.AuthenticationException):
         lab.connect(host).close()
-    proc = subprocess.run([str(UP)], capture_output=True, text=True, timeout=300)
+    # lab/up.sh is handed a descriptor, as "flock /tmp/crlab-machine.lock lab/up.sh" hands it the lock
+    held = tmp_path / "caller.lock"
+    held.write_text("")
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        proc = subprocess.run([str(UP)], capture_output=True, text=True, timeout=300, pass_fds=(fd,))
+    finally:
+        os.close(fd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"lab not healthy ({host} refuses the lab's SSH login" in proc.stdout, proc.stdout
     for name, (rc, words) in login_as_the_product(lab).items():
         assert rc == 0 and words == ["root", "ubuntu"], (name, rc, words)
+    keepers = [pid for pid in os.listdir("/proc") if pid.isdigit() and holds(pid, str(held))]
+    assert keepers == [], f"the rebuilt lab's daemons keep the caller's descriptor: {keepers}"
+
+
+def holds(pid: str, path: str) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
