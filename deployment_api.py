@@ -77,12 +77,12 @@ class DeploymentAPI:
                 self.vnc_port_counter = max(self.vnc_port_counter, vnc_port)
             interfaces = self.build_interfaces(vm_id, data_interfaces_count, internet_enabled, ip)
             base = self.base_image_path or flavor.get("image")
-            owner = naming.overlay_marker_text(vm_id)
+            marker = naming.overlay_marker_text(vm_id)
             ok, image = self.qcow_manager.create_backing_image(worker_ip, vm_name, base, [],
-                                                               overlay_file=overlay_file, owner=owner)
+                                                               overlay_file=overlay_file, owner=marker)
             if not ok and fallback_overlay_file and self.qcow_manager.last_exit == OVERLAY_EXISTS:
                 ok, image = self.qcow_manager.create_backing_image(worker_ip, vm_name, base, [],
-                                                                   overlay_file=fallback_overlay_file, owner=owner)
+                                                                   overlay_file=fallback_overlay_file, owner=marker)
             if not ok:
                 self.last_error = self.qcow_manager.last_error
                 return False, None

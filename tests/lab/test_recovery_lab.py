@@ -49,7 +49,9 @@ def overlays_of(vms) -> set:
 
 
 def qemu_of(lab, vm) -> str:
-    return sh(lab, host_of(lab, vm["worker_ip"]), f"pgrep -af -- '-name cr-vm{vm['vm_id']},' || true").strip()
+    """The VM's QEMU process lines on its worker ("" when none)."""
+    out = sh(lab, host_of(lab, vm["worker_ip"]), "pgrep -af '^qemu-system' || true")
+    return "\n".join(line for line in out.splitlines() if f"-name cr-vm{vm['vm_id']}," in line)
 
 
 def assert_nothing_of(lab, vms, links) -> None:

@@ -54,7 +54,7 @@ def test_anas_r_1016_and_bens_r_with_id_1016_never_share_a_disk(tmp_path):
     with db.transaction() as data:
         data["next_vm_id"] = 1016                                  # so his next VM gets ID 1016
     ben = ok(api.add_vm_to_slice("ben", ben_sid, "r", "cirros", 0))
-    assert ben["vm_id"] == 1016
+    assert ben["vm_id"] == 1016 and ben["owner"] == "ben" and ana["owner"] == "ana"
     assert ana["qcow_image"] == "~/vm_images/r_1016_img.qcow2"
     assert ben["qcow_image"] == "~/vm_images/r.1016_img.qcow2" != ana["qcow_image"]
 
