@@ -36,16 +36,6 @@ check_commands() {
 }
 check_commands
 
-# The lab's daemons live on after this script: none of them may keep a descriptor
-# it inherited from its caller. "flock /tmp/crlab-machine.lock lab/up.sh" hands
-# us the machine-wide lock as fd 3; kept by sshd, OVS and the init of every host,
-# that lock stayed held for as long as the lab ran, and every other lab user
-# waited for it. (Our caller's flock process still holds the lock: closing our
-# copies here releases nothing.) Bash reads this script on fd 255: that one stays.
-for fd in $(ls /proc/$$/fd); do
-    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
-done
-
 take_lock
 
 # --- guest image (built by lab/build_image.sh, never here) ------------------------
@@ -290,16 +280,16 @@ T0=$(now_ms)
 # The stand-in internet's web server: a plain process in crlab-inet. setsid +
 # redirections detach it from our caller (a pytest capturing our output would
 # otherwise wait for it forever) and from the caller's Ctrl-C.
-ip netns exec "$INET_NS" setsid /usr/bin/python3 -u "$LAB_DIR/inet_server.py" \
-    </dev/null >>"$STATE_DIR/inet/server.log" 2>&1 9>&- &
+(exec_without_inherited_fds ip netns exec "$INET_NS" setsid /usr/bin/python3 -u "$LAB_DIR/inet_server.py") \
+    </dev/null >>"$STATE_DIR/inet/server.log" 2>&1 &
 echo $! >"$STATE_DIR/inet/server.pid"
 
 for h in "${HOSTS[@]}"; do
     d="$(host_dir "$h")"
     : >"$d/log/init.log"
-    setsid nsenter --net="/run/netns/crlab-$h" \
+    (exec_without_inherited_fds setsid nsenter --net="/run/netns/crlab-$h" \
         unshare --mount --uts --pid --fork --kill-child --mount-proc --propagation private \
-        "$LAB_DIR/host_init.sh" "$h" </dev/null >>"$d/log/init.log" 2>&1 9>&- &
+        "$LAB_DIR/host_init.sh" "$h") </dev/null >>"$d/log/init.log" 2>&1 &
     echo $! >"$d/unshare.pid"
 done
 
