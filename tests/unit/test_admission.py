@@ -120,3 +120,23 @@ def test_a_start_admitted_holds_its_slot_until_it_ends(tmp_path):
     ex.hooks.clear()
     ok(api.stop_vm("admin", a))
     ok(api.start_vm("admin", b))    # the slot is free again once a stopped
+
+
+def test_a_start_and_a_deploy_at_once_with_one_slot_left_admit_one(tmp_path):
+    # the designed VM took the last slot when it was added: the deploy keeps it, the start is refused
+    api, db, _ex, (a, _b) = one_slot_left(tmp_path)
+    d, _ = build_slice(api, name="d", vms=(("d", 0, False),))
+    meeting = Meeting()
+    first, second = menus(tmp_path, db, 2, meeting)
+    results: list = []
+    threads = [meeting.run(lambda: ("start", first.start_vm("admin", a)), results),
+               meeting.run(lambda: ("deploy", second.deploy_slice("admin", d)), results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    got = dict(results)
+    assert got["deploy"][0] is True and got["start"][0] is False, results
+    assert got["start"][1].startswith("Not started: not enough memory on "), results
+    assert running_vms(db) == 2 and db.get_slice(d)["status"] == "running"
+    assert db.get_slice(a)["status"] == "stopped"
