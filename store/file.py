@@ -1,0 +1,225 @@
+"""The locked file under ``database.yaml``: the lock, what a read saw, atomic saves, derived files.
+
+* ``LockedFile.locked()``: an exclusive ``flock`` on ``<path>.lock`` (several
+  menus, scripts and the service share one file), re-entrant in a thread;
+  how long the outermost hold lasted is kept for bench/store.py.
+* ``LockedFile.read()``: a ``Snapshot``: the bytes, their SHA-256 and the
+  file's identity (device, inode, size, mtime).  A transaction keeps the one
+  it started from, and ``changed_since(snapshot)`` compares the file with it
+  under the lock right before the save: a change the product did not make
+  (a hand edit saved meanwhile) is never written over (see database.py).
+* ``LockedFile.replace(raw)``: temporary file in the same folder, fsync,
+  rename, fsync of the folder: a process killed at any instant leaves the
+  old or the new file, never a torn one.  The new file keeps the old one's
+  mode and group.
+* Derived files (the cache, the lock file, temporary files) are never more
+  readable than ``database.yaml`` itself: at most its read bits, its group
+  (or no group bits when that group cannot be given): ``derived_perms`` and
+  ``apply_perms``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from typing import Iterator, Optional
+
+NEW_FILE_MODE = 0o644
+
+
+class DatabaseError(Exception):
+    """The database file cannot be read or written."""
+
+
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Snapshot:
+    """What one read of the file saw: its bytes (None: no file), their SHA-256 (made when asked), its identity."""
+
+    __slots__ = ("raw", "identity", "_digest")
+
+    def __init__(self, raw: Optional[bytes], identity: Optional[tuple], digest: Optional[str] = None):
+        self.raw, self.identity, self._digest = raw, identity, digest
+
+    @property
+    def digest(self) -> Optional[str]:
+        if self._digest is None and self.raw is not None:
+            self._digest = sha256(self.raw)
+        return self._digest
+
+    def same_content(self, other: Snapshot) -> bool:
+        """The same bytes (a file replaced by identical bytes, a ``touch``, is no change)."""
+        if self.raw is None or other.raw is None:
+            return self.raw is other.raw
+        return len(self.raw) == len(other.raw) and self.digest == other.digest
+
+
+def derived_perms(path: str) -> tuple:
+    """(mode, gid) for a file derived from ``path``: at most its read bits (and the owner's write), its group."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return NEW_FILE_MODE & ~_umask(), None
+    return st.st_mode & 0o644, st.st_gid
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_perms(fd: int, mode: int, gid: Optional[int]) -> None:
+    """Give an open file ``mode`` and group ``gid``; without that group, no group bits at all."""
+    if gid is not None and os.fstat(fd).st_gid != gid:
+        try:
+            os.fchown(fd, -1, gid)
+        except OSError:
+            mode &= ~0o070
+    os.fchmod(fd, mode)
+
+
+class LockedFile:
+    """One YAML file with its lock file beside it."""
+
+    def __init__(self, path: str, name: str):
+        self.path = path
+        self.name = name
+        self.lock_path = path + ".lock"
+        self.folder = os.path.dirname(path)
+        self.last_lock_held_s = 0.0   # how long the last outermost hold lasted (wall clock)
+        self.last_lock_cpu_s = 0.0    # and the CPU time this process used meanwhile (bench/store.py)
+        self._thread_lock = threading.RLock()
+        self._local = threading.local()
+
+    # --- reading -----------------------------------------------------------------------
+
+    def read(self) -> Snapshot:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
+        except FileNotFoundError:
+            return Snapshot(None, None)
+        except OSError as e:
+            raise DatabaseError(f"cannot read {self.name}: {e}") from e
+        return Snapshot(raw, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def changed_since(self, snapshot: Snapshot) -> Optional[Snapshot]:
+        """The file as it is now when its content is not the snapshot's, else None (call under the lock)."""
+        now = self.read()
+        return None if now.same_content(snapshot) else now
+
+    def may_write(self) -> bool:
+        """Whether this process may save the file (write it and rename in its folder)."""
+        return os.access(self.path, os.W_OK) and os.access(self.folder, os.W_OK | os.X_OK)
+
+    # --- the lock ----------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The exclusive lock (re-entrant within a thread; other threads and processes wait)."""
+        with self._thread_lock:
+            depth = getattr(self._local, "depth", 0)
+            if depth:
+                self._local.depth = depth + 1
+                try:
+                    yield
+                finally:
+                    self._local.depth -= 1
+                return
+            fd = self._open_lock_file()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked_at, cpu_at = time.perf_counter(), time.process_time()
+                self._local.depth = 1
+                try:
+                    yield
+                finally:
+                    self._local.depth = 0
+                    self.last_lock_held_s = time.perf_counter() - locked_at
+                    self.last_lock_cpu_s = time.process_time() - cpu_at
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def _open_lock_file(self) -> int:
+        """The lock file, made with the database's read bits and group (flock needs no write access)."""
+        mode, gid = derived_perms(self.path)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            fd = None
+        except OSError as e:
+            raise DatabaseError(f"cannot open lock file {self.lock_path}: {e}") from e
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                apply_perms(fd, mode, gid)
+            return fd
+        for flags in (os.O_RDWR, os.O_RDONLY):
+            try:
+                return os.open(self.lock_path, flags)
+            except PermissionError:
+                continue
+            except OSError as e:
+                raise DatabaseError(f"cannot open lock file {self.lock_path}: {e}") from e
+        raise DatabaseError(f"cannot open lock file {self.lock_path}: permission denied")
+
+    # --- writing -----------------------------------------------------------------------
+
+    def replace(self, raw: bytes) -> None:
+        """Atomic save: a temporary file in the same folder, fsync, rename, fsync of the folder."""
+        try:
+            st = os.stat(self.path)
+            mode, gid = st.st_mode & 0o777, st.st_gid
+        except FileNotFoundError:
+            mode, gid = NEW_FILE_MODE, None
+        except OSError as e:
+            raise DatabaseError(f"cannot write {self.name}: {e}") from e
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".tmp.", dir=self.folder)
+        except OSError as e:
+            raise DatabaseError(f"cannot write {self.name}: {e}") from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                apply_perms(f.fileno(), mode, gid)
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def write_derived(self, path: str, data: bytes) -> bool:
+        """Best effort: replace ``path`` (beside the file) atomically, never more readable than the file."""
+        mode, gid = derived_perms(self.path)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp.", dir=os.path.dirname(path))
+            with os.fdopen(fd, "wb") as f:
+                apply_perms(f.fileno(), mode, gid)
+                f.write(data)
+            os.replace(tmp, path)
+            return True
+        except OSError:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return False
