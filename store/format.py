@@ -23,7 +23,7 @@ import naming
 from store.config import yaml_error_where
 from store.file import DatabaseError
 from store.shape import check_shape, normalised
-from store.yamlcheck import YamlRefused
+from store.yamlcheck import YamlRefused, anchor_problem
 from store.yamlcheck import load as strict_load
 from store.yamltext import NotSimple, fast_emit_checked, fast_load, line_of, reference_dump
 
@@ -105,9 +105,13 @@ def emit(data: Any, name: str, fast: bool = True) -> tuple:
         raise DatabaseError(f"refusing to save {name}: {found[1]}")
     normalised(data)
     try:
-        body, control = fast_emit_checked(data) if fast else (reference_dump(data), False)
+        body, control = fast_emit_checked(data) if fast else (reference_dump(data, aliases=False), False)
     except (yaml.YAMLError, UnicodeError) as e:
         raise DatabaseError(f"refusing to save {name}: {e}") from e
+    except RecursionError:
+        raise DatabaseError(f"refusing to save {name}: the data contains itself") from None
+    if "&" in body and anchor_problem(body):        # PyYAML wrote an alias: the file could not be read back
+        raise DatabaseError(f"refusing to save {name}: the data contains itself")
     if control:                     # a string PyYAML wrote holds a control character: is it in a name?
         found = check_shape(data, names=True)[0]
         if found:

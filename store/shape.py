@@ -18,7 +18,8 @@ import re
 from typing import Any, Optional
 
 import naming
-from store.text import excerpt, has_control
+from store.text import clip, excerpt, has_control
+
 
 def _describe(value: Any) -> str:
     """How a wrong value reads in a message: ``a list``, ``the text 'ten'``, ``null``..."""
@@ -230,10 +231,10 @@ DATABASE = _Record("a mapping of users, slices and next_vm_id", {
 
 
 def dotted(path: tuple) -> str:
-    """``slices.1000.vms[2].name``."""
+    """``slices.1000.vms[2].name`` (keys from the file escaped and cut short: store/text.py)."""
     out = ""
     for step in path:
-        out += f"[{step}]" if isinstance(step, int) and not isinstance(step, bool) and out else f".{step}"
+        out += f"[{step}]" if isinstance(step, int) and not isinstance(step, bool) and out else f".{clip(step)}"
     return out.lstrip(".")
 
 
@@ -241,7 +242,10 @@ def check_shape(data: Any, names: bool = True) -> tuple:
     """(problem, plain): ``problem`` is (key path, sentence) of the first way ``data`` differs
     from the documented shape, or None; ``plain`` says whether JSON keeps ``data`` exactly.
     ``names=False`` skips the control-character check (for text known to have none)."""
-    if type(data) is dict and data.get("slices") is None and "slices" in data:
+    if type(data) is not dict:      # a file that is no database at all: described, never quoted
+        kind = "a list" if type(data) is list else "a text" if type(data) is str else f"a {type(data).__name__}"
+        return ((), f"the file must be {DATABASE.expected}, not {kind}"), False
+    if data.get("slices") is None and "slices" in data:
         data = dict(data, slices={})
     walk = _Walk(names)
     found = DATABASE.problem(data, walk)

@@ -48,12 +48,18 @@ def terminal_safe(text: Any, keep: str = "\n\t") -> str:
     return "".join(c if c in keep or c.isprintable() else _escaped(c) for c in text)
 
 
-def excerpt(value: Any, limit: int = EXCERPT) -> str:
-    """A short, escaped, quoted piece of what a file said: ``'root:x:0...'`` (at most ``limit`` characters)."""
+def clip(value: Any, limit: int = EXCERPT) -> str:
+    """``value`` as one short line: escaped, at most ``limit`` characters (``...`` where it was cut)."""
     text = terminal_safe(value if isinstance(value, str) else repr(value), keep="")
-    if len(text) > limit:
-        text = text[:limit - 3] + "..."
-    return "'" + text.replace("'", "\\'") + "'"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """A short, escaped piece of what a file said: a text quoted (``'root:x:0...'``), anything else as Python
+    spells it (``9``, ``None``); at most ``limit`` characters of it."""
+    if not isinstance(value, str):
+        return clip(value, limit)
+    return "'" + clip(value, limit).replace("'", "\\'") + "'"
 
 
 def word(value: Any) -> Optional[str]:

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from store.text import excerpt
+from store.text import clip, excerpt
 
 try:
     from yaml import CSafeLoader as _Loader
@@ -100,7 +100,7 @@ def duplicate_problem(root: yaml.Node) -> Optional[YamlRefused]:
 
 
 def _twice(path: tuple, text: str, first: yaml.Node, again: yaml.Node) -> YamlRefused:
-    where = f"{excerpt(_dotted(path))[1:-1]} has " if path else "the file has "
+    where = f"{clip(_dotted(path))} has " if path else "the file has "
     spelled = "" if (first.tag, first.value) == (again.tag, again.value) else \
         f" (written {_spelling(first)} and {_spelling(again)}: the same key once read)"
     line1, line2 = first.start_mark.line + 1, again.start_mark.line + 1
@@ -111,7 +111,7 @@ def _twice(path: tuple, text: str, first: yaml.Node, again: yaml.Node) -> YamlRe
 def _spelling(node: yaml.Node) -> str:
     if node.tag == _STR_TAG:
         return f"{excerpt(node.value)} (text)"
-    return f"{excerpt(node.value)[1:-1]} ({node.tag.rsplit(':', 1)[-1]})"
+    return f"{clip(node.value)} ({node.tag.rsplit(':', 1)[-1]})"
 
 
 def load(text: Union[str, bytes], loader=_Loader) -> Any:

@@ -18,7 +18,8 @@ faster, for block mappings and sequences of one-line scalars with text keys,
 each key once; for anything else (flow collections, double quotes,
 multi-line scalars, anchors, tags, tabs, control characters, comments after
 content, a key given twice, keys that are not text...) it raises NotSimple
-and the caller uses PyYAML (the store: its strict loader, store/yamlcheck.py).  Tests compare it with PyYAML on thousands of damaged texts.
+and the caller uses PyYAML (the store: its strict loader, store/yamlcheck.py).
+Tests compare it with PyYAML on thousands of damaged texts.
 
 ``line_of(text, path)`` finds the line of a key path (``("slices", "1000",
 "vms", 2)``) in a YAML text, for error messages that name the line.
@@ -47,9 +48,17 @@ _MEMO_LIMIT = 100_000
 _resolver = yaml.resolver.Resolver()
 
 
-def reference_dump(data: Any) -> str:
-    """What ``fast_emit`` must equal: PyYAML's own block-style dump."""
-    return yaml.dump(data, Dumper=_Dumper, **DUMP_OPTIONS)
+class _NoAliasDumper(_Dumper):
+    """PyYAML's dumper writing an object that appears twice in full each time (data that contains itself
+    cannot be written: RecursionError)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def reference_dump(data: Any, aliases: bool = True) -> str:
+    """What ``fast_emit`` must equal: PyYAML's own block-style dump (``aliases=False``: no ``&id001``)."""
+    return yaml.dump(data, Dumper=_Dumper if aliases else _NoAliasDumper, **DUMP_OPTIONS)
 
 
 def _simple_str(s: str) -> Optional[str]:
