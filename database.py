@@ -47,6 +47,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from typing import Iterator, Optional
 
 from store import edits, repairs
@@ -62,6 +63,7 @@ __all__ = ["CACHE_HEADER", "CACHE_SUFFIX", "HEADER", "Database", "DatabaseError"
 log = logging.getLogger("cloudrepo.store")
 
 SAVE_ATTEMPTS = 3      # a save that keeps finding the file changed by hand gives up after this many
+EMPTY_WAITS, EMPTY_WAIT_S = 20, 0.05   # an empty file that had content: how long to wait for its editor
 MAX_NOTICES = 20
 
 
@@ -79,6 +81,8 @@ class Database:
         self._version: Optional[Version] = None
         self._local = threading.local()
         self._notices: list = []
+        self._id_floor = 0         # the highest counter the product knew: a hand edit never puts it back
+        self._had_content = False  # this process saw the file hold a database (an empty file is then no reset)
         self._notices_lock = threading.Lock()
         if not os.path.exists(self.path):
             with self.transaction():
@@ -109,6 +113,21 @@ class Database:
 
     # --- reading ---------------------------------------------------------------------
 
+    def _read(self, had_content: bool = False) -> Snapshot:
+        """The file now.  An empty file where the product knew content is an editor writing it in place
+        (truncate, then write): waited for a moment, then refused, never taken as a new database."""
+        snap = self._file.read()
+        known = had_content or self._had_content or os.path.exists(self.cache_path)
+        if snap.raw is None or snap.raw.strip() or not known:
+            return snap
+        for _ in range(EMPTY_WAITS):
+            time.sleep(EMPTY_WAIT_S)
+            snap = self._file.read()
+            if snap.raw is None or snap.raw.strip():
+                return snap
+        raise DatabaseError(f"{self.name} is empty (an editor saving it?): nothing was changed; to start a new "
+                            f"database, delete {self.name} and {os.path.basename(self.cache_path)}")
+
     def _parse(self, raw: bytes) -> tuple:
         return parse(raw, self.name, self.fast)
 
@@ -133,6 +152,9 @@ class Database:
 
     def _load_version(self, snap: Snapshot) -> dict:
         """New data for these bytes: from the cache file, or parsed (and then cached)."""
+        if not snap.raw.strip():
+            return default_data()           # a new database: nothing to cache, nothing it lacks
+        self._had_content = True
         data = self._cache.read(snap.digest)
         if data is None:
             data, plain = self._parse(snap.raw)
@@ -146,6 +168,8 @@ class Database:
         before = self._cache.summary()          # the last version any product process wrote or read
         if before is None and self._version is not None:
             before = edits.summary(self._version.data)
+        if before and type(before.get("next_vm_id")) is int:
+            self._id_floor = max(self._id_floor, before["next_vm_id"])
         for line in edits.vanished(before, edits.summary(data)):
             self._notice(f"{self.name} was changed outside the product: {line}")
 
@@ -161,7 +185,7 @@ class Database:
 
     def _repaired_now(self, data: dict) -> bool:
         """A version that needs repair, read by a process that may write the file: repair and save it now."""
-        if not repairs.needs_repair(data) or not self._file.may_write():
+        if not repairs.needs_repair(data, self._id_floor) or not self._file.may_write():
             return False
         try:
             with self.transaction():
@@ -176,7 +200,7 @@ class Database:
         current = getattr(self._local, "data", None)
         if current is not None:
             return current
-        snap = self._file.read()
+        snap = self._read()
         if snap.raw is None:
             return default_data()
         if not self.fast:
@@ -189,11 +213,15 @@ class Database:
         """(file bytes, plain) for data about to be saved; DatabaseError if it is not the documented shape."""
         return emit(data, self.name, self.fast)
 
-    def _write_file(self, data: dict) -> None:
+    def _write_file(self, data: dict, expected: Optional[Snapshot] = None) -> Optional[Snapshot]:
+        """Save ``data``; with ``expected``, only over that content: else nothing saved, the file as it is now."""
         raw, plain = self._bytes_of(data)
-        self._file.replace(raw)
-        if self.fast:
-            self._remember(sha256(raw), data, plain)
+        found = self._file.replace(raw, expected)
+        if found is None:
+            self._had_content = True
+            if self.fast:
+                self._remember(sha256(raw), data, plain)
+        return found
 
     def _remember(self, digest: str, data: dict, plain: bool) -> None:
         """After a save: the new version in memory and in the cache file.
@@ -202,6 +230,9 @@ class Database:
         remembered (and the cache file, now stale, goes): the next read parses
         the YAML, so every reader sees what the file says."""
         self._version = None
+        self._had_content = True
+        if type(data.get("next_vm_id")) is int:
+            self._id_floor = max(self._id_floor, data["next_vm_id"])
         if plain:
             self._version = Version(digest, data, keep=False)
             self._cache.write(digest, data)
@@ -209,26 +240,27 @@ class Database:
             self._cache.remove()
 
     def _repair(self, data: dict, quiet: bool = False) -> None:
-        for done in repairs.repair(data):
+        for done in repairs.repair(data, self._id_floor):
             if not quiet:
                 self._notice(f"{self.name}: {done}")
 
     def _commit(self, snap: Snapshot, data: dict) -> None:
         """Save ``data`` unless the file changed since ``snap``; then take the change in, or refuse."""
         for _attempt in range(SAVE_ATTEMPTS):
-            now = self._file.changed_since(snap)
+            now = self._write_file(data, snap)
             if now is None:
-                self._write_file(data)
                 return
-            data = self._merged(snap, data, now)
-            snap = now
+            data, snap = self._merged(snap, data, now)
         raise DatabaseError(f"{self.name} kept changing while this change was being saved (a hand edit?): "
                             "nothing of this change was saved; try again")
 
-    def _merged(self, snap: Snapshot, ours: dict, now: Snapshot) -> dict:
-        """This transaction's changes re-applied on the file as it is now (edits.merge), or DatabaseError."""
-        how = "replaced" if now.identity is None or snap.identity is None or now.identity[:2] != snap.identity[:2] \
-            else "edited in place"
+    def _merged(self, snap: Snapshot, ours: dict, now: Snapshot) -> tuple:
+        """(this transaction's changes re-applied on the file as it is now, that file), or DatabaseError."""
+        if now.raw is not None and not now.raw.strip():
+            now = self._read(had_content=bool(snap.raw and snap.raw.strip()))
+        if now.raw is None:
+            raise DatabaseError(f"{self.name} was deleted while this change was being made: nothing was saved")
+        how = "replaced" if snap.identity is None or now.identity[:2] != snap.identity[:2] else "edited in place"
         base = self._data_of(snap, remember=False)
         theirs = self._data_of(now, remember=False)   # a damaged edit is refused here, with its line
         try:
@@ -240,7 +272,7 @@ class Database:
         log.info("%s was changed outside the product (%s) during a transaction: its changes were applied on "
                  "the new content", self.name, how)
         self._repair(merged)
-        return merged
+        return merged, now
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict]:
@@ -256,7 +288,7 @@ class Database:
             if outer is not None:
                 yield outer
                 return
-            snap = self._file.read()
+            snap = self._read()
             data = self._data_of(snap, remember=False)
             self._repair(data, quiet=snap.raw is None)     # a new file's accounts: nothing to report
             self._local.data = data
@@ -270,7 +302,7 @@ class Database:
         """A snapshot of the whole database, the caller's to change (a copy inside a transaction too)."""
         current = getattr(self._local, "data", None)
         if current is None:
-            return self._data_of(self._file.read(), remember=True)
+            return self._data_of(self._read(), remember=True)
         try:
             return pickle.loads(pickle.dumps(current, protocol=pickle.HIGHEST_PROTOCOL))
         except (pickle.PicklingError, TypeError, AttributeError):
@@ -281,7 +313,7 @@ class Database:
     def get_next_vm_id(self) -> int:
         """Take the next ID of the one counter shared by slices and VMs (never an ID in use)."""
         with self.transaction() as data:
-            return take_id(data)
+            return take_id(data, self._id_floor)
 
     def get_user(self, username: str) -> Optional[dict]:
         return copy.deepcopy(self._shared()["users"].get(username))

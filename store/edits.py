@@ -92,12 +92,13 @@ def merge(base: dict, ours: dict, theirs: dict) -> dict:
 # --- what a hand edit removed ----------------------------------------------------------------
 
 def summary(data: dict) -> dict:
-    """What ``vanished`` compares: each slice (owner, name, status, VM IDs) and the user names."""
+    """What ``vanished`` compares: each slice (owner, name, status, VM IDs), the user names, the counter."""
     return {
         "slices": {str(k): [s.get("owner"), s.get("name"), s.get("status"),
                             [vm.get("vm_id") for vm in s.get("vms") or ()]]
                    for k, s in (data.get("slices") or {}).items() if type(s) is dict},
         "users": sorted(str(u) for u in (data.get("users") or {})),
+        "next_vm_id": data.get("next_vm_id") if type(data.get("next_vm_id")) is int else 0,
     }
 
 

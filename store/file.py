@@ -8,10 +8,13 @@
   it started from, and ``changed_since(snapshot)`` compares the file with it
   under the lock right before the save: a change the product did not make
   (a hand edit saved meanwhile) is never written over (see database.py).
-* ``LockedFile.replace(raw)``: temporary file in the same folder, fsync,
-  rename, fsync of the folder: a process killed at any instant leaves the
-  old or the new file, never a torn one.  The new file keeps the old one's
-  mode and group.
+* ``LockedFile.replace(raw, expected)``: temporary file in the same folder,
+  fsync, rename, fsync of the folder: a process killed at any instant leaves
+  the old or the new file, never a torn one.  The new file keeps the old
+  one's mode and group.  With ``expected`` the file must still hold what the
+  transaction read, checked right before the rename, which swaps the files
+  (``RENAME_EXCHANGE``) so that an editor's save landing in between is put
+  back, never lost.
 * Derived files (the cache, the lock file, temporary files) are never more
   readable than ``database.yaml`` itself: at most its read bits, its group
   (or no group bits when that group cannot be given): ``derived_perms`` and
@@ -20,6 +23,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import os
@@ -29,6 +34,33 @@ import time
 from typing import Iterator, Optional
 
 NEW_FILE_MODE = 0o644
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _renameat2 = getattr(_libc, "renameat2", None)
+except OSError:  # pragma: no cover - no C library to ask
+    _renameat2 = None
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 class DatabaseError(Exception):
@@ -177,8 +209,15 @@ class LockedFile:
 
     # --- writing -----------------------------------------------------------------------
 
-    def replace(self, raw: bytes) -> None:
-        """Atomic save: a temporary file in the same folder, fsync, rename, fsync of the folder."""
+    def replace(self, raw: bytes, expected: Optional[Snapshot] = None) -> Optional[Snapshot]:
+        """Atomic save: a temporary file in the same folder, fsync, rename, fsync of the folder.
+
+        With ``expected`` (what the transaction read), the file must still
+        hold that content: checked after the fsync, right before the rename,
+        and the rename swaps the two files (``renameat2(RENAME_EXCHANGE)``), so
+        an editor's save landing even between that check and the rename is
+        seen, and put back.  Returns None when saved, else the file as it is
+        now (nothing of ``raw`` kept)."""
         try:
             st = os.stat(self.path)
             mode, gid = st.st_mode & 0o777, st.st_gid
@@ -196,11 +235,37 @@ class LockedFile:
                 f.write(raw)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            found = self._swap_in(tmp, raw, expected)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        if found is None:
+            self._sync_folder()
+        return found
+
+    def _swap_in(self, tmp: str, raw: bytes, expected: Optional[Snapshot]) -> Optional[Snapshot]:
+        if expected is None or expected.raw is None:
+            os.replace(tmp, self.path)
+            return None
+        now = self.changed_since(expected)
+        if now is not None:
+            os.unlink(tmp)
+            return now
+        if not _exchange(tmp, self.path):
+            os.replace(tmp, self.path)       # no RENAME_EXCHANGE here: the check above is the last word
+            return None
+        was = _read_bytes(tmp)              # what the file held the instant it was swapped out
+        if was is not None and Snapshot(was, None).same_content(expected):
+            os.unlink(tmp)
+            return None
+        _exchange(tmp, self.path)           # an edit saved in that instant: back in its place
+        if _read_bytes(tmp) != raw:         # and a newer one meanwhile: that one goes back instead
+            _exchange(tmp, self.path)
+        os.unlink(tmp)
+        return self.read()
+
+    def _sync_folder(self) -> None:
         dfd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(dfd)

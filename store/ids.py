@@ -7,7 +7,11 @@ user's slice and overwrite it.  ``counter_behind(data)`` finds that case,
 ``correct_counter(data)`` moves the counter past every ID in use (and says
 so: the store logs it and tells the admin), ``take_id(data)`` hands out the
 next ID.  IDs in use: every slice's key and ``slice_id``, every VM's
-``vm_id``, and every slice ID still listed in a user's ``slices``.
+``vm_id``, and every slice ID still listed in a user's ``slices``.  The
+store also passes a floor, the highest counter it knew before a hand edit
+(store/edits.py's summary): an editor's stale copy that drops a slice and
+puts the counter back never gets that slice's IDs handed out again while
+its VMs may still run on the hosts.
 """
 from __future__ import annotations
 
@@ -34,31 +38,36 @@ def highest_id_in_use(data: dict) -> Optional[int]:
     return top if top >= 0 else None
 
 
-def counter_behind(data: dict) -> Optional[tuple]:
-    """(counter, highest ID in use) when the counter would hand out an ID in use, else None."""
+def counter_behind(data: dict, floor: int = 0) -> Optional[tuple]:
+    """(counter, the lowest counter that hands out no ID in use, why) when the counter is behind, else None.
+
+    ``floor``: a counter the product already had (IDs below it were handed
+    out, and may still name things on the hosts even when the file lost them)."""
     counter = data.get("next_vm_id", naming.FIRST_ID)
     if type(counter) is not int:
         return None                    # the shape check reports it
     top = highest_id_in_use(data)
-    if top is not None and counter <= top:
-        return counter, top
+    if top is not None and counter <= top and top + 1 >= floor:
+        return counter, top + 1, f"ID {top} is in use"
+    if counter < floor:
+        return counter, floor, (f"IDs up to {floor - 1} were handed out already (what a slice the file no longer "
+                                "has made on the hosts may still hold them)")
     return None
 
 
-def correct_counter(data: dict) -> Optional[str]:
-    """Move a counter that is behind past every ID in use; the sentence saying so, or None."""
-    behind = counter_behind(data)
+def correct_counter(data: dict, floor: int = 0) -> Optional[str]:
+    """Move a counter that is behind past every ID in use (and ``floor``); the sentence saying so, or None."""
+    behind = counter_behind(data, floor)
     if behind is None:
         return None
-    counter, top = behind
-    data["next_vm_id"] = top + 1
-    return (f"next_vm_id was {counter}, but ID {top} is in use: corrected to {top + 1} "
-            "(an ID in use is never handed out again)")
+    counter, fixed, why = behind
+    data["next_vm_id"] = fixed
+    return f"next_vm_id was {counter}, but {why}: corrected to {fixed} (an ID in use is never handed out again)"
 
 
-def take_id(data: dict) -> int:
+def take_id(data: dict, floor: int = 0) -> int:
     """The next ID of the one counter (never one in use), the counter moved past it."""
-    correct_counter(data)
+    correct_counter(data, floor)
     vm_id = int(data.get("next_vm_id", naming.FIRST_ID))
     data["next_vm_id"] = vm_id + 1
     return vm_id

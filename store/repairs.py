@@ -28,15 +28,16 @@ def _bare_legacy_users(data: dict) -> list:
             and passwords.is_bare_legacy(user["password_hash"])]
 
 
-def needs_repair(data: dict) -> bool:
+def needs_repair(data: dict, floor: int = 0) -> bool:
     """True when ``repair`` would change something."""
-    return counter_behind(data) is not None or bool(_bare_legacy_users(data))
+    return counter_behind(data, floor) is not None or bool(_bare_legacy_users(data))
 
 
-def repair(data: dict, hashes: bool = True) -> list:
-    """Correct the counter and (``hashes``) wrap bare legacy hashes, in place: what was done."""
+def repair(data: dict, floor: int = 0, hashes: bool = True) -> list:
+    """Correct the counter (at least ``floor``, store/ids.py) and (``hashes``) wrap bare legacy hashes,
+    in place: what was done."""
     done = []
-    counter = correct_counter(data)
+    counter = correct_counter(data, floor)
     if counter:
         done.append(counter)
     names = _bare_legacy_users(data) if hashes else []
