@@ -221,6 +221,8 @@ class Database:
             self._had_content = True
             if self.fast:
                 self._remember(sha256(raw), data, plain)
+            else:
+                self._cache.remove()        # stale now: a later hand edit must not be compared with it
         return found
 
     def _remember(self, digest: str, data: dict, plain: bool) -> None:

@@ -86,10 +86,13 @@ class Snapshot:
         return self._digest
 
     def same_content(self, other: Snapshot) -> bool:
-        """The same bytes (a file replaced by identical bytes, a ``touch``, is no change)."""
+        """The same bytes (a file replaced by identical bytes, a ``touch``, is no change).
+
+        Compared byte for byte (both reads are in memory: cheaper than hashing either); the
+        SHA-256 stays what names a version for the caches."""
         if self.raw is None or other.raw is None:
             return self.raw is other.raw
-        return len(self.raw) == len(other.raw) and self.digest == other.digest
+        return self.raw == other.raw
 
 
 def derived_perms(path: str) -> tuple:

@@ -42,13 +42,12 @@ Problem = Optional[tuple]   # (path below the checked value, "must be ..., not .
 
 
 class _Walk:
-    """One check of a whole database: what it checks (names) and what it found besides problems."""
+    """What one check of a whole database found besides problems."""
 
-    __slots__ = ("plain", "names")
+    __slots__ = ("plain",)
 
-    def __init__(self, names: bool = False):
+    def __init__(self):
         self.plain = True   # every unknown key's value survives JSON unchanged
-        self.names = names  # refuse control characters in documented texts
 
 
 class _Scalar:
@@ -63,18 +62,25 @@ class _Scalar:
 
     def problem(self, value: Any, walk: _Walk) -> Problem:
         if type(value) in self.types:
-            if self.bounded and not self._within(value):
-                return (), f"must be {self.expected}, not {_describe(value)}"
-            if walk.names and type(value) is str and has_control(value):
-                return (), f"must be {self.expected} without control characters, not {_describe(value)}"
-            return None
-        if value is None and self.nullable:
+            if not self.bounded or self._within(value):
+                return None
+        elif value is None and self.nullable:
             return None
         return (), f"must be {self.expected}, not {_describe(value)}"
 
     def _within(self, value: Any) -> bool:
         return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
                 and (self.pattern is None or bool(self.pattern.fullmatch(value))))
+
+
+class _Text(_Scalar):
+    """A scalar that may be text, which must then hold no control character (the names' check)."""
+
+    def problem(self, value: Any, walk: _Walk) -> Problem:
+        found = super().problem(value, walk)
+        if found is None and type(value) is str and has_control(value):
+            return (), f"must be {self.expected} without control characters, not {_describe(value)}"
+        return found
 
 
 class _Record:
@@ -125,8 +131,9 @@ class _ListOf:
 class _Table:
     """A mapping of name -> record, each record naming its own key in ``id_field``."""
 
-    def __init__(self, expected: str, record: _Record, id_field: str, key_type: tuple):
+    def __init__(self, expected: str, record: _Record, id_field: str, key_type: tuple, names: bool):
         self.expected, self.record, self.id_field, self.key_type = expected, record, id_field, key_type
+        self.names = names
 
     def problem(self, value: Any, walk: _Walk) -> Problem:
         if type(value) is not dict:
@@ -135,7 +142,7 @@ class _Table:
         for key, item in value.items():
             if type(key) not in self.key_type:
                 return (key,), f"is not a valid key: {self.expected}"
-            if walk.names and type(key) is str and has_control(key):
+            if self.names and type(key) is str and has_control(key):
                 return (key,), f"is not a valid key: {self.expected}, without control characters"
             found = check(item, walk)
             if found:
@@ -145,89 +152,97 @@ class _Table:
         return None
 
 
-def _one_of(types: tuple, expected: str, **kw) -> tuple:
-    """(required?, spec) for an optional key."""
-    return False, _Scalar(types, expected, **kw)
-
-
-def _required(types: tuple, expected: str, **kw) -> tuple:
-    return True, _Scalar(types, expected, **kw)
-
-
 _INT, _STR, _NUM = (int,), (str,), (int, float)
 _VLAN = {"low": 1, "high": naming.MAX_VLAN}
 _IFNAME = {"pattern": r"eth[0-9]+"}
 
-INTERFACE = _Record("an interface (name, vlan_id, mac, ip_config, link_id)", {
-    "name": _required(_STR, "an interface name (eth0, eth1...)", **_IFNAME),
-    "vlan_id": _one_of(_INT, "a VLAN (1-4094) or null", nullable=True, **_VLAN),
-    "mac": _one_of(_STR, "a MAC address (text) or null", nullable=True),
-    "ip_config": (False, _Record("a mapping (ip, cidr, gateway) or null", {
-        "ip": _one_of(_STR, "an address (text)"),
-        "cidr": _one_of(_STR, "a network (text)"),
-        "gateway": _one_of(_STR, "an address (text)"),
-    }, nullable=True)),
-    "link_id": _one_of(_INT, "a link ID or null", nullable=True, low=0),
-})
-VM_RECORD = _Record("a VM (vm_id, name, owner, worker_ip, ...)", {
-    "vm_id": _required(_INT, "a VM ID (a whole number)", low=0),
-    "name": _required(_STR, "a name (text)"),
-    "owner": _one_of(_STR, "a user name or null", nullable=True),
-    "worker_ip": _one_of(_STR, "an address (text) or null", nullable=True),
-    "vnc_port": _one_of(_INT, "a port number or null", nullable=True, low=1, high=65535),
-    "status": _one_of(_STR, "a status (text)"),
-    "pid": _one_of((str, int), "a process ID or null", nullable=True),
-    "qcow_image": _one_of(_STR, "a path (text) or null", nullable=True),
-    "flavor": (False, _Record("a flavor (cores, ram_gb, disk_gb, image) or null", {
-        "cores": _one_of(_INT, "a number of cores", low=1),
-        "ram_gb": _one_of(_NUM, "a size in GB", low=0),
-        "disk_gb": _one_of(_NUM, "a size in GB", low=0),
-        "image": _one_of(_STR, "a path (text)"),
-    }, nullable=True)),
-    "interfaces": (False, _ListOf("a list of interfaces", INTERFACE)),
-})
-LINK = _Record("a link (link_id, vlan_id, vm1_id, vm1_interface, vm2_id, vm2_interface)", {
-    "link_id": _required(_INT, "a link ID (a whole number)", low=0),
-    "vlan_id": _required(_INT, "a VLAN (1-4094)", **_VLAN),
-    "vm1_id": _required(_INT, "a VM ID", low=0),
-    "vm1_interface": _required(_STR, "an interface name (eth1...)", **_IFNAME),
-    "vm2_id": _required(_INT, "a VM ID", low=0),
-    "vm2_interface": _required(_STR, "an interface name (eth1...)", **_IFNAME),
-})
-NETWORK = _Record("a network (vlan_id, cidr, gateway_ip, ...)", {
-    "vlan_id": _required(_INT, "a VLAN (1-4094)", **_VLAN),
-    "cidr": _required(_STR, "a network (text)"),
-    "gateway_ip": _required(_STR, "an address (text)"),
-    "dhcp_enabled": _one_of((bool,), "true or false"),
-    "dhcp_range": _one_of(_STR, "a range (text) or null", nullable=True),
-    "status": _one_of(_STR, "a status (text)"),
-})
-SLICE = _Record("a slice (slice_id, owner, vms, links, ...)", {
-    "slice_id": _required(_INT, "a slice ID (a whole number)", low=0),
-    "owner": _one_of(_STR, "a user name (text)"),
-    "topology_type": _one_of(_STR, "a topology type (text)"),
-    "vlan_pool_start": _one_of(_INT, "a VLAN (1-4094)", **_VLAN),
-    "vlan_pool_end": _one_of(_INT, "a VLAN (1-4094)", **_VLAN),
-    "vlan_pool_used": (False, _ListOf("a list of VLANs", _Scalar(_INT, "a VLAN (1-4094)", **_VLAN))),
-    "status": _one_of(_STR, "a status (text)"),
-    "vms": (False, _ListOf("a list of VMs", VM_RECORD)),
-    "links": (False, _ListOf("a list of links", LINK)),
-    "networks": (False, _ListOf("a list of networks", NETWORK)),
-    "name": _one_of(_STR, "a name (text) or null", nullable=True),
-})
-USER = _Record("a user (username, password_hash, quota_vms, used_vms, slices, role)", {
-    "username": _required(_STR, "a user name (text)"),
-    "password_hash": _one_of(_STR, "a password hash (text)"),
-    "quota_vms": _one_of(_INT, "a whole number, 0 or more", low=0),
-    "used_vms": _one_of(_INT, "a whole number, 0 or more", low=0),
-    "slices": (False, _ListOf("a list of slice IDs", _Scalar(_INT, "a slice ID", low=0))),
-    "role": _one_of(_STR, "a role (text)"),
-})
-DATABASE = _Record("a mapping of users, slices and next_vm_id", {
-    "users": (True, _Table("a mapping of user name to user", USER, "username", _STR)),
-    "slices": (False, _Table("a mapping of slice ID to slice", SLICE, "slice_id", (str, int))),
-    "next_vm_id": _required(_INT, "the next free ID (a whole number)", low=0),
-})
+
+def _documented(names: bool) -> _Record:
+    """The whole documented shape; ``names``: texts must hold no control character (a second tree, so the
+    common check pays nothing for it)."""
+    def scalar(types: tuple, expected: str, **kw) -> _Scalar:
+        return (_Text if names and str in types else _Scalar)(types, expected, **kw)
+
+    def one_of(types: tuple, expected: str, **kw) -> tuple:     # (required?, spec) of an optional key
+        return False, scalar(types, expected, **kw)
+
+    def required(types: tuple, expected: str, **kw) -> tuple:
+        return True, scalar(types, expected, **kw)
+
+    interface = _Record("an interface (name, vlan_id, mac, ip_config, link_id)", {
+        "name": required(_STR, "an interface name (eth0, eth1...)", **_IFNAME),
+        "vlan_id": one_of(_INT, "a VLAN (1-4094) or null", nullable=True, **_VLAN),
+        "mac": one_of(_STR, "a MAC address (text) or null", nullable=True),
+        "ip_config": (False, _Record("a mapping (ip, cidr, gateway) or null", {
+            "ip": one_of(_STR, "an address (text)"),
+            "cidr": one_of(_STR, "a network (text)"),
+            "gateway": one_of(_STR, "an address (text)"),
+        }, nullable=True)),
+        "link_id": one_of(_INT, "a link ID or null", nullable=True, low=0),
+    })
+    vm = _Record("a VM (vm_id, name, owner, worker_ip, ...)", {
+        "vm_id": required(_INT, "a VM ID (a whole number)", low=0),
+        "name": required(_STR, "a name (text)"),
+        "owner": one_of(_STR, "a user name or null", nullable=True),
+        "worker_ip": one_of(_STR, "an address (text) or null", nullable=True),
+        "vnc_port": one_of(_INT, "a port number or null", nullable=True, low=1, high=65535),
+        "status": one_of(_STR, "a status (text)"),
+        "pid": one_of((str, int), "a process ID or null", nullable=True),
+        "qcow_image": one_of(_STR, "a path (text) or null", nullable=True),
+        "flavor": (False, _Record("a flavor (cores, ram_gb, disk_gb, image) or null", {
+            "cores": one_of(_INT, "a number of cores", low=1),
+            "ram_gb": one_of(_NUM, "a size in GB", low=0),
+            "disk_gb": one_of(_NUM, "a size in GB", low=0),
+            "image": one_of(_STR, "a path (text)"),
+        }, nullable=True)),
+        "interfaces": (False, _ListOf("a list of interfaces", interface)),
+    })
+    link = _Record("a link (link_id, vlan_id, vm1_id, vm1_interface, vm2_id, vm2_interface)", {
+        "link_id": required(_INT, "a link ID (a whole number)", low=0),
+        "vlan_id": required(_INT, "a VLAN (1-4094)", **_VLAN),
+        "vm1_id": required(_INT, "a VM ID", low=0),
+        "vm1_interface": required(_STR, "an interface name (eth1...)", **_IFNAME),
+        "vm2_id": required(_INT, "a VM ID", low=0),
+        "vm2_interface": required(_STR, "an interface name (eth1...)", **_IFNAME),
+    })
+    network = _Record("a network (vlan_id, cidr, gateway_ip, ...)", {
+        "vlan_id": required(_INT, "a VLAN (1-4094)", **_VLAN),
+        "cidr": required(_STR, "a network (text)"),
+        "gateway_ip": required(_STR, "an address (text)"),
+        "dhcp_enabled": one_of((bool,), "true or false"),
+        "dhcp_range": one_of(_STR, "a range (text) or null", nullable=True),
+        "status": one_of(_STR, "a status (text)"),
+    })
+    one_slice = _Record("a slice (slice_id, owner, vms, links, ...)", {
+        "slice_id": required(_INT, "a slice ID (a whole number)", low=0),
+        "owner": one_of(_STR, "a user name (text)"),
+        "topology_type": one_of(_STR, "a topology type (text)"),
+        "vlan_pool_start": one_of(_INT, "a VLAN (1-4094)", **_VLAN),
+        "vlan_pool_end": one_of(_INT, "a VLAN (1-4094)", **_VLAN),
+        "vlan_pool_used": (False, _ListOf("a list of VLANs", _Scalar(_INT, "a VLAN (1-4094)", **_VLAN))),
+        "status": one_of(_STR, "a status (text)"),
+        "vms": (False, _ListOf("a list of VMs", vm)),
+        "links": (False, _ListOf("a list of links", link)),
+        "networks": (False, _ListOf("a list of networks", network)),
+        "name": one_of(_STR, "a name (text) or null", nullable=True),
+    })
+    user = _Record("a user (username, password_hash, quota_vms, used_vms, slices, role)", {
+        "username": required(_STR, "a user name (text)"),
+        "password_hash": one_of(_STR, "a password hash (text)"),
+        "quota_vms": one_of(_INT, "a whole number, 0 or more", low=0),
+        "used_vms": one_of(_INT, "a whole number, 0 or more", low=0),
+        "slices": (False, _ListOf("a list of slice IDs", _Scalar(_INT, "a slice ID", low=0))),
+        "role": one_of(_STR, "a role (text)"),
+    })
+    return _Record("a mapping of users, slices and next_vm_id", {
+        "users": (True, _Table("a mapping of user name to user", user, "username", _STR, names)),
+        "slices": (False, _Table("a mapping of slice ID to slice", one_slice, "slice_id", (str, int), names)),
+        "next_vm_id": required(_INT, "the next free ID (a whole number)", low=0),
+    })
+
+
+DATABASE = _documented(names=False)
+DATABASE_NAMES = _documented(names=True)
 
 
 def dotted(path: tuple) -> str:
@@ -247,8 +262,8 @@ def check_shape(data: Any, names: bool = True) -> tuple:
         return ((), f"the file must be {DATABASE.expected}, not {kind}"), False
     if data.get("slices") is None and "slices" in data:
         data = dict(data, slices={})
-    walk = _Walk(names)
-    found = DATABASE.problem(data, walk)
+    walk = _Walk()
+    found = (DATABASE_NAMES if names else DATABASE).problem(data, walk)
     if not found:
         return None, walk.plain
     path, text = found
