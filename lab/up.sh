@@ -200,8 +200,8 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin no
 AuthorizedKeysFile .ssh/authorized_keys
-MaxStartups 100:30:200
-MaxSessions 100
+# MaxStartups and MaxSessions stay OpenSSH's defaults (10:30:100, 10), as on a real cluster's hosts:
+# the product must live within them (one connection per host, 8 sessions on it).
 Subsystem sftp internal-sftp
 UseDNS no
 LogLevel VERBOSE
@@ -263,16 +263,16 @@ T0=$(now_ms)
 # The stand-in internet's web server: a plain process in crlab-inet. setsid +
 # redirections detach it from our caller (a pytest capturing our output would
 # otherwise wait for it forever) and from the caller's Ctrl-C.
-ip netns exec "$INET_NS" setsid /usr/bin/python3 -u "$LAB_DIR/inet_server.py" \
-    </dev/null >>"$STATE_DIR/inet/server.log" 2>&1 9>&- &
+(exec_without_inherited_fds ip netns exec "$INET_NS" setsid /usr/bin/python3 -u "$LAB_DIR/inet_server.py") \
+    </dev/null >>"$STATE_DIR/inet/server.log" 2>&1 &
 echo $! >"$STATE_DIR/inet/server.pid"
 
 for h in "${HOSTS[@]}"; do
     d="$(host_dir "$h")"
     : >"$d/log/init.log"
-    setsid nsenter --net="/run/netns/crlab-$h" \
+    (exec_without_inherited_fds setsid nsenter --net="/run/netns/crlab-$h" \
         unshare --mount --uts --pid --fork --kill-child --mount-proc --propagation private \
-        "$LAB_DIR/host_init.sh" "$h" </dev/null >>"$d/log/init.log" 2>&1 9>&- &
+        "$LAB_DIR/host_init.sh" "$h") </dev/null >>"$d/log/init.log" 2>&1 &
     echo $! >"$d/unshare.pid"
 done
 
