@@ -227,6 +227,37 @@ def test_a_cluster_config_with_an_alias_is_refused_with_its_line(tmp_path):
         ClusterConfig.load(str(path))
 
 
+TOPOLOGY_WITH_ALIAS = """\
+topology_type: custom
+vms:
+  - {name: r1, flavor: &f cirros, data_interfaces: 1}
+  - {name: r2, flavor: *f, data_interfaces: 1}
+links:
+  - {vm1: r1, if1: eth1, vm2: r2, if2: eth1}
+"""
+
+
+@pytest.mark.parametrize("kind", ["topology", "roster", "topology-bomb", "roster-bomb"])
+def test_topology_files_and_rosters_with_anchors_or_aliases_are_refused_with_the_line(kind):
+    """What users give the product besides database.yaml and cluster.yaml (options 15/16, script mode)."""
+    from topology.files import parse_topology
+    from usecases.roster import parse_roster
+    if kind == "topology":
+        design, problems = parse_topology(TOPOLOGY_WITH_ALIAS)
+        assert design is None and [(p.line, p.message) for p in problems] == [
+            (3, "YAML anchors and aliases (&name, *name) are not accepted: write each value out in full")]
+    elif kind == "roster":
+        students, problems = parse_roster("- {username: alice, quota: &q 2}\n- {username: bob, quota: *q}\n",
+                                          "yaml")
+        assert students == [] and [p.line for p in problems] == [1], problems
+        assert "YAML anchors and aliases" in problems[0].message
+    else:
+        bomb = _bomb()
+        found, problems = parse_topology(bomb) if kind == "topology-bomb" else parse_roster(bomb, "yaml")
+        assert not found and [p.line for p in problems] == [1], problems
+        assert "YAML anchors and aliases" in problems[0].message
+
+
 # --- item 5: an edit saved while the product changes something is never lost --------------------
 
 def test_an_edit_saved_during_a_transaction_is_kept_with_the_transactions_change(tmp_path, caplog):
