@@ -96,7 +96,8 @@ def test_bad_csv_rows_name_their_line(text, expected):
     ("- {username: alice, quota: 2.5}\n", ["line 1: alice: quota must be a whole number from 0 to 1000, not 2.5"]),
     ("- {username: alice, password: 123456}\n", ["line 1: alice: password must be text (quote it) or generate"]),
     ("- {username: alice, role: admin}\n", ["line 1: unknown key 'role' (allowed: username, quota, password)"]),
-    ("- {username: alice}\n- {username: alice, username: bob}\n", ["line 2: username is given twice"]),
+    ("- {username: alice}\n- {username: alice, username: bob}\n",
+     ["line 2: username is given twice (first on line 2)"]),
     ("- {username: [a, b]}\n", ["line 1: username must be a single value"]),
     ("- alice\n- {username: bob}\n", ["line 1: a student must be a mapping like {username: alice, quota: 6, "
                                        "password: generate}"]),
