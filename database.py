@@ -236,6 +236,13 @@ INTERFACE = _Record("an interface (name, vlan_id, mac, ip_config, link_id)", {
     }, nullable=True)),
     "link_id": _one_of(_INT, "a link ID or null", nullable=True, low=0),
 })
+_STAMP = {"pattern": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"}
+SNAPSHOT = _Record("a snapshot (name, created_at, size_bytes)", {
+    "name": _required(_STR, "a snapshot name (1-32 characters: a letter first, then letters, digits, '-' or '_')",
+                      pattern=naming.NAME_RE.pattern),
+    "created_at": _one_of(_STR, "a time (YYYY-mm-dd HH:MM:SS)", **_STAMP),
+    "size_bytes": _one_of(_INT, "a size in bytes (a whole number)", low=0),
+})
 VM_RECORD = _Record("a VM (vm_id, name, owner, worker_ip, ...)", {
     "vm_id": _required(_INT, "a VM ID (a whole number)", low=0),
     "name": _required(_STR, "a name (text)"),
@@ -252,6 +259,7 @@ VM_RECORD = _Record("a VM (vm_id, name, owner, worker_ip, ...)", {
         "image": _one_of(_STR, "a path (text)"),
     }, nullable=True)),
     "interfaces": (False, _ListOf("a list of interfaces", INTERFACE)),
+    "snapshots": (False, _ListOf("a list of snapshots", SNAPSHOT)),
 })
 LINK = _Record("a link (link_id, vlan_id, vm1_id, vm1_interface, vm2_id, vm2_interface)", {
     "link_id": _required(_INT, "a link ID (a whole number)", low=0),
@@ -281,6 +289,7 @@ SLICE = _Record("a slice (slice_id, owner, vms, links, ...)", {
     "links": (False, _ListOf("a list of links", LINK)),
     "networks": (False, _ListOf("a list of networks", NETWORK)),
     "name": _one_of(_STR, "a name (text) or null", nullable=True),
+    "lease_end": _one_of(_STR, "a time (YYYY-mm-dd HH:MM:SS) or null", nullable=True, **_STAMP),
 })
 USER = _Record("a user (username, password_hash, quota_vms, used_vms, slices, role)", {
     "username": _required(_STR, "a user name (text)"),
@@ -289,6 +298,8 @@ USER = _Record("a user (username, password_hash, quota_vms, used_vms, slices, ro
     "used_vms": _one_of(_INT, "a whole number, 0 or more", low=0),
     "slices": (False, _ListOf("a list of slice IDs", _Scalar(_INT, "a slice ID", low=0))),
     "role": _one_of(_STR, "a role (text)"),
+    "disk_quota_mib": _one_of(_INT, "a whole number of MiB, 0 or more, or null", nullable=True, low=0),
+    "max_lease_days": _one_of(_INT, "a whole number of days (1-365) or null", nullable=True, low=1, high=365),
 })
 DATABASE = _Record("a mapping of users, slices and next_vm_id", {
     "users": (True, _Table("a mapping of user name to user", USER, "username", _STR)),

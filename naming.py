@@ -32,6 +32,10 @@ On a worker, per VM ``vm_id``
                 that worker already uses the documented one; beside it the
                 marker ``<overlay>.owner`` (``cloud-repositorio vm {vm_id}``):
                 only overlays with a marker are this system's
+    snapshots   ``~/vm_images/vm{vm_id}.{snapshot}.snap.qcow2``: a copy of the overlay
+                (same backing file), with the marker ``<file>.owner`` written
+                before it and removed after it; ``<file>.part`` while a save or a
+                restore copies it (``snapshot`` follows the slice/VM name rule)
     base image  ``~/vm_images/<basename of the flavor image>`` (never touched)
     QEMU        ``-name cr-vm{vm_id},process=cr-vm{vm_id}`` and
                 ``-pidfile /run/cloud-repositorio/vm{vm_id}.pid``
@@ -256,6 +260,18 @@ def overlay_marker(overlay: str) -> str:
     return f"{overlay}.owner"
 
 
+def snapshot_file(vm_id: int, snapshot: str, folder: str = IMAGE_DIR) -> str:
+    """A VM's disk snapshot ``snapshot`` in ``folder`` (its overlay's folder): a copy of its overlay."""
+    if not valid_name(snapshot):
+        raise ValueError(f"invalid snapshot name {snapshot!r}")
+    return f"{folder.rstrip('/')}/vm{int(vm_id)}.{snapshot}.snap.qcow2"
+
+
+def snapshot_part(snapshot_path: str) -> str:
+    """The file a save or a restore copies into before it is renamed into place."""
+    return f"{snapshot_path}.part"
+
+
 def vnc_display(vnc_port: int) -> int:
     return vnc_port - VNC_BASE
 
@@ -309,3 +325,5 @@ GATEWAY_RE = re.compile(r"gw_vlan(\d+)")
 NETNS_RE = re.compile(r"ns-dhcp-vlan(\d+)")
 DNSMASQ_PID_RE = re.compile(r"dnsmasq-vlan(\d+)\.pid")
 RESERVATION_RE = re.compile(r"vm(\d+)")
+SNAPSHOT_MARKER_GLOB = "vm[0-9]*.snap.qcow2.owner"
+SNAPSHOT_RE = re.compile(r"vm(\d+)\.([A-Za-z][A-Za-z0-9_-]{0,31})\.snap\.qcow2")

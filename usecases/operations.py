@@ -28,7 +28,7 @@ import vlan_manager
 import vm_launcher
 from hosts.hostcmd import HostCommand, q
 from hosts.runner import Cancel, Progress, interrupts_cancel
-from usecases import capacity
+from usecases import capacity, leases
 from usecases.access import as_int, authorized_slice, require_admin
 from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
 from usecases.lifecycle import launch_command, reservations_of
@@ -134,6 +134,10 @@ class Operations:
             down = ", ".join(h for h, v in report.reachable.items() if v is not True)
             return False, f"Cannot repair while a host cannot be reached: {down}"
         cmds = repair_plan(report, self.s)
+        lost = [c for c in report.problems if c.key.kind == "snapshot"]
+        if not cmds and lost:
+            return False, ActionOutcome(False, f"Repair cannot make lost snapshots again ({lost[0].label}"
+                                               f"{' and more' if len(lost) > 1 else ''}): delete them (option 19)")
         if not cmds:
             return True, ActionOutcome(True, "Nothing to repair: the slice has everything it should")
         outcome, results = self._run(cmds, "repair", progress)
@@ -172,10 +176,17 @@ class Operations:
 
     # --- VM lifecycle -------------------------------------------------------------------
 
-    def _mark(self, username: str, slice_id, status: str, allowed: tuple) -> tuple:
-        """Owner/admin; the slice in one of ``allowed``; mark it ``status`` for this session."""
+    def _mark(self, username: str, slice_id, status: str, allowed: tuple, guard=None) -> tuple:
+        """Owner/admin; the slice in one of ``allowed``; mark it ``status`` for this session.
+
+        ``guard(slice)`` may refuse under the same lock (why, or None).
+        """
         with self.s.db.transaction() as data:
             dropped = settle_in(data, None)
+            found = data["slices"].get(str(slice_id)) if guard is not None else None
+            why = guard(found) if found is not None else None
+            if why:
+                return False, why, dropped
             return (*mark_in(data, username, slice_id, status, allowed), dropped)
 
     def _unmark(self, sid: int, status: str, vm_updates: dict) -> None:
@@ -194,9 +205,9 @@ class Operations:
         vm = next((v for v in s.get("vms", []) if int(v["vm_id"]) == vid), None)
         return (True, [vm]) if vm else (False, f"VM {vid} is not in slice {s['slice_id']}")
 
-    def stop(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None) -> tuple:
+    def stop(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None, guard=None) -> tuple:
         """Stop one VM (``vm_id``) or the whole slice: processes gone, disks kept, status ``stopped``."""
-        ok, s, dropped = self._mark(username, slice_id, "stopping", ("running", "stopped"))
+        ok, s, dropped = self._mark(username, slice_id, "stopping", ("running", "stopped"), guard)
         Inventory(self.s).remove_disks(dropped)
         if not ok:
             return False, s
@@ -220,6 +231,10 @@ class Operations:
         if not ok:
             return False, s
         sid, previous = int(s["slice_id"]), s["busy"]["previous"]
+        why = leases.ended_refusal(s, time.time(), "started")
+        if why:
+            self._unmark(sid, previous, {})
+            return False, why
         ok, vms = self._select_vms(s, vm_id)
         vms = [vm for vm in vms if vm.get("status") == "stopped" or previous == "stopped"] if ok else vms
         if not ok or not vms:

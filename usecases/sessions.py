@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Optional
 
-BUSY_STATUSES = ("deploying", "deleting", "stopping", "starting", "repairing")
+BUSY_STATUSES = ("deploying", "deleting", "stopping", "starting", "repairing", "snapshotting")
 
 
 def _proc_start(pid: int) -> Optional[str]:
