@@ -68,7 +68,7 @@ def parse_stamp(text) -> Optional[float]:
 
 def left_text(seconds: float) -> str:
     """``3d 4h``, ``5h 07m``, ``12m`` (what is left, or how long ago: the absolute value)."""
-    minutes = int(abs(seconds) // 60)
+    minutes = int(round(abs(seconds) / 60))
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)
     if days:
@@ -256,8 +256,8 @@ class Leases:
                 continue
             actor = self._actor(data, s)
             due = now >= end + grace
-            if not due and s.get("status") not in ("running", "deploying", "starting"):
-                continue  # already stopped (or in design): kept until the grace period ends
+            if not due and s.get("status") in ("stopped", "design"):
+                continue  # nothing runs: kept until the grace period ends
             guard = LeaseGuard(now, grace if due else 0.0)
             ok, msg = (delete if due else stop)(actor, s["slice_id"], progress, guard)
             action = ("deleted" if due else "stopped") if ok else "kept" if guard.refused else \

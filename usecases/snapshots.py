@@ -50,7 +50,7 @@ import vm_launcher
 from hosts import snapshots as builders
 from hosts.hostcmd import CommandResult
 from hosts.runner import Progress, interrupts_ignored
-from usecases import leases
+from usecases import leases, sessions
 from usecases.access import as_int, authorized_slice
 from usecases.accounts import MIB, disk_quota_of, snapshot_bytes
 from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
@@ -156,6 +156,8 @@ class Snapshots:
 
     def _refusal(self, data: dict, s: dict, vm: Optional[dict], vid: int, name: str, action: str) -> Optional[str]:
         """Why this save/restore/delete cannot be done now (checked under the lock), or None."""
+        if sessions.is_busy(s):
+            return f"Slice is {s['status']} in another session"
         if vm is None:
             return f"VM {vid} is not in slice {s['slice_id']}"
         if s.get("status") not in ("running", "stopped"):
