@@ -89,7 +89,7 @@ def render_warnings(rows: list) -> list:
 
 def render_reap(report) -> list:
     if not report.outcomes:
-        return [f"{report.at}: no lease has ended; nothing to do."]
+        return [f"{report.at}: nothing to stop or delete."]
     lines = [f"{report.at}:"]
     for o in report.outcomes:
         lines.append(f"  slice {o.slice_id} ({o.name}, {o.owner}), lease ended {o.lease_end}: {o.action}"
