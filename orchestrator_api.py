@@ -293,7 +293,7 @@ class OrchestratorAPI:
         return self.leases.warnings(username)
 
     def reap_leases(self, now: Optional[float] = None, progress: Optional[Progress] = None) -> tuple:
-        """The manager's periodic work (never a menu's): (True, ReapReport).
+        """The manager's periodic work (never a menu's): (True, [LeaseOutcome]) of what it did.
 
         Every slice whose lease has ended is stopped; ``leases.grace_hours`` after the
         end it is deleted with the usual teardown.  The manager service calls this every

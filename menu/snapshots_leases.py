@@ -29,7 +29,7 @@ from menu.prompts import (
     result,
     say,
 )
-from usecases.leases import MAX_LEASE_DAYS, STAMP, lease_text, left_text
+from usecases.leases import MAX_LEASE_DAYS, STAMP, lease_text, left_text, stamp
 
 MIB = 1024 * 1024
 
@@ -87,11 +87,11 @@ def render_warnings(rows: list) -> list:
     return out
 
 
-def render_reap(report) -> list:
-    if not report.outcomes:
-        return [f"{report.at}: nothing to stop or delete."]
-    lines = [f"{report.at}:"]
-    for o in report.outcomes:
+def render_reap(at: str, outcomes: list) -> list:
+    if not outcomes:
+        return [f"{at}: nothing to stop or delete."]
+    lines = [f"{at}:"]
+    for o in outcomes:
         lines.append(f"  slice {o.slice_id} ({o.name}, {o.owner}), lease ended {o.lease_end}: {o.action}"
                      + (f": {o.message}" if o.message and o.action not in ("deleted",) else ""))
     return lines
@@ -220,7 +220,7 @@ def run_lease_reap(args, api, user: str) -> int:
             now = time.mktime(time.strptime(args.at, STAMP))
         except ValueError:
             raise c.Failed(f"--at must be a time like {time.strftime(STAMP)}") from None
-    report = c.checked(api.reap_leases(now=now, progress=lambda e: c.out(render_progress(e))))
-    for line in render_reap(report):
+    outcomes = c.checked(api.reap_leases(now=now, progress=lambda e: c.out(render_progress(e))))
+    for line in render_reap(stamp(time.time() if now is None else now), outcomes):
         c.out(line)
-    return 0 if all(o.action in ("stopped", "deleted", "kept") for o in report.outcomes) else 1
+    return 0 if all(o.action in ("stopped", "deleted", "kept") for o in outcomes) else 1

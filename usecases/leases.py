@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from usecases import sessions
@@ -129,12 +129,6 @@ class LeaseOutcome:
     lease_end: str
     action: str   # "stopped", "deleted"; "busy" or "failed" (tried again next run); "kept" (lease changed meanwhile)
     message: str = ""
-
-
-@dataclass
-class ReapReport:
-    at: str
-    outcomes: list = field(default_factory=list)
 
 
 def lease_text(info: LeaseInfo) -> str:
@@ -239,7 +233,7 @@ class Leases:
 
     def reap(self, stop: Callable, delete: Callable, now: Optional[float] = None,
              progress=None) -> tuple:
-        """Stop slices whose lease has ended; delete them ``grace_hours`` after: (True, ReapReport).
+        """Stop slices whose lease has ended; delete them ``grace_hours`` after: (True, [LeaseOutcome]).
 
         ``stop(actor, slice_id, progress, guard)`` and ``delete(actor, slice_id, progress, guard)`` are
         the lifecycle's own (``guard(slice)`` is checked again under the database lock, so a lease
@@ -249,7 +243,7 @@ class Leases:
         grace = self.grace_s
         Inventory(self.s).settle()  # a mark of a dead session is what it was before
         data = self.s.db.load()
-        report = ReapReport(stamp(now))
+        outcomes = []
         for s in sorted(data["slices"].values(), key=lambda x: int(x["slice_id"])):
             end = parse_stamp(s.get("lease_end"))
             if end is None or end > now:
@@ -262,10 +256,10 @@ class Leases:
             ok, msg = (delete if due else stop)(actor, s["slice_id"], progress, guard)
             action = ("deleted" if due else "stopped") if ok else "kept" if guard.refused else \
                 "busy" if sessions.is_busy(s) or "another session" in str(msg) else "failed"
-            report.outcomes.append(LeaseOutcome(int(s["slice_id"]), str(s.get("owner")), str(s.get("name") or "-"),
+            outcomes.append(LeaseOutcome(int(s["slice_id"]), str(s.get("owner")), str(s.get("name") or "-"),
                                                 str(s.get("lease_end")), action, str(msg)))
             log.info("lease of slice %s ended %s: %s (%s)", s["slice_id"], s.get("lease_end"), action, msg)
-        return True, report
+        return True, outcomes
 
     @staticmethod
     def _actor(data: dict, s: dict) -> str:

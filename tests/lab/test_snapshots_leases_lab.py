@@ -175,11 +175,11 @@ def test_an_expired_slice_is_stopped_then_deleted_by_reap_leases_with_nothing_le
     assert not ok and "beyond your maximum" in msg
     wait_serial(lab, vms[0], "LAB-READY")
     ok, report = api.reap_leases()
-    assert ok and report.outcomes == []  # nothing has ended
+    assert ok and report == []  # nothing has ended
     with api.db.transaction() as data:  # the clock moves on: the lease ended an hour ago
         data["slices"][str(sid)]["lease_end"] = leases.stamp(time.time() - 3600)
     ok, report = api.reap_leases()
-    assert ok and [(o.slice_id, o.action) for o in report.outcomes] == [(sid, "stopped")], report
+    assert ok and [(o.slice_id, o.action) for o in report] == [(sid, "stopped")], report
     s = api.db.get_slice(sid)
     assert s["status"] == "stopped" and all(vm["status"] == "stopped" for vm in s["vms"])
     assert all(pid_of(lab, vm) == "" for vm in vms)
@@ -194,10 +194,10 @@ def test_an_expired_slice_is_stopped_then_deleted_by_reap_leases_with_nothing_le
     ok, warnings = api.lease_warnings("student")
     assert ok and [w.slice_id for w in warnings] == [sid] and warnings[0].ended
     ok, report = api.reap_leases()
-    assert ok and report.outcomes == []  # stopped already; the grace period has not ended
+    assert ok and report == []  # stopped already; the grace period has not ended
     grace = float(api.config.setting("leases.grace_hours")) * 3600
     ok, report = api.reap_leases(now=time.time() + grace)
-    assert ok and [(o.slice_id, o.action) for o in report.outcomes] == [(sid, "deleted")], report
+    assert ok and [(o.slice_id, o.action) for o in report] == [(sid, "deleted")], report
     assert api.db.get_slice(sid) is None and sid not in api.db.get_user("student")["slices"]
     assert api.db.get_user("student")["used_vms"] == 0
     assert_clean(lab)

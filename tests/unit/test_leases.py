@@ -147,15 +147,15 @@ def test_reap_stops_an_expired_slice_then_deletes_it_after_the_grace_period(tmp_
     end_lease(db, sid)
     ex.commands.clear()
     report = ok(api.reap_leases())
-    assert [(o.slice_id, o.action) for o in report.outcomes] == [(sid, "stopped")]
+    assert [(o.slice_id, o.action) for o in report] == [(sid, "stopped")]
     assert {(c.action, c.target) for c in ex.commands if c.action == "stop_vm"} == {("stop_vm", i) for i in ids}
     assert all('"execute":"quit"' in c.script for c in ex.commands if c.action == "stop_vm")  # disks kept
     assert db.get_slice(sid)["status"] == "stopped" and db.get_slice(keep)["status"] == "running"
     ex.commands.clear()
-    assert ok(api.reap_leases()).outcomes == []  # stopped already, within the grace period
+    assert ok(api.reap_leases()) == []  # stopped already, within the grace period
     assert ex.commands == []
     report = ok(api.reap_leases(now=time.time() + 24 * 3600))
-    assert [(o.slice_id, o.action) for o in report.outcomes] == [(sid, "deleted")]
+    assert [(o.slice_id, o.action) for o in report] == [(sid, "deleted")]
     assert db.get_slice(sid) is None and db.get_slice(keep) is not None
     assert db.get_user("student")["slices"] == [keep] and db.get_user("student")["used_vms"] == 2
     assert not [w for w in ex.made() if w[0] == "vm" and w[2] in ids]
@@ -169,7 +169,7 @@ def test_a_design_slice_past_its_grace_period_is_deleted_and_one_within_it_waits
     end_lease(db, old, ago=25 * 3600)
     end_lease(db, new, ago=3600)
     report = ok(api.reap_leases())
-    assert [(o.slice_id, o.action) for o in report.outcomes] == [(old, "deleted")]
+    assert [(o.slice_id, o.action) for o in report] == [(old, "deleted")]
     assert db.get_slice(old) is None and db.get_slice(new)["status"] == "design"
 
 
@@ -177,7 +177,7 @@ def test_the_grace_period_is_the_configs(tmp_path):
     api, db, _ex = make_api(tmp_path, config=dict(LAB_LIKE, leases={"grace_hours": 0.5}))
     sid, _ = running(api)
     end_lease(db, sid, ago=45 * 60)
-    assert [o.action for o in ok(api.reap_leases()).outcomes] == ["deleted"]
+    assert [o.action for o in ok(api.reap_leases())] == ["deleted"]
 
 
 def test_a_delete_that_fails_keeps_the_slice_for_the_next_run(tmp_path):
@@ -186,10 +186,10 @@ def test_a_delete_that_fails_keeps_the_slice_for_the_next_run(tmp_path):
     end_lease(db, sid, ago=30 * 3600)
     ex.down_hosts.add(WORKERS[0])
     report = ok(api.reap_leases())
-    assert [o.action for o in report.outcomes] == ["failed"] and "Delete incomplete" in report.outcomes[0].message
+    assert [o.action for o in report] == ["failed"] and "Delete incomplete" in report[0].message
     assert db.get_slice(sid) is not None
     ex.down_hosts.clear()
-    assert [o.action for o in ok(api.reap_leases()).outcomes] == ["deleted"]
+    assert [o.action for o in ok(api.reap_leases())] == ["deleted"]
     assert db.get_slice(sid) is None
 
 
@@ -200,7 +200,7 @@ def test_a_slice_busy_in_a_live_session_is_left_for_the_next_run(tmp_path):
     with db.transaction() as data:
         s = data["slices"][str(sid)]
         s["busy"], s["status"] = sessions.marker("running"), "snapshotting"
-    assert [o.action for o in ok(api.reap_leases()).outcomes] == ["busy"]
+    assert [o.action for o in ok(api.reap_leases())] == ["busy"]
     assert db.get_slice(sid)["status"] == "snapshotting"
 
 
@@ -219,8 +219,8 @@ def test_a_lease_extended_while_the_reaper_runs_is_not_reaped(tmp_path, ago):
     report = ok(api.leases.reap(
         extended_first(lambda a, i, p, g: api.operations.stop(a, i, None, p, guard=g)),
         extended_first(lambda a, i, p, g: api.lifecycle.delete(a, i, p, guard=g).pair())))
-    assert [o.action for o in report.outcomes] == ["kept"], report
-    assert report.outcomes[0].message.startswith(f"Kept: the lease of slice {sid} was changed meanwhile")
+    assert [o.action for o in report] == ["kept"], report
+    assert report[0].message.startswith(f"Kept: the lease of slice {sid} was changed meanwhile")
     assert db.get_slice(sid)["status"] == "running"
     assert not [c for c in ex.commands if c.action in ("stop_vm", "delete_overlay")]
 
