@@ -79,8 +79,8 @@ def render_warnings(rows: list) -> list:
     out = []
     for r in rows:
         if r.ended:
-            out.append(f"{WARN}  The lease of slice {r.slice_id} ({r.name}) ended at {r.lease_end}: its VMs are "
-                       f"stopped and it is deleted at {r.delete_at}. Ask an admin to extend it.")
+            out.append(f"{WARN}  The lease of slice {r.slice_id} ({r.name}) ended at {r.lease_end}: the manager "
+                       f"stops its VMs and deletes it at {r.delete_at}. Ask an admin to extend it.")
         else:
             out.append(f"{WARN}  The lease of slice {r.slice_id} ({r.name}) ends at {r.lease_end} "
                        f"(in {left_text(r.seconds_left or 0)}): renew it with option 19.")

@@ -137,7 +137,7 @@ def lease_text(info: LeaseInfo) -> str:
         return "none (the slice does not expire)"
     if not info.ended:
         return f"ends {info.lease_end} (in {left_text(info.seconds_left or 0)})"
-    return (f"ended {info.lease_end} ({left_text(info.seconds_left or 0)} ago): its VMs are stopped and it is "
+    return (f"ended {info.lease_end} ({left_text(info.seconds_left or 0)} ago): the manager stops its VMs, and it is "
             f"deleted at {info.delete_at}")
 
 

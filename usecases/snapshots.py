@@ -186,8 +186,8 @@ class Snapshots:
             if vm is not None and change is not None:
                 change(vm)
 
-    def _run(self, cmd, progress: Optional[Progress]) -> CommandResult:
-        report = self.s.runner.run([cmd], phase="snapshot", progress=progress)
+    def _run(self, cmd, progress: Optional[Progress], t0: Optional[float] = None) -> CommandResult:
+        report = self.s.runner.run([cmd], phase="snapshot", progress=progress, t0=t0)
         return report.results[0] or CommandResult.failed(cmd, "not run")
 
     # --- save ------------------------------------------------------------------------------
@@ -227,13 +227,14 @@ class Snapshots:
         s, vm, _limit = found
         sid, previous, vid = int(s["slice_id"]), s["busy"]["previous"], int(vm["vm_id"])
         was_running = previous == "running" and vm.get("status") != "stopped"
+        t0 = time.monotonic()
         with interrupts_ignored():
             ctx, failed = self.s.connect([vm["worker_ip"]])
             stop = failed or self._run(vm_launcher.stop_vm_command(vm, self.s.config.bridge, keep_log=True,
-                                                                   graceful=True), progress)
+                                                                   graceful=True), progress, t0)
             res = stop if not stop.ok else \
-                self._run(builders.restore_command(vm, ctx.home(vm["worker_ip"]), name), progress)
-            start = self._run(launch_command(vm, ctx, self.s.credentials), progress) \
+                self._run(builders.restore_command(vm, ctx.home(vm["worker_ip"]), name), progress, t0)
+            start = self._run(launch_command(vm, ctx, self.s.credentials), progress, t0) \
                 if was_running and failed is None else None
             pid = (start.stdout.strip().splitlines() or [None])[-1] if start is not None and start.ok else None
             if failed is not None:  # the worker was never reached: the VM is as it was

@@ -59,7 +59,8 @@ def test_an_ended_lease_says_the_slice_is_stopped_and_when_it_goes(spawn, site):
         d["slices"][str(sid)]["lease_end"] = stamp(time.time() - 60)
     m = spawn()
     screen = m.login("student", "student")
-    assert f"The lease of slice {sid} (lab1) ended at " in screen and "Ask an admin to extend it." in screen
+    assert f"The lease of slice {sid} (lab1) ended at " in screen
+    assert "the manager stops its VMs and deletes it at" in screen
     m.exit()
 
 
