@@ -616,7 +616,7 @@ def build(config_path: str, db_path: str, dry_run: bool = False):
 
     config = ClusterConfig.load(config_path)
     configure_logging(config.log_file)
-    executor = RemoteExecutor(config, dry_run=dry_run)
+    executor = RemoteExecutor(config, dry_run=dry_run, batch_hosts={config.network_node})
     db = Database(db_path)
     db.load()  # a broken file is reported now, not after login
     return OrchestratorAPI(db, DeploymentAPI(executor), config), executor

@@ -42,6 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from hosts.batch import HostBatcher
 from hosts.hostcmd import MAX_COMMAND_BYTES, CommandResult, HostCommand, q
 from store.config import ClusterConfig
 
@@ -155,9 +156,13 @@ class RemoteExecutor:
     """Runs ``HostCommand`` values on the cluster's hosts over SSH."""
 
     def __init__(self, config: Union[ClusterConfig, str, dict, None] = None,
-                 dry_run: bool = False):
+                 dry_run: bool = False, batch_hosts: Optional[set] = None):
         self.config = ClusterConfig.coerce(config)
         self.dry_run = dry_run
+        # Hosts whose waiting commands go together in one session (hosts.batch); the product
+        # sets the network node, where a class's concurrent deploys meet.
+        self.batch_hosts = set(batch_hosts or ())
+        self._batchers: dict = {}
         self.plan: list[HostCommand] = []
         self.stats = ExecutorStats()
         self._clients: dict = {}
@@ -322,7 +327,29 @@ class RemoteExecutor:
         """Send ``text`` (the rendered ``cmd``) to its host: (exit status, stdout, stderr)."""
         if cmd.stdin:
             return self._exec(cmd.host, text, timeout, stdin=cmd.stdin.encode())
+        if cmd.host in self.batch_hosts:
+            return self._batched(cmd.host, text, timeout)
         return self._exec(cmd.host, text, timeout)
+
+    def _batched(self, host: str, text: str, timeout: float) -> tuple:
+        """Run ``text`` with whatever else waits for this host at the same moment (``hosts.batch``)."""
+        slot = self._session_slot(host)
+        with self._lock:
+            batcher = self._batchers.get(host)
+            if batcher is None:
+                batcher = self._batchers[host] = HostBatcher(slot, lambda t, limit: self._exec_raw(host, t, limit))
+        try:
+            status, out, err = batcher.run(text, timeout)
+        except (TimeoutError, ExecutorError) as e:
+            raise type(e)(*e.args) from None  # each caller its own exception object
+        except OSError as e:
+            raise ExecutorError(f"SSH session to {host} failed: {e}") from None
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def batches(self) -> int:
+        """How many scripts of two or more commands ran (per executor, all hosts)."""
+        with self._lock:
+            return sum(b.batches for b in self._batchers.values())
 
     def _forget(self, host: str, transport=None) -> None:
         """Drop a host's connection (only if it still is the one on ``transport``), to reconnect."""
@@ -494,28 +521,33 @@ class RemoteExecutor:
         ``stdin``: bytes for the command's standard input (a script reads them as a line).
         """
         with self._session_slot(host):
-            chan = self._open_channel(host)
-            transport = chan.get_transport()
-            try:
-                deadline = time.monotonic() + timeout
-                # No EOF for the command's stdin: paramiko's shutdown_write() can send it after the
-                # CLOSE of a command that already ended, and sshd then drops the whole connection
-                # ("ieof packet referred to nonexistent channel", paramiko #1705).  A script that
-                # reads stdin reads one line.
-                chan.exec_command(text)
-                if stdin:
-                    chan.sendall(stdin if stdin.endswith(b"\n") else stdin + b"\n")
-                out, err = self._read_to_eof(chan, deadline)
-                status = self._exit_status(host, chan, deadline)
-            except (TimeoutError, ExecutorError):
-                raise
-            except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
-                if transport is None or not transport.is_active():   # else only this channel failed
-                    self._forget(host, transport)
-                raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
-            finally:
-                chan.close()
+            status, out, err = self._exec_raw(host, text, timeout, stdin)
         return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _exec_raw(self, host: str, text: str, timeout: float, stdin: bytes = b"") -> tuple:
+        """``_exec`` in a session slot the caller holds: (exit status, stdout bytes, stderr bytes)."""
+        chan = self._open_channel(host)
+        transport = chan.get_transport()
+        try:
+            deadline = time.monotonic() + timeout
+            # No EOF for the command's stdin: paramiko's shutdown_write() can send it after the
+            # CLOSE of a command that already ended, and sshd then drops the whole connection
+            # ("ieof packet referred to nonexistent channel", paramiko #1705).  A script that
+            # reads stdin reads one line.
+            chan.exec_command(text)
+            if stdin:
+                chan.sendall(stdin if stdin.endswith(b"\n") else stdin + b"\n")
+            out, err = self._read_to_eof(chan, deadline)
+            status = self._exit_status(host, chan, deadline)
+        except (TimeoutError, ExecutorError):
+            raise
+        except Exception as e:  # noqa: BLE001 - paramiko raises SSHException, EOFError, OSError...
+            if transport is None or not transport.is_active():   # else only this channel failed
+                self._forget(host, transport)
+            raise ExecutorError(f"SSH session to {host} failed: {e or type(e).__name__}") from e
+        finally:
+            chan.close()
+        return status, out, err
 
     @staticmethod
     def _read_to_eof(chan, deadline: float) -> tuple:

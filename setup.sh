@@ -26,7 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+# The system's python3 where there is one: the manager service runs the virtualenv as its own
+# account, which cannot use an interpreter under another account's home (e.g. root's pyenv).
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=${PYTHON:-python3}; fi
+want_home=$(dirname "$(command -v "$PY")")
+if [ -f "$ROOT/.venv/pyvenv.cfg" ] && ! grep -qx "home = $want_home" "$ROOT/.venv/pyvenv.cfg"; then
+  echo "Recreating virtualenv .venv with $PY"
+  rm -rf "$ROOT/.venv"
+fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   echo "Creating virtualenv .venv"
   "$PY" -m venv "$ROOT/.venv"

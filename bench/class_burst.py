@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""A class starting at once: N students press Deploy at the same moment (SPEC §12).
+"""A class starting at once: N students press Deploy at the same moment (SPEC §12, §15).
 
-Each student is its own process (its own session and SSH connections, as N
-menus would be), with a 2-VM slice designed beforehand (two cirros VMs on a
-link, the first with internet).  All processes wait at a barrier, then call
-``deploy_slice`` together.  For each N it reports: whether every deploy
+Each student is its own process with a 2-VM slice designed beforehand (two
+cirros VMs on a link, the first with internet).  Two ways, in one run:
+
+* ``service``: each process is a menu client of one manager service (as a
+  class on a shared manager host): it logs in, then calls ``deploy_slice``
+  through the socket; the service holds one SSH connection per host;
+* ``processes``: each process runs the use cases itself (its own SSH
+  connections), as every menu did before the service.
+
+All processes wait at a barrier, then call ``deploy_slice`` together.  For each N it reports: whether every deploy
 succeeded, the slowest and the median time until ``deploy_slice`` returned,
 whether the database lost anything (every slice running with a pid per VM),
 and when every NIC of every slice held its DHCP lease.  Then it deletes every
 slice and checks with the product's own scan that nothing is left.
 
 Usage (as root; brings the lab up if needed):
-    .venv/bin/python bench/class_burst.py [--sizes 1,5,10,20]
+    .venv/bin/python bench/class_burst.py [--sizes 1,5,10,20,40] [--modes service,processes]
 """
 from __future__ import annotations
 
@@ -38,14 +44,43 @@ def make_api(db_path: str):
     return lab_api(db_path, config)
 
 
-def student(db_path: str, user: str, sid: int, barrier, out) -> None:
-    api = make_api(db_path)
+def student(db_path: str, user: str, sid: int, barrier, out, socket_path=None) -> None:
+    if socket_path:
+        from service.client import RemoteAPI
+        api = RemoteAPI(socket_path)
+        ok, info = api.authenticate(user, "student-pw")
+        assert ok, info
+    else:
+        api = make_api(db_path)
     phases = PhaseEnds()
     barrier.wait()
     t0 = time.monotonic()
     ok, msg = api.deploy_slice(user, sid, progress=phases)
     out.put((user, ok, time.monotonic() - t0, msg, phases.ends))
-    api.executor.close()
+    api.close() if socket_path else api.executor.close()
+
+
+def start_service(tmp: str, db_path: str):
+    """A manager service on the lab (this bench's config: the class-sized cpu_ratio) and its socket."""
+    import subprocess
+
+    import yaml
+    with open(LAB_CONFIG) as f:
+        cfg = yaml.safe_load(f)
+    cfg.setdefault("capacity", {})["cpu_ratio"] = CPU_RATIO
+    cfg["log_file"] = os.path.join(tmp, "service.log")
+    cfg_path = os.path.join(tmp, "cluster.yaml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    sock = os.path.join(tmp, "manager.sock")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--config", cfg_path, "--db", db_path, "--socket", sock],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        assert proc.poll() is None and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.05)
+    return proc, sock
 
 
 def leased(vlans: set) -> set:
@@ -74,14 +109,15 @@ def prepare(api, n: int) -> list:
     return out
 
 
-def burst(n: int) -> dict:
+def burst(n: int, mode: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         db_path = os.path.join(tmp, "database.yaml")
         api = make_api(db_path)
         plan = prepare(api, n)
+        service, sock = start_service(tmp, db_path) if mode == "service" else (None, None)
         ctx = mp.get_context("spawn")
         barrier, out = ctx.Barrier(n + 1), ctx.Queue()
-        procs = [ctx.Process(target=student, args=(db_path, u, sid, barrier, out)) for u, sid, _m, _v in plan]
+        procs = [ctx.Process(target=student, args=(db_path, u, sid, barrier, out, sock)) for u, sid, _m, _v in plan]
         for p in procs:
             p.start()
         barrier.wait()
@@ -89,6 +125,9 @@ def burst(n: int) -> dict:
         results = [out.get(timeout=600) for _ in procs]
         for p in procs:
             p.join()
+        if service is not None:
+            service.terminate()
+            service.wait(120)
         names = {m: name for _u, _s, ms, _v in plan for m, name in ms.items()}
         macs = set(names)
         vlans = {v for _u, _s, _m, vs in plan for v in vs}
@@ -112,7 +151,8 @@ def burst(n: int) -> dict:
             api.delete_slice(user, sid)
         ok_scan, found = api.reconciler.survey()
         api.executor.close()
-    return {"n": n, "ok": not failed, "failed": failed[:3], "slowest": max(times), "median": statistics.median(times),
+    return {"mode": mode, "n": n, "ok": not failed, "failed": failed[:3], "slowest": max(times),
+            "median": statistics.median(times),
             "lost": lost, "leases_s": leases_s, "leased": f"{len(got)}/{len(macs)}",
             "unleased": sorted(names[m] for m in macs - got),
             "phases": slowest_phases, "left": len(found) if ok_scan else found}
@@ -120,20 +160,23 @@ def burst(n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1,5,10,20")
+    ap.add_argument("--sizes", default="1,5,10,20,40")
+    ap.add_argument("--modes", default="service,processes")
     args = ap.parse_args()
     lab_up()
     rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
-        rows.append(burst(n))
-        print(f"  {n} students measured", file=sys.stderr)
-    print("\nA class deploying at once: N students, each its own process, 2-VM slices, one barrier")
-    print(f"{'students':>8} {'all ok':>7} {'slowest s':>9} {'median s':>9} {'x one':>6} {'lost':>5} "
+    for mode in args.modes.split(","):
+        for n in [int(x) for x in args.sizes.split(",")]:
+            rows.append(burst(n, mode))
+            print(f"  {mode}: {n} students measured", file=sys.stderr)
+    print("\nA class deploying at once: N students, each its own menu process, 2-VM slices, one barrier")
+    print(f"{'mode':>9} {'students':>8} {'all ok':>7} {'slowest s':>9} {'median s':>9} {'x one':>6} {'lost':>5} "
           f"{'all leased s':>12} {'leased':>7} {'left':>5}  slowest phase ends (s after deploy began)")
-    base = rows[0]["slowest"]
     for r in rows:
+        base = next(x["slowest"] for x in rows if x["mode"] == r["mode"])
         leases = f"{r['leases_s']:.0f}" if r["leases_s"] is not None else "never"
-        print(f"{r['n']:>8} {str(r['ok']):>7} {r['slowest']:>9.2f} {r['median']:>9.2f} {r['slowest'] / base:>6.2f} "
+        print(f"{r['mode']:>9} {r['n']:>8} {str(r['ok']):>7} {r['slowest']:>9.2f} {r['median']:>9.2f} "
+              f"{r['slowest'] / base:>6.2f} "
               f"{len(r['lost']):>5} {leases:>12} {r['leased']:>7} {r['left']!s:>5}  "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
         if r["unleased"]:

@@ -36,7 +36,8 @@ def lab_api(db_path: str, config=None, executor=None):
     from remote_executor import RemoteExecutor
     from store.config import ClusterConfig
     config = config or ClusterConfig.load(LAB_CONFIG)
-    return OrchestratorAPI(Database(db_path), DeploymentAPI(executor or RemoteExecutor(config)), config)
+    executor = executor or RemoteExecutor(config, batch_hosts={config.network_node})
+    return OrchestratorAPI(Database(db_path), DeploymentAPI(executor), config)
 
 
 def chain_slice(api, name: str, n_vms: int = 6, chain: int = 6, prefix: str = "b") -> int:

@@ -83,6 +83,18 @@ pid_in_netns() {
     [[ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" == "$(stat -L -c %i "/run/netns/$ns")" ]]
 }
 
+# Run "$@" (exec) without any file descriptor above 2 that this script inherited: a long-lived
+# daemon must not keep a caller's lock (e.g. `flock FILE lab/up.sh` hands FILE's descriptor to
+# its command, and through it to every daemon the lab starts, which then hold the lock forever).
+exec_without_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec "$@"
+}
+
 # Serialise up.sh/down.sh runs. The lock fd (9) must not leak into the
 # long-lived daemons, so every background launch closes it (9>&-).
 take_lock() {

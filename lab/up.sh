@@ -263,16 +263,16 @@ T0=$(now_ms)
 # The stand-in internet's web server: a plain process in crlab-inet. setsid +
 # redirections detach it from our caller (a pytest capturing our output would
 # otherwise wait for it forever) and from the caller's Ctrl-C.
-ip netns exec "$INET_NS" setsid /usr/bin/python3 -u "$LAB_DIR/inet_server.py" \
-    </dev/null >>"$STATE_DIR/inet/server.log" 2>&1 9>&- &
+(exec_without_inherited_fds ip netns exec "$INET_NS" setsid /usr/bin/python3 -u "$LAB_DIR/inet_server.py") \
+    </dev/null >>"$STATE_DIR/inet/server.log" 2>&1 &
 echo $! >"$STATE_DIR/inet/server.pid"
 
 for h in "${HOSTS[@]}"; do
     d="$(host_dir "$h")"
     : >"$d/log/init.log"
-    setsid nsenter --net="/run/netns/crlab-$h" \
+    (exec_without_inherited_fds setsid nsenter --net="/run/netns/crlab-$h" \
         unshare --mount --uts --pid --fork --kill-child --mount-proc --propagation private \
-        "$LAB_DIR/host_init.sh" "$h" </dev/null >>"$d/log/init.log" 2>&1 9>&- &
+        "$LAB_DIR/host_init.sh" "$h") </dev/null >>"$d/log/init.log" 2>&1 &
     echo $! >"$d/unshare.pid"
 done
 

@@ -5,10 +5,12 @@ Prompts and rendering only: every action is one ``OrchestratorAPI`` call
 ``import_roster``, ``overview``).  The render functions are shared with the
 script mode (``commands.py``).
 
-Files on the manager are read and written with the rights of the menu's
-process, which holds the database and the SSH key to every host; so only an
-admin names paths.  A student imports an example or pasted text, and copies
-an export from the screen.
+Files on the manager are read and written by the menu's own process, and
+only their content goes to the use cases.  Through the manager service that
+process runs as the user's own Unix account, so every user names their own
+files; run on its own (embedded) it holds the database and the SSH key to
+every host, so only an admin names paths there, and a student imports an
+example or pasted text and copies an export from the screen.
 """
 from __future__ import annotations
 
@@ -327,8 +329,15 @@ def show_built(ok: bool, s) -> None:
     say("Deploy it with option 6.")
 
 
+def names_files(cli) -> bool:
+    """May this user name files on the manager?  Through the manager service the menu runs as the user's
+    own account, so everyone may (their files, their rights); run on its own it holds every key, so only
+    an admin may."""
+    return bool(getattr(cli.api, "remote", False)) or cli.is_admin
+
+
 def import_file(cli) -> None:
-    text, where = choose_topology(files=cli.is_admin)
+    text, where = choose_topology(files=names_files(cli))
     design, problems = topology_file.parse_topology(text)
     if problems:
         say(f"\n{ERR} {where} cannot be imported ({topology.plural(len(problems), 'problem')}; nothing was made):")
@@ -358,7 +367,7 @@ def export_slice(cli) -> None:
     say("")
     for line in text.rstrip("\n").split("\n"):
         say(line)
-    if not cli.is_admin:  # a student copies it from the screen: the menu's files are not theirs
+    if not names_files(cli):  # a student copies it from the screen: the menu's files are not theirs
         return
     target = ask_optional("\nSave it to a new file? (its path; Enter: do not save): ", "")
     if not target:

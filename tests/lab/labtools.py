@@ -21,7 +21,7 @@ STATE = "/run/cloud-repositorio"
 def make_api(lab, db_path) -> OrchestratorAPI:
     """The real product against the lab: real SSH, real hosts."""
     config = ClusterConfig.load(str(LAB_DIR / "cluster.yaml"))
-    executor = RemoteExecutor(config)
+    executor = RemoteExecutor(config, batch_hosts={config.network_node})
     return OrchestratorAPI(Database(str(db_path)), DeploymentAPI(executor), config)
 
 

@@ -467,6 +467,18 @@ def test_zz_down_leaves_nothing():
         except OSError:
             pass
 
+    # A lab built by a command run under a lock (`flock FILE lab/up.sh`) leaves the lock free: its
+    # daemons inherit none of their caller's descriptors.
+    subprocess.run([str(DOWN)], capture_output=True, timeout=120, check=True)
+    lock = Path("/tmp") / f"crlab-test-{os.getpid()}.lock"
+    try:
+        proc = subprocess.run(["flock", str(lock), str(UP)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        free = subprocess.run(["flock", "-n", str(lock), "true"], capture_output=True, timeout=10)
+        assert free.returncode == 0, "a lab daemon still holds the lock its builder was run under"
+    finally:
+        lock.unlink(missing_ok=True)
+
     for attempt in (1, 2):  # twice: down.sh is idempotent
         t0 = time.monotonic()
         proc = subprocess.run([str(DOWN)], capture_output=True, text=True, timeout=120)

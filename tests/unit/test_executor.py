@@ -452,3 +452,16 @@ def test_a_command_line_too_long_for_a_host_is_refused_before_sending():
     assert "remove 1654 orphan(s)" in res.message() and "nothing was sent" in res.message()
     assert ex.calls == []
     assert ex.run(HostCommand(host, "true\n" * 1_000, step="short")).ok
+
+
+def test_a_batch_script_gives_each_member_its_own_results():
+    from hosts.batch import batch_script, split_results
+
+    texts = ["printf 'a\\nb'; exit 3", "printf '%s' \"it's\" >&2", "head -c 3 /dev/zero", "true"]
+    proc = subprocess.run(["sh", "-c", batch_script(texts)], capture_output=True, timeout=30)
+    assert proc.returncode == 0
+    assert split_results(proc.stdout, 4) == [(3, b"a\nb", b""), (0, b"", b"it's"), (0, b"\0\0\0", b""), (0, b"", b"")]
+    with pytest.raises(ValueError):
+        split_results(proc.stdout[:-2] if proc.stdout.endswith(b"") else b"", 5)
+    with pytest.raises(ValueError):
+        split_results(b"@@CRB 0 0 10 0\nshort", 1)

@@ -156,3 +156,37 @@ def test_an_interactive_channel_runs_without_the_timeout_wrapper(sshd, ex):
     finally:
         chan.close()
     assert "timeout" not in ex.render_interactive(HostCommand(HOST, "x", sudo=True))
+
+
+def test_commands_waiting_for_a_host_together_run_as_one_session_and_keep_their_own_results(sshd):
+    # The network node of a class deploying at once: 32 threads, 8 sessions; whatever waits for a
+    # session when one frees up goes in one script (hosts.batch).  Every command still gets exactly
+    # its own output on both streams (binary and quotes included) and its own exit status.
+    ex = RemoteExecutor(lab_config(ssh=sshd.ssh_settings()), batch_hosts={HOST})
+    try:
+        n = 600
+        cmds = [command(f"""printf '%s' "it's {i}"; printf '\\001\\377' ; printf 'e{i}\\n' >&2; sleep 0.0{i % 5}; """
+                        f"""exit {i % 7}""", sudo=(i % 3 == 0)) for i in range(n)]
+        results = Runner(ex, max_parallel=32).run(cmds, stop_on_failure=False).results
+        wrong = [(i, r.exit_status, r.stdout, r.stderr, r.error) for i, r in enumerate(results)
+                 if (r.exit_status, r.stdout, r.stderr) != (i % 7, f"it's {i}\x01\ufffd", f"e{i}\n")]
+        assert wrong == []
+        assert ex.batches() > 0 and ex.stats.connections == 1
+        # alone (no contention), a command runs as it always did: no batch script around it
+        before = ex.batches()
+        assert ex.run(command("printf alone")).stdout == "alone" and ex.batches() == before
+    finally:
+        ex.close()
+
+
+def test_a_member_of_a_batch_is_stopped_at_its_own_time_limit(sshd):
+    ex = RemoteExecutor(lab_config(ssh=sshd.ssh_settings()), batch_hosts={HOST})
+    try:
+        cmds = [command("sleep 30", timeout=6, sudo=True)] + [command(f"printf {i}", sudo=True) for i in range(20)]
+        t0 = time.monotonic()
+        results = Runner(ex, max_parallel=32).run(cmds, stop_on_failure=False).results
+        assert time.monotonic() - t0 < 25
+        assert results[0].exit_status == 124 or not results[0].ok
+        assert [r.stdout for r in results[1:]] == [str(i) for i in range(20)]
+    finally:
+        ex.close()
