@@ -260,3 +260,46 @@ def test_the_stamps_round_trip_and_odd_ones_are_no_lease():
     assert stamp(t) == "2025-03-09 10:00:00" and parse_stamp(stamp(t)) == t
     assert parse_stamp(None) is None and parse_stamp("soon") is None
     assert leases.left_text(3 * DAY + 4 * 3600 + 59) == "3d 4h" and leases.left_text(-(5 * 3600 + 7 * 60)) == "5h 07m"
+
+
+# --- rosters and the overview ----------------------------------------------------------------------
+
+RING = """\
+name: ring3
+vms:
+  - {name: vm1, flavor: cirros, data_interfaces: 1}
+  - {name: vm2, flavor: cirros, data_interfaces: 1}
+links:
+  - {vm1: vm1, if1: eth1, vm2: vm2, if2: eth1}
+"""
+
+
+def test_a_rosters_columns_give_the_new_accounts_and_their_slices_a_quota_and_a_lease(tmp_path):
+    from menu.classes import render_overview
+
+    api, db, _ex = make_api(tmp_path)
+    text = "username,disk_quota_mib,max_lease_days\nana,300,14\nbob,,\n"
+    report = ok(api.import_roster("admin", text, "csv", RING, None, str(tmp_path / "pw")))
+    assert [o.slice for o in report.students] == ["made", "made"]
+    ana, bob = db.get_user("ana"), db.get_user("bob")
+    assert ana["disk_quota_mib"] == 300 and ana["max_lease_days"] == 14
+    assert "disk_quota_mib" not in bob and "max_lease_days" not in bob  # the config's quota, no maximum
+    sa, sb = (db.get_slice(u["slices"][0]) for u in (ana, bob))
+    assert near(sa["lease_end"], time.time() + 14 * DAY) and "lease_end" not in sb
+    rows = ok(api.overview("admin"))
+    lines = render_overview(rows, WORKERS)
+    assert lines[0].split()[-1] == "Lease"
+    by_owner = {line.split()[1]: line for line in lines[2:4]}
+    assert by_owner["ana"].endswith(("  13d 23h", "  14d 0h")) and by_owner["bob"].endswith("  -"), lines
+    end_lease(db, sa["slice_id"])
+    lines = render_overview(ok(api.overview("admin")), WORKERS)
+    assert {line.split()[1]: line.split()[-1] for line in lines[2:4]}["ana"] == "ENDED"
+
+
+def test_the_overview_has_no_lease_column_while_no_slice_has_a_lease(tmp_path):
+    from menu.classes import render_overview
+
+    api, _db, _ex = make_api(tmp_path)
+    build_slice(api, user="student", name="s1", vms=(("vm1", 1, False),))
+    lines = render_overview(ok(api.overview("admin")), WORKERS)
+    assert "Lease" not in lines[0]
