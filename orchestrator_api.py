@@ -297,7 +297,7 @@ class OrchestratorAPI:
 
         Every slice whose lease has ended is stopped; ``leases.grace_hours`` after the
         end it is deleted with the usual teardown.  The manager service calls this every
-        few minutes; ``python3 cli.py lease reap`` runs it once (cron, embedded mode).
+        minute; ``python3 cli.py lease reap`` runs it once (cron, embedded mode).
         """
         def stop(actor, slice_id, progress_, guard):
             return self.operations.stop(actor, slice_id, None, progress_, guard=guard)

@@ -51,9 +51,12 @@ def per_size(api, worker: str, host: str, home: str, base: str, mib: int, runs: 
     image = f"bench{VM_ID}_img.qcow2"
     overlay = f"{IMAGES}/{image}"
     vm = {"vm_id": VM_ID, "name": "bench", "worker_ip": worker, "qcow_image": f"~/vm_images/{image}"}
-    lab_exec(host, f"cd {IMAGES} && rm -f {image} vm{VM_ID}.* && qemu-img create -q -f qcow2 -b {base} -F qcow2 "
-                   f"{image} && chown ubuntu: {image}"
-                   + (f" && qemu-io -f qcow2 -c 'write -P 0xab 0 {mib}M' {image}" if mib else ""))
+    # the overlay is given room for the data (the lab's base image is only ~19 MiB big: a flavor's disk is larger)
+    made = lab_exec(host, f"cd {IMAGES} && rm -f {image} vm{VM_ID}.* && qemu-img create -q -f qcow2 -b {base} "
+                          f"-F qcow2 {image} {max(1024, 2 * mib)}M && chown ubuntu: {image}"
+                          + (f" && qemu-io -f qcow2 -c 'write -P 0xab 0 {mib}M' {image} | grep -q '^wrote'"
+                             if mib else "") + " && echo made", timeout=600)
+    assert "made" in made.split(), f"could not make an overlay with {mib} MiB of data on {host}"
     row = {"save": [], "restore": [], "internal -c": [], "internal -a": []}
     size = 0
     for i in range(runs):
@@ -65,7 +68,8 @@ def per_size(api, worker: str, host: str, home: str, base: str, mib: int, runs: 
         row["internal -a"].append(host_timed(host, f"qemu-img snapshot -a s{i} {overlay}"))
     before = int(lab_exec(host, f"stat -c %s {overlay}"))
     if mib:  # the guest rewrites its data: clusters an internal snapshot still holds are copied
-        lab_exec(host, f"qemu-io -f qcow2 -c 'write -P 0xcd 0 {mib}M' {overlay}", timeout=600)
+        out = lab_exec(host, f"qemu-io -f qcow2 -c 'write -P 0xcd 0 {mib}M' {overlay}", timeout=600)
+        assert out.startswith("wrote"), out
     growth = int(lab_exec(host, f"stat -c %s {overlay}")) - before
     lab_exec(host, f"rm -f {overlay} {IMAGES}/vm{VM_ID}.*")
     out = {k: statistics.median(v) for k, v in row.items()}

@@ -22,7 +22,7 @@ Rules:
 * an admin sets any slice's lease (1-365 days from now, or none), also
   after it ended;
 * a slice whose lease has ended cannot be deployed or started;
-* ``reap`` (the manager service calls it every few minutes; an operator's
+* ``reap`` (the manager service calls it every minute; an operator's
   cron runs ``python3 cli.py lease reap``) stops every running slice whose
   lease has ended (disks kept, as option 14 does) and, ``leases.grace_hours``
   after the end, deletes it with the usual teardown, all or nothing: a host
