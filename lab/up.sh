@@ -200,8 +200,8 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin no
 AuthorizedKeysFile .ssh/authorized_keys
-MaxStartups 100:30:200
-MaxSessions 100
+# MaxStartups and MaxSessions stay OpenSSH's defaults (10:30:100, 10), as on a real cluster's hosts:
+# the product must live within them (one connection per host, 8 sessions on it).
 Subsystem sftp internal-sftp
 UseDNS no
 LogLevel VERBOSE

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +326,40 @@ def test_ctrl_c_at_main_menu_neither_exits_nor_deletes(spawn, site):
     assert "Slice 1000 (keepme) [design]" in screen
     m.exit()
     assert site.data()["slices"]["1000"]["status"] == "design"
+
+
+def test_ctrl_z_and_ctrl_backslash_never_leave_the_student_at_a_shell(spawn, site):
+    """Issue 17 item 13: job control and quit are ignored while the menu runs (no shell as its account)."""
+    m = admin_menu(spawn)
+    for key in ("\x1a", "\x1c"):                # Ctrl-Z (SIGTSTP), Ctrl-\ (SIGQUIT)
+        m.p.send(key)
+        time.sleep(0.3)
+        assert m.p.isalive()
+        status = Path(f"/proc/{m.p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert status != "T", "the menu was stopped"
+        screen = m.send("")                       # the menu still reads its input
+        assert "Invalid choice" in screen
+    assert "Quota: 0/10 VMs used" in m.send("1")
+    m.exit()
+
+
+def test_a_huge_answer_is_refused_in_bounded_memory(site, tmp_path):
+    """Issue 17 item 11: a line of 64 MiB at Username: is read in pieces, never held whole."""
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.write(b"x" * (64 << 20) + b"\nadmin\nadmin\nadmin\n0\n")  # the long name, its password, a login
+    where = ["--socket", str(site.socket)] if site.socket else ["--config", str(site.cfg), "--db", str(site.db)]
+    # a parent that waits for the menu with wait4, to read the menu's own peak memory
+    measure = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.argv[1], sys.argv[1:])\n"
+               "_, _, usage = os.wait4(pid, 0)\nprint('MAXRSS', usage.ru_maxrss, file=sys.stderr)\n")
+    with open(big, "rb") as stdin:
+        proc = subprocess.run([PY, "-c", measure, PY, str(CLI)] + where, stdin=stdin, capture_output=True,
+                              timeout=120)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert "That answer is too long (at most 4096 characters)." in out
+    assert "Invalid credentials!" in out and "Welcome, admin!" in out
+    maxrss_kib = int(err.rsplit("MAXRSS ", 1)[1].split()[0])
+    assert maxrss_kib < 64 * 1024, f"the menu grew to {maxrss_kib // 1024} MiB (the line is 64 MiB)"
 
 
 BAD_CHOICES = ["abc", "42", "", "-1", "1 2", "99999999999999999999", "\u00e9", "1.5", "0x1", "one"]

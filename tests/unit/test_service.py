@@ -90,6 +90,20 @@ def two_vm_slice(client: RemoteAPI) -> int:
     return sid
 
 
+def ana_with_a_slow_deploy(path: Path, ex: FakeExecutor) -> tuple:
+    """(ana's client, her 2-VM slice, started, release): VM starts wait for ``release`` once ``started``."""
+    client = RemoteAPI(str(path))
+    assert client.authenticate("ana", "ana-secret")[0]
+    sid = two_vm_slice(client)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_start(cmd):
+        started.set()
+        release.wait(10)
+    ex.hooks["start_vm"] = slow_start
+    return client, sid, started, release
+
+
 # --- the protocol --------------------------------------------------------------------------
 
 def test_payloads_round_trip_with_their_types():
@@ -315,15 +329,7 @@ def test_progress_is_streamed_and_the_result_is_the_facades(served):
 
 def test_ctrl_c_in_the_menu_rolls_the_deploy_back_on_the_service(served):
     _service, api, ex, path = served
-    client = RemoteAPI(str(path))
-    assert client.authenticate("ana", "ana-secret")[0]
-    sid = two_vm_slice(client)
-    started, release = threading.Event(), threading.Event()
-
-    def slow_start(cmd):
-        started.set()
-        release.wait(10)
-    ex.hooks["start_vm"] = slow_start
+    client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", client.deploy_slice("-", sid)))
     t.start()
@@ -341,27 +347,20 @@ def test_ctrl_c_in_the_menu_rolls_the_deploy_back_on_the_service(served):
 
 def test_one_request_at_a_time_per_session(served):
     _service, _api, ex, path = served
+    _client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     raw = Raw(path)
     assert raw.login("ana", "ana-secret")["result"][0]
-    gate = threading.Event()
-    ex.hooks["host_facts"] = lambda cmd: gate.wait(5)
-    raw.send({"id": 2, "op": "call", "method": "cluster_view"})
+    raw.send({"id": 2, "op": "call", "method": "deploy_slice", "args": [sid]})
+    assert started.wait(10)
     reply = raw.ask({"id": 3, "op": "call", "method": "get_quota"})
     assert reply == {"id": 3, "ok": False, "error": "one request at a time: the previous one is still running"}
-    gate.set()
+    release.set()
+    assert raw.reader.read()["id"] == 2
 
 
 def test_a_client_that_vanishes_mid_deploy_leaves_it_all_or_nothing(served):
     _service, api, ex, path = served
-    client = RemoteAPI(str(path))
-    assert client.authenticate("ana", "ana-secret")[0]
-    sid = two_vm_slice(client)
-    started, release = threading.Event(), threading.Event()
-
-    def slow_start(cmd):
-        started.set()
-        release.wait(10)
-    ex.hooks["start_vm"] = slow_start
+    client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     raw = Raw(path)
     assert raw.login("ana", "ana-secret")["result"][0]
     raw.send({"id": 7, "op": "call", "method": "deploy_slice", "args": [sid]})
