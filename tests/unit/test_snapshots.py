@@ -2,9 +2,12 @@
 the ``snapshot`` kind (status, orphans), and the host scripts themselves run in a real shell on files."""
 from __future__ import annotations
 
+import atexit
 import os
+import pathlib
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 from uhelpers import WORKERS, build_slice, make_api, ok
@@ -15,6 +18,8 @@ from hosts.resources import ClusterView, HostContext, Key
 from usecases import reconcile, sessions
 
 MIB = 1024 * 1024
+FAKE_BIN = pathlib.Path(tempfile.mkdtemp(prefix="snap-fake-bin-"))
+atexit.register(shutil.rmtree, FAKE_BIN, True)
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 
 
@@ -308,8 +313,16 @@ def vm_in(folder) -> dict:
     return {"vm_id": 1001, "name": "vm1", "worker_ip": "w", "qcow_image": f"{folder}/vm1_img.qcow2"}
 
 
-def sh(cmd, shell="sh") -> subprocess.CompletedProcess:
-    return subprocess.run([shell, "-c", cmd.script], capture_output=True, text=True, timeout=30)
+def sh(cmd, shell="sh", qemu_runs: bool = False) -> subprocess.CompletedProcess:
+    """Run the script with a ``pgrep`` that says whether the VM's QEMU runs: never this machine's own
+    processes (a lab on it may run a VM with the same ID)."""
+    bindir = FAKE_BIN / ("running" if qemu_runs else "none")
+    if not bindir.is_dir():
+        bindir.mkdir(parents=True)
+        (bindir / "pgrep").write_text(f"#!/bin/sh\nexit {0 if qemu_runs else 1}\n")
+        (bindir / "pgrep").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    return subprocess.run([shell, "-c", cmd.script], capture_output=True, text=True, timeout=30, env=env)
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -335,6 +348,10 @@ def test_the_scripts_work_on_files(tmp_path, shell):
     assert disk.read_bytes() == b"Q" * 5000 and not (folder / "vm1001.base.snap.qcow2.part").exists()
     res = sh(builders.restore_command(vm, "/nohome", "gone"), shell)
     assert res.returncode == builders.NO_SNAPSHOT
+    disk.write_bytes(b"changed")
+    res = sh(builders.restore_command(vm, "/nohome", "base"), shell, qemu_runs=True)  # never under a live QEMU
+    assert res.returncode == builders.VM_RUNNING and "still running" in res.stderr
+    assert disk.read_bytes() == b"changed" and not (folder / "vm1001.base.snap.qcow2.part").exists()
     for _ in range(2):
         assert sh(builders.delete_command(vm, "/nohome", "base"), shell).returncode == 0
     assert sorted(os.listdir(folder)) == ["vm1_img.qcow2"]
