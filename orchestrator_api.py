@@ -11,6 +11,7 @@ done beside this file, one concern per module:
     status      a slice as its hosts hold it (VM states, addresses, what is missing)
     guest_access  using a deployed VM: access details, console, boot log
     operations  status and repair, per-VM stop/start/reboot, the cluster view
+    recovery    ending what a session that died left half-done (a deploy, a start, a stop)
     capacity    what each worker may hold; admission of new and restarted VMs
     runner      the one parallel runner of host commands (failures, Ctrl-C)
     slice_builder  whole slices from a template or a topology file (all or nothing), export
@@ -40,6 +41,7 @@ from usecases.leases import Leases
 from usecases.lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
 from usecases.operations import Operations
 from usecases.reconcile import Orphan, Reconciler
+from usecases.recovery import Recovery
 from usecases.services import Services
 from usecases.sessions import normalise
 from usecases.slice_builder import SliceBuilder
@@ -59,6 +61,7 @@ class OrchestratorAPI:
         self.executor = deployment_api.executor
         self.config = config or self.executor.config
         self.services = Services(db, self.config, deployment_api, Runner(self.executor))
+        self.services.recovery = self.recovery = Recovery(self.services)
         self.accounts = Accounts(self.services)
         self.inventory = Inventory(self.services)
         self.design = Design(self.services)
@@ -217,6 +220,15 @@ class OrchestratorAPI:
     def cluster_view(self, username: str) -> tuple:
         """Admin: every host with what it holds against its capacity."""
         return self.operations.cluster_view(username)
+
+    def recover_interrupted(self, progress: Optional[Progress] = None) -> tuple:
+        """Once, when the manager service starts: end everything its dead predecessor (or any dead
+        session) left half-done: (ok, [RecoveryOutcome]).
+
+        Interrupted deploys are rolled back, starts undone, stops finished, VMs half added rolled
+        back, stale marks dropped (each slice's next reader would do the same for that slice).
+        """
+        return self.recovery.recover_all(progress)
 
     # --- orphans -------------------------------------------------------------------------
 

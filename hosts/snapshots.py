@@ -80,6 +80,7 @@ def save_command(vm: dict, home: str, snapshot: str, limit_bytes: int) -> HostCo
     overlay, snap, part, marker = _paths(vm, home, snapshot)
     script = "\n".join([
         "set -e",
+        "umask 077",  # a snapshot holds a student's data, like the disk: 0600, its marker too
         f"o={q(overlay)}; f={q(snap)}; p={q(part)}; m={q(marker)}",
         f"[ -f \"$o\" ] || {{ echo {q(f'the disk of VM {vm_id} is missing: {overlay}')} >&2; exit {DISK_MISSING}; }}",
         f"if [ -e \"$f\" ] || [ -e \"$m\" ]; then echo {q(f'VM {vm_id} already has a snapshot {snapshot}')} >&2; "
@@ -117,6 +118,7 @@ def restore_command(vm: dict, home: str, snapshot: str) -> HostCommand:
     overlay, snap, part, _marker = _paths(vm, home, snapshot)
     script = "\n".join([
         "set -e",
+        "umask 077",
         f"o={q(overlay)}; f={q(snap)}; p={q(part)}",
         f"[ -f \"$f\" ] || {{ echo {q(f'snapshot {snapshot} of VM {vm_id} is missing on its worker')} >&2; "
         f"exit {NO_SNAPSHOT}; }}",

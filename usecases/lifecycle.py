@@ -30,7 +30,7 @@ from hosts.runner import Cancel, Progress, StepReport, interrupts_cancel, interr
 from models import Slice
 from usecases import capacity, leases, sessions
 from usecases.access import authorized_slice
-from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
+from usecases.inventory import Inventory, back_to_design, mark_in, settle_in, unmark_in
 from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.lifecycle")
@@ -138,6 +138,8 @@ class Lifecycle:
             ok, s = authorized_slice(data, username, slice_id)
             if not ok:
                 return False, s, dropped
+            if sessions.needs_recovery(s):
+                return False, sessions.recovery_pending_text(s), dropped
             status = s.get("status")
             if status == "running":
                 return False, "Slice already running", dropped
@@ -161,6 +163,7 @@ class Lifecycle:
     def deploy(self, username: str, slice_id, progress: Optional[Progress] = None) -> Outcome:
         """Deploy all or nothing: network node first, then every VM, hosts in parallel."""
         t0 = time.monotonic()
+        self.s.recover([slice_id])  # what a dead session's deploy of it left is removed first
         ok, snapshot, dropped = self._reserve_for_deploy(username, slice_id)
         Inventory(self.s).remove_disks(dropped)
         if not ok:
@@ -257,12 +260,7 @@ class Lifecycle:
         with self.s.db.transaction() as data:
             s = unmark_in(data, sid, status)
             if s is not None and status == "design":
-                s.pop("deployed_at", None)
-                for vm in s.get("vms", []):
-                    if vm.get("status") in ("running", "stopped"):
-                        vm["status"], vm["pid"] = "design", None
-                for n in s.get("networks", []):
-                    n["status"] = "pending"
+                back_to_design(s)
 
     # --- delete -----------------------------------------------------------------------
 
@@ -283,6 +281,7 @@ class Lifecycle:
         lease reaper: "is the lease still over?").
         """
         t0 = time.monotonic()
+        self.s.recover([slice_id])
         ok, snapshot, dropped = self._reserve_for_delete(username, slice_id, guard)
         Inventory(self.s).remove_disks(dropped)
         if not ok:

@@ -20,8 +20,14 @@ characters).  A save is refused before anything is made when the VM has
 ``snapshots.max_per_vm`` snapshots, the name is taken, or the copy (the
 overlay's size, read on the worker) would take the owner past their quota;
 the slice's owner pays for it, whoever saves it.  While a save, restore or
-delete runs, the slice is ``snapshotting`` (marked for this session, and the
-mark names the snapshot, so the orphan scan leaves its files alone).
+delete runs, the slice is ``snapshotting`` (``restoring`` for a restore),
+marked for this session, and the mark names the snapshot, so the orphan scan
+leaves its files alone.  A session that dies in a restore (a killed menu or
+service) is ended by ``usecases.recovery`` as a stop is: the VM is stopped,
+its disk the old one or the restored one (never half: a copy then a rename),
+and its owner starts it again (option 14).  One that dies in a save leaves
+the VM running (the worker's script resumes it as it ends) and maybe a file
+no VM holds, which option 8 finds.
 
 * save: a running VM is paused for the copy and resumed (its guest keeps
   running: nothing reboots); a stopped VM is copied as it is;
@@ -128,12 +134,14 @@ class Snapshots:
     # --- marking ---------------------------------------------------------------------------
 
     def _mark(self, username: str, slice_id, vm_id, name: str, action: str) -> tuple:
-        """Check the request and mark the slice ``snapshotting``: (True, (slice copy, vm, limit)) or (False, why)."""
+        """Check the request and mark the slice (``restoring`` for a restore, else ``snapshotting``):
+        (True, (slice copy, vm, limit)) or (False, why)."""
         if not naming.valid_name(name if isinstance(name, str) else ""):
             return False, f"Invalid snapshot name: {naming.NAME_RULE} (no '/', no spaces)"
         ok, vid = as_int(vm_id, "VM ID")
         if not ok:
             return False, vid
+        self.s.recover([slice_id])  # what a dead session's deploy, start, stop or restore left
         with self.s.db.transaction() as data:
             settle_in(data, None, reap=False)
             ok, s = authorized_slice(data, username, slice_id)
@@ -143,11 +151,14 @@ class Snapshots:
             why = self._refusal(data, s, vm, vid, name, action)
             if why:
                 return False, why
-            ok, marked = mark_in(data, username, slice_id, "snapshotting", ("running", "stopped"))
+            status = "restoring" if action == "restore" else "snapshotting"
+            ok, marked = mark_in(data, username, slice_id, status, ("running", "stopped"))
             if not ok:
                 return False, marked
             stored = data["slices"][str(s["slice_id"])]
             stored["busy"]["snapshot"] = {"vm_id": vid, "name": name, "action": action}
+            if action == "restore":  # the VM a recovery stops if this session dies (usecases.recovery)
+                stored["busy"]["vms"] = [vid]
             stored_vm = next(v for v in stored["vms"] if int(v["vm_id"]) == vid)
             stored_vm.setdefault("snapshots", [])
             owner = data["users"].get(s.get("owner"))

@@ -133,7 +133,8 @@ def test_snapshot_builders_made_found_removed_twice_nothing_left(lab, svc):  # n
         res = run(svc, snapshots.save_command(vm, home, "one", 10**9))
         size = int(res.stdout.split()[-1])
         path = f"{IMAGES}/vm{VM_ID}.one.snap.qcow2"
-        assert sh(lab, wname, f"stat -c '%s %U' {path}").split() == [str(size), "ubuntu"]
+        assert sh(lab, wname, f"stat -c '%s %U %a' {path} {path}.owner").split()[:6] == \
+            [str(size), "ubuntu", "600", sh(lab, wname, f"stat -c %s {path}.owner").strip(), "ubuntu", "600"]
         assert sh(lab, wname, f"cat {path}.owner").strip() == f"cloud-repositorio vm {VM_ID} snapshot one"
         assert found_keys(svc, worker).get(_key(worker, "one")) == str(size)
         # refused without changing anything: the name taken, then a quota that cannot hold it

@@ -212,6 +212,47 @@ def test_a_stopped_vm_stays_stopped_and_a_failed_restore_still_starts_a_running_
     assert db.get_slice(sid)["vms"][0]["status"] == "running"
 
 
+class Killed(BaseException):
+    """What SIGKILL does to a use case: it stops there, nothing after it runs."""
+
+
+def kill_restore_at(api, db, sid, vm_id, step: int) -> None:
+    """A restore whose session is killed as it hands out host command ``step`` (0: the stop, 2: the start)."""
+    real, calls = api.snapshots._run, []
+
+    def run(cmd, progress, t0=None):
+        calls.append(cmd.action)
+        if len(calls) > step:
+            raise Killed
+        return real(cmd, progress, t0)
+    api.snapshots._run = run
+    with pytest.raises(Killed):
+        api.restore_snapshot("admin", sid, vm_id, "base")
+    del api.snapshots._run
+    s = db.get_slice(sid)
+    assert s["status"] == "restoring" and s["busy"]["vms"] == [vm_id] and s["busy"]["previous"] == "running"
+    with db.transaction() as data:  # the marking session is gone: its pid names no process
+        data["slices"][str(sid)]["busy"].update({"pid": 999999, "host": os.uname().nodename, "start": "1"})
+
+
+@pytest.mark.parametrize("step", [0, 2])
+def test_a_killed_restore_ends_as_a_stop_its_vm_stopped_for_the_owner_to_start(tmp_path, step):
+    api, db, ex, sid, ids = deployed(tmp_path)
+    ok(save(api, ex, sid, ids[0], "base"))
+    kill_restore_at(api, db, sid, ids[0], step)
+    assert (("vm", WORKERS[0], ids[0]) in ex.world) == (step == 0)  # killed before the stop: it still runs
+    ex.commands.clear()
+    ok(api.list_snapshots("admin", sid))  # the next reader of the slice ends the dead restore
+    s = db.get_slice(sid)
+    assert s["status"] == "running" and "busy" not in s
+    assert [vm["status"] for vm in s["vms"]] == ["stopped", "running"] and s["vms"][0]["pid"] is None
+    assert [c.target for c in ex.commands if c.action == "stop_vm"] == [ids[0]]  # that VM only, through QMP
+    assert ("vm", WORKERS[0], ids[0]) not in ex.world and ("vm", WORKERS[1], ids[1]) in ex.world
+    assert [x["name"] for x in s["vms"][0]["snapshots"]] == ["base"]
+    ok(api.start_vm("admin", sid, ids[0]))
+    assert db.get_slice(sid)["vms"][0]["status"] == "running"
+
+
 def test_restore_of_an_unknown_snapshot_and_delete(tmp_path):
     api, db, ex, sid, ids = deployed(tmp_path)
     assert api.restore_snapshot("admin", sid, ids[0], "nope") == (False, f"VM {ids[0]} (vm1) has no snapshot nope")
@@ -339,6 +380,8 @@ def test_the_scripts_work_on_files(tmp_path, shell):
     assert res.returncode == 0 and res.stdout.split() == ["size", "5000"], res.stderr
     snap = folder / "vm1001.base.snap.qcow2"
     assert snap.read_bytes() == disk.read_bytes()
+    for made in (snap, folder / "vm1001.base.snap.qcow2.owner"):  # a student's data: like the disk, 0600
+        assert os.stat(made).st_mode & 0o777 == 0o600, made
     assert (folder / "vm1001.base.snap.qcow2.owner").read_text() == "cloud-repositorio vm 1001 snapshot base\n"
     res = sh(builders.save_command(vm, "/nohome", "base", 10**9), shell)
     assert res.returncode == builders.SNAPSHOT_EXISTS and "already has a snapshot base" in res.stderr
@@ -346,6 +389,7 @@ def test_the_scripts_work_on_files(tmp_path, shell):
     res = sh(builders.restore_command(vm, "/nohome", "base"), shell)
     assert res.returncode == 0, res.stderr
     assert disk.read_bytes() == b"Q" * 5000 and not (folder / "vm1001.base.snap.qcow2.part").exists()
+    assert os.stat(disk).st_mode & 0o777 == 0o600
     res = sh(builders.restore_command(vm, "/nohome", "gone"), shell)
     assert res.returncode == builders.NO_SNAPSHOT
     disk.write_bytes(b"changed")
