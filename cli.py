@@ -272,6 +272,8 @@ class CLI:
             say(f"\nWelcome, {username}!")
             if info.get("default_password"):
                 say(f"{WARN}  You are using the default password: change it now (option 10).")
+            for notice in info.get("notices") or ():
+                say(f"{WARN}  {notice}")
             snapshots_leases.warn_at_login(self.api, self.username)
             return True
 
@@ -696,7 +698,7 @@ def run_menu(api) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - last resort: never a traceback on screen
         log.exception("fatal error")
-        print(f"\n{ERR} Fatal error: {e} (details in the log)", file=sys.stderr)
+        print(f"\n{ERR} Fatal error: {printable(str(e))} (details in the log)", file=sys.stderr)
         return 1
     finally:
         log.info("menu session ended after %.1f s", time.monotonic() - started)
@@ -710,7 +712,8 @@ def main(argv: Optional[list] = None) -> int:
     try:
         api, close = connect(args)
     except StartError as e:
-        print(f"error: cannot start: {e}" if script else f"{ERR} Cannot start: {e}", file=sys.stderr)
+        why = printable(str(e))
+        print(f"error: cannot start: {why}" if script else f"{ERR} Cannot start: {why}", file=sys.stderr)
         return 2
     try:
         if script:
@@ -733,7 +736,7 @@ def run_script(args, api) -> int:
         print(f"error: {commands.safe(str(e))}", file=sys.stderr)
         return 1
     except ServiceGone as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {commands.safe(str(e))}", file=sys.stderr)
         return 1
 
 

@@ -58,7 +58,8 @@ class Failed(Exception):
 
 
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    """One line of a command's output, never a control character raw (``store.text.terminal_safe``)."""
+    sys.stdout.write(safe(text) + "\n")
     sys.stdout.flush()
 
 
@@ -236,7 +237,7 @@ def run_overview(args, api, user: str) -> int:
                              " ".join(r.workers), r.deployed_at or "",
                              "" if r.running_for is None else int(r.running_for), r.lease_end or "",
                              "" if r.lease_left is None else int(r.lease_left)])
-        sys.stdout.write(buf.getvalue())
+        sys.stdout.write(safe(buf.getvalue()))
         return 0
     for line in cli_classes.render_overview(rows, checked(api.cluster_workers(user))):
         out(line)
@@ -327,7 +328,7 @@ def run_topology_check(args) -> int:
 
 def _write_or_print(text: str, output: Optional[str]) -> int:
     if not output:
-        sys.stdout.write(text)
+        sys.stdout.write(safe(text))
         sys.stdout.flush()
         return 0
     ok, where = cli_classes.write_new_file(output, text)

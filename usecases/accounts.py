@@ -67,6 +67,8 @@ class Accounts:
             log.info("upgraded the password hash of %s to scrypt", username)
         info = dict(user, password_hash="<hidden>")
         info["default_password"] = default_password
+        if user.get("role") == "admin":
+            info["notices"] = self.s.db.take_notices()   # what the store corrected or saw edited by hand
         return True, info
 
     def change_password(self, username: str, old_password: str, new_password: str) -> tuple:

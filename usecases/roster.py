@@ -33,6 +33,8 @@ from typing import Any, Optional
 import yaml
 
 import naming
+from store.text import clip, excerpt, word
+from store.yamlcheck import anchor_problem
 from topology.model import Problem
 from usecases.access import MAX_QUOTA
 from usecases.accounts import check_new_password
@@ -116,15 +118,15 @@ def _student(line: int, row: dict) -> tuple[Optional[Student], list[Problem]]:
     if username in (None, ""):
         return None, [Problem("username is missing", line)]
     if not isinstance(username, str) or not naming.USERNAME_RE.fullmatch(username):
-        return None, [Problem(f"invalid username {str(username)!r}: {naming.USERNAME_RULE}", line)]
+        return None, [Problem(f"invalid username {excerpt(str(username))}: {naming.USERNAME_RULE}", line)]
     quota = row.get("quota")
     if quota in (None, ""):
         quota = DEFAULT_QUOTA
     elif isinstance(quota, str) and quota.strip().isascii() and quota.strip().isdigit():
         quota = int(quota.strip())
     if isinstance(quota, bool) or not isinstance(quota, int) or not 0 <= quota <= MAX_QUOTA:
-        problems.append(Problem(f"{username}: quota must be a whole number from 0 to {MAX_QUOTA}, not {quota!r}",
-                                line))
+        problems.append(Problem(f"{username}: quota must be a whole number from 0 to {MAX_QUOTA}, "
+                                f"not {excerpt(quota)}", line))
     password = row.get("password")
     if password in (None, "", GENERATE):
         password = None
@@ -177,7 +179,7 @@ def _csv_rows(text: str) -> tuple[list, list[Problem]]:
                 continue
             rows.append((line, dict(zip(header, cells))))
     except csv.Error as e:
-        return [], [Problem(f"not valid CSV: {e}", reader.line_num or 1)]
+        return [], [Problem(f"not valid CSV: {clip(str(e), 80)}", reader.line_num or 1)]
     if header is None:
         return [], [Problem(f"the roster is empty: expected a header row like {','.join(COLUMNS)}", 1)]
     return rows, problems
@@ -185,10 +187,11 @@ def _csv_rows(text: str) -> tuple[list, list[Problem]]:
 
 def _header(cells: list, line: int) -> tuple[list, list[Problem]]:
     names = [c.lower() for c in cells]
-    unknown = [c for c in names if c not in COLUMNS]
+    unknown = [i for i, c in enumerate(names, 1) if c not in COLUMNS]
     if unknown:
+        shown = word(names[unknown[0] - 1])    # a file that is no roster: described, never quoted
         return [], [Problem(f"the header row must name the columns ({', '.join(COLUMNS)}): "
-                            f"unknown column {unknown[0]!r}", line)]
+                            + (f"unknown column {shown}" if shown else f"column {unknown[0]} is none of them"), line)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         return [], [Problem(f"the header row names {twice[0]} twice", line)]
@@ -200,11 +203,15 @@ def _header(cells: list, line: int) -> tuple[list, list[Problem]]:
 # --- YAML ----------------------------------------------------------------------------
 
 def _yaml_rows(text: str) -> tuple[list, list[Problem]]:
+    refused = anchor_problem(text, yaml.SafeLoader)
+    if refused:
+        return [], [Problem(refused.message, refused.line)]
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        return [], [Problem(f"not valid YAML: {getattr(e, 'problem', None) or e}", mark.line + 1 if mark else 1)]
+        reason = clip(str(getattr(e, "problem", None) or "a syntax error"), 120)   # PyYAML's words, not the file's
+        return [], [Problem(f"not valid YAML: {reason}", mark.line + 1 if mark else 1)]
     except RecursionError:
         return [], [Problem("not valid YAML: nested too deeply", 1)]
     if root is None:
@@ -230,13 +237,17 @@ def _yaml_rows(text: str) -> tuple[list, list[Problem]]:
 def _yaml_row(node: yaml.Node) -> tuple[Optional[dict], list[Problem]]:
     if not isinstance(node, yaml.MappingNode):
         return None, [Problem(f"a student must be a mapping like {_EXAMPLE}", _line(node))]
-    row, problems = {}, []
+    row, problems, first = {}, [], {}
     for key_node, value_node in node.value:
         key = _scalar(key_node)
+        if key in COLUMNS:
+            first.setdefault(key, _line(key_node))
         if key not in COLUMNS:
-            problems.append(Problem(f"unknown key {str(key)!r} (allowed: {', '.join(COLUMNS)})", _line(key_node)))
+            shown = word(key)
+            problems.append(Problem(f"unknown key{' ' + shown if shown else ''} (allowed: {', '.join(COLUMNS)})",
+                                    _line(key_node)))
         elif key in row:
-            problems.append(Problem(f"{key} is given twice", _line(key_node)))
+            problems.append(Problem(f"{key} is given twice (first on line {first[key]})", _line(key_node)))
         elif not isinstance(value_node, yaml.ScalarNode):
             problems.append(Problem(f"{key} must be a single value", _line(value_node)))
         else:

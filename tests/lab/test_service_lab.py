@@ -10,6 +10,7 @@ readability for that account.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -203,6 +204,18 @@ def test_the_student_account_cannot_read_the_keys_the_log_or_any_hash_nor_reach_
     secrets = [service.state / "ssh" / "id_ed25519", service.state / "database.yaml",
                service.state / "log" / "cloud-repositorio.log", service.state / "cluster.yaml",
                Path(lab["ssh"]["key_file"]), service.state / "database.yaml.key"]
+    # what the service's store derives from database.yaml (its cache, its lock) is never more readable than
+    # that file, and the shipped unsalted hashes left every one of them at the service's first read
+    db_st = service.db.stat()
+    for derived in (service.state / "database.yaml.cache", service.state / "database.yaml.lock"):
+        st = derived.stat()
+        assert pwd.getpwuid(st.st_uid).pw_name == SERVICE_ACCOUNT, derived
+        assert st.st_mode & 0o777 & ~db_st.st_mode == 0 and st.st_gid == db_st.st_gid, (derived, oct(st.st_mode))
+        secrets.append(derived)
+    users = yaml.safe_load(service.db.read_text())["users"]
+    assert users["admin"]["password_hash"].startswith("sha256-scrypt$"), users["admin"]["password_hash"]
+    for path in (service.db, service.state / "database.yaml.cache"):
+        assert hashlib.sha256(b"admin").hexdigest() not in path.read_text(), path
     api = make_api(lab, service.db)
     try:
         api.services.credentials.password(1001)            # the site key exists from here on

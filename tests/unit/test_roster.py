@@ -98,7 +98,8 @@ def test_bad_csv_rows_name_their_line(text, expected):
     ("- {username: alice, password: 123456}\n", ["line 1: alice: password must be text (quote it) or generate"]),
     ("- {username: alice, role: admin}\n", ["line 1: unknown key 'role' (allowed: username, quota, password, "
                                               "disk_quota_mib, max_lease_days)"]),
-    ("- {username: alice}\n- {username: alice, username: bob}\n", ["line 2: username is given twice"]),
+    ("- {username: alice}\n- {username: alice, username: bob}\n",
+     ["line 2: username is given twice (first on line 2)"]),
     ("- {username: [a, b]}\n", ["line 1: username must be a single value"]),
     ("- alice\n- {username: bob}\n", ["line 1: a student must be a mapping like {username: alice, quota: 6, "
                                        "password: generate}"]),
