@@ -40,6 +40,10 @@ On a worker, per VM ``vm_id``
                 0700 folder: only the SSH user and root (QEMU) read disks.
                 (Before: the fallback ``{vm_name}_{vm_id}_img.qcow2`` and the
                 marker ``cloud-repositorio``; both are still recognised.)
+    snapshots   ``~/vm_images/vm{vm_id}.{snapshot}.snap.qcow2``: a copy of the overlay
+                (same backing file, 0600 like it), with the marker ``<file>.owner`` written
+                before it and removed after it; ``<file>.part`` while a save or a
+                restore copies it (``snapshot`` follows the slice/VM name rule)
     base image  ``~/vm_images/<basename of the flavor image>`` (never touched)
     QEMU        ``-name cr-vm{vm_id},process=cr-vm{vm_id}`` and
                 ``-pidfile /run/cloud-repositorio/vm{vm_id}.pid``
@@ -274,6 +278,18 @@ def overlay_marker(overlay: str) -> str:
     return f"{overlay}.owner"
 
 
+def snapshot_file(vm_id: int, snapshot: str, folder: str = IMAGE_DIR) -> str:
+    """A VM's disk snapshot ``snapshot`` in ``folder`` (its overlay's folder): a copy of its overlay."""
+    if not valid_name(snapshot):
+        raise ValueError(f"invalid snapshot name {snapshot!r}")
+    return f"{folder.rstrip('/')}/vm{int(vm_id)}.{snapshot}.snap.qcow2"
+
+
+def snapshot_part(snapshot_path: str) -> str:
+    """The file a save or a restore copies into before it is renamed into place."""
+    return f"{snapshot_path}.part"
+
+
 def overlay_marker_text(vm_id: int) -> str:
     """What the marker of VM ``vm_id``'s overlay holds (its delete checks it)."""
     return f"{MARK} vm {int(vm_id)}"
@@ -332,3 +348,5 @@ GATEWAY_RE = re.compile(r"gw_vlan(\d+)")
 NETNS_RE = re.compile(r"ns-dhcp-vlan(\d+)")
 DNSMASQ_PID_RE = re.compile(r"dnsmasq-vlan(\d+)\.pid")
 RESERVATION_RE = re.compile(r"vm(\d+)")
+SNAPSHOT_MARKER_GLOB = "vm[0-9]*.snap.qcow2.owner"
+SNAPSHOT_RE = re.compile(r"vm(\d+)\.([A-Za-z][A-Za-z0-9_-]{0,31})\.snap\.qcow2")

@@ -10,6 +10,8 @@ Subcommands (``--config`` and ``--db`` may come before or after them)::
     slice show ID                                       the slice's text diagram
     topology template KIND N [--flavor F] [--internet WHICH] [--name NAME] [--dot]
     topology check FILE                                 is it a valid topology file? (its diagram)
+    snapshot list|save|restore|delete ...               disk snapshots of VMs (see menu/snapshots_leases.py)
+    lease show|set|reap ...                             slice leases (reap: the operator's, embedded mode)
 
 Who may: every command that reads or changes slices or accounts logs in
 first and then acts as that user, with the same checks as the menu (a
@@ -40,6 +42,7 @@ import sys
 from typing import Optional
 
 from menu import classes as cli_classes
+from menu import snapshots_leases
 from menu.prompts import printable
 from topology import files as topology_file
 from topology import model as topology
@@ -116,6 +119,8 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = top.add_parser("check", help="check a topology file; print its diagram")
     p.add_argument("file")
     p.set_defaults(run=run_topology_check, offline=True)
+
+    snapshots_leases.add_subcommands(sub, common)
 
 
 def _template_arguments(p: argparse.ArgumentParser) -> None:
@@ -226,11 +231,12 @@ def run_overview(args, api, user: str) -> int:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["slice_id", "owner", "name", "status", "topology_type", "vms", "links", "workers",
-                         "deployed_at", "running_seconds"])
+                         "deployed_at", "running_seconds", "lease_end", "lease_seconds_left"])
         for r in rows:
             writer.writerow([r.slice_id, r.owner, r.name, r.status, r.topology_type, r.vms, r.links,
                              " ".join(r.workers), r.deployed_at or "",
-                             "" if r.running_for is None else int(r.running_for)])
+                             "" if r.running_for is None else int(r.running_for), r.lease_end or "",
+                             "" if r.lease_left is None else int(r.lease_left)])
         sys.stdout.write(safe(buf.getvalue()))
         return 0
     for line in cli_classes.render_overview(rows, checked(api.cluster_workers(user))):

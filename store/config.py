@@ -137,6 +137,14 @@ def non_negative_int(v: Any) -> bool:
     return _is_int(v) and v >= 0
 
 
+def positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def non_negative(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v >= 0
+
+
 def ip_network(v: Any) -> bool:
     try:
         ipaddress.ip_network(v, strict=False)
@@ -212,6 +220,16 @@ SCHEMA: dict = {
         "ram_ratio": Setting(1.0, positive, "a positive number (guest memory per MiB of host memory)"),
         "reserved_memory_mib": Setting(512, non_negative_int, "a whole number of MiB kept for the host itself"),
         "hosts": Setting({}, host_sizes, "a mapping of host to {memory_mib: N, vcpus: N}"),
+    },
+    "snapshots": {
+        "quota_mib": Setting(1024, non_negative_int, "a whole number of MiB (a user's default snapshot disk quota)"),
+        "max_per_vm": Setting(10, positive_int, "a whole number, 1 or more (snapshots a VM may keep)"),
+    },
+    "leases": {
+        "grace_hours": Setting(24, non_negative, "a number of hours, 0 or more (an expired slice is kept "
+                                                 "stopped this long, then deleted)"),
+        "warn_hours": Setting(24, non_negative, "a number of hours, 0 or more (owners are warned at login "
+                                                "when a lease ends within it)"),
     },
     "lab": Setting(NO_DEFAULT, anything, "free-form (written by lab/up.sh)"),
 }

@@ -155,6 +155,7 @@ class _Table:
 _INT, _STR, _NUM = (int,), (str,), (int, float)
 _VLAN = {"low": 1, "high": naming.MAX_VLAN}
 _IFNAME = {"pattern": r"eth[0-9]+"}
+_STAMP = {"pattern": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"}
 
 
 def _documented(names: bool) -> _Record:
@@ -180,6 +181,12 @@ def _documented(names: bool) -> _Record:
         }, nullable=True)),
         "link_id": one_of(_INT, "a link ID or null", nullable=True, low=0),
     })
+    snapshot = _Record("a snapshot (name, created_at, size_bytes)", {
+        "name": required(_STR, "a snapshot name (1-32 characters: a letter first, then letters, digits, '-' or '_')",
+                         pattern=naming.NAME_RE.pattern),
+        "created_at": one_of(_STR, "a time (YYYY-mm-dd HH:MM:SS)", **_STAMP),
+        "size_bytes": one_of(_INT, "a size in bytes (a whole number)", low=0),
+    })
     vm = _Record("a VM (vm_id, name, owner, worker_ip, ...)", {
         "vm_id": required(_INT, "a VM ID (a whole number)", low=0),
         "name": required(_STR, "a name (text)"),
@@ -196,6 +203,7 @@ def _documented(names: bool) -> _Record:
             "image": one_of(_STR, "a path (text)"),
         }, nullable=True)),
         "interfaces": (False, _ListOf("a list of interfaces", interface)),
+        "snapshots": (False, _ListOf("a list of snapshots", snapshot)),
     })
     link = _Record("a link (link_id, vlan_id, vm1_id, vm1_interface, vm2_id, vm2_interface)", {
         "link_id": required(_INT, "a link ID (a whole number)", low=0),
@@ -225,6 +233,7 @@ def _documented(names: bool) -> _Record:
         "links": (False, _ListOf("a list of links", link)),
         "networks": (False, _ListOf("a list of networks", network)),
         "name": one_of(_STR, "a name (text) or null", nullable=True),
+        "lease_end": one_of(_STR, "a time (YYYY-mm-dd HH:MM:SS) or null", nullable=True, **_STAMP),
     })
     user = _Record("a user (username, password_hash, quota_vms, used_vms, slices, role)", {
         "username": required(_STR, "a user name (text)"),
@@ -233,6 +242,8 @@ def _documented(names: bool) -> _Record:
         "used_vms": one_of(_INT, "a whole number, 0 or more", low=0),
         "slices": (False, _ListOf("a list of slice IDs", _Scalar(_INT, "a slice ID", low=0))),
         "role": one_of(_STR, "a role (text)"),
+        "disk_quota_mib": one_of(_INT, "a whole number of MiB, 0 or more, or null", nullable=True, low=0),
+        "max_lease_days": one_of(_INT, "a whole number of days (1-365) or null", nullable=True, low=1, high=365),
     })
     return _Record("a mapping of users, slices and next_vm_id", {
         "users": (True, _Table("a mapping of user name to user", user, "username", _STR, names)),

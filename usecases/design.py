@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Optional
 
 import naming
@@ -19,7 +20,7 @@ from hosts.runner import interrupts_ignored
 from models import Flavor, Link, Network, Slice, User
 from topology.model import MAX_DATA_INTERFACES
 from topology.model import TOPOLOGY_TYPES as DESIGNED_TYPES
-from usecases import capacity, sessions
+from usecases import capacity, leases, sessions
 from usecases.access import as_int, owned_editable_slice
 from usecases.inventory import settle_in
 from usecases.services import Services
@@ -126,6 +127,9 @@ class Design:
             data["next_vm_id"] = slice_id + 1
             s = Slice(slice_id, username, topology_type, slice_name, start)
             data["slices"][str(slice_id)] = s.to_dict()
+            lease_end = leases.default_lease_end(user, time.time())
+            if lease_end:  # the owner's maximum lease (none without a maximum: see usecases.leases)
+                data["slices"][str(slice_id)]["lease_end"] = lease_end
             user.setdefault("slices", []).append(slice_id)
         if start != naming.documented_pool_start(slice_id):
             log.info("slice %s: documented VLAN pool taken, using %s-%s", slice_id, start, start + 19)

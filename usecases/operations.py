@@ -28,7 +28,7 @@ import vlan_manager
 import vm_launcher
 from hosts.hostcmd import HostCommand, q
 from hosts.runner import Cancel, Progress, interrupts_cancel
-from usecases import capacity
+from usecases import capacity, leases
 from usecases.access import as_int, authorized_slice, require_admin
 from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
 from usecases.lifecycle import launch_command, reservations_of
@@ -138,6 +138,10 @@ class Operations:
             down = ", ".join(h for h, v in report.reachable.items() if v is not True)
             return False, f"Cannot repair while a host cannot be reached: {down}"
         cmds = repair_plan(report, self.s)
+        lost = [c for c in report.problems if c.key.kind == "snapshot"]
+        if not cmds and lost:
+            return False, ActionOutcome(False, f"Repair cannot make lost snapshots again ({lost[0].label}"
+                                               f"{' and more' if len(lost) > 1 else ''}): delete them (option 19)")
         if not cmds:
             return True, ActionOutcome(True, "Nothing to repair: the slice has everything it should")
         outcome, results = self._run(cmds, "repair", progress)
@@ -176,20 +180,29 @@ class Operations:
 
     # --- VM lifecycle -------------------------------------------------------------------
 
-    def _mark(self, username: str, slice_id, status: str, vm_id, caps: Optional[dict] = None) -> tuple:
+    def _mark(self, username: str, slice_id, status: str, vm_id, caps: Optional[dict] = None,
+              guard=None) -> tuple:
         """Owner/admin, the slice running or stopped: mark it ``status`` for this session, with the VMs
         it works on (``busy.vms``), in one transaction: (True, snapshot, dropped) or (False, why, dropped).
 
         ``caps`` (a start: workers' capacities, read before): admission happens in that same
         transaction, and the marked VMs hold their workers' capacity from then on, so two starts at
-        once never both take the last room.
+        once never both take the last room.  ``guard(slice)`` may refuse under the same lock (why, or
+        None: the lease reaper's "is the lease still over?"); a slice whose lease ended is not started.
         """
         try:
             with self.s.db.transaction() as data:
                 dropped = settle_in(data, None)
+                found = data["slices"].get(str(slice_id)) if guard is not None else None
+                why = guard(found) if found is not None else None
+                if why:
+                    return False, why, dropped
                 ok, s = mark_in(data, username, slice_id, status, ("running", "stopped"))
                 if not ok:
                     return False, s, dropped
+                why = leases.ended_refusal(s, time.time(), "started") if status == "starting" else None
+                if why:
+                    raise _Refused(why)
                 ok, vms = self._select_vms(s, vm_id)
                 if not ok:
                     raise _Refused(vms)
@@ -231,10 +244,10 @@ class Operations:
         vm = next((v for v in s.get("vms", []) if int(v["vm_id"]) == vid), None)
         return (True, [vm]) if vm else (False, f"VM {vid} is not in slice {s['slice_id']}")
 
-    def stop(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None) -> tuple:
+    def stop(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None, guard=None) -> tuple:
         """Stop one VM (``vm_id``) or the whole slice: processes gone, disks kept, status ``stopped``."""
         self.s.recover([slice_id])
-        ok, s, dropped = self._mark(username, slice_id, "stopping", vm_id)
+        ok, s, dropped = self._mark(username, slice_id, "stopping", vm_id, guard=guard)
         Inventory(self.s).remove_disks(dropped)
         if not ok:
             return False, s

@@ -11,7 +11,10 @@ failure would have ended it:
   ``design`` again with nothing on any host;
 * ``starting``: the VMs the start worked on are stopped (disks kept): a start
   that never finished ends as stopped, with nothing of those VMs running;
-* ``stopping``: the stop is finished: the VMs it worked on are stopped.
+* ``stopping``: the stop is finished: the VMs it worked on are stopped;
+* ``restoring`` (a disk snapshot's restore, ``usecases.snapshots``): ended as
+  a stop: its VM is stopped, its disk the old or the restored one (the
+  restore copies, then renames), for its owner to start again.
 
 (A delete that died leaves the slice as it was before: run Delete again.)
 
@@ -204,7 +207,9 @@ class Recovery:
                     continue
                 end_state(s, snap)
                 self.s.recovery_failures.pop(key, None)
-                done = "rolled back" if op == "deploy" else ("finished" if op == "stop" else "undone")
+                done = "rolled back" if op == "deploy" else ("finished" if op == "stop" else
+                                                             "ended with its VM stopped" if op == "restore"
+                                                             else "undone")
                 outcomes.append(RecoveryOutcome(int(key), op, True, s["status"],
                                                 f"the interrupted {op} of a session that died was {done}; "
                                                 f"the slice is {s['status']}"))

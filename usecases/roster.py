@@ -15,8 +15,12 @@ required); blank lines and lines starting with ``#`` are skipped::
 
 ``quota`` is 0-1000 VMs (default 6, a student's default); ``password`` is
 6-128 characters, or ``generate`` (the default): a random password made at
-import.  ``parse_roster`` returns every student, or every problem, each
-naming its line; one bad row refuses the whole roster.
+import.  Two more optional columns: ``disk_quota_mib`` (the MiB the student's
+disk snapshots may hold; default: the config's ``snapshots.quota_mib``) and
+``max_lease_days`` (1-365: the longest lease the student may give a slice,
+and the lease their new slices get; default or ``none``: no maximum, no
+lease).  Like the quota, they are given to accounts the import creates.
+``parse_roster`` returns every student, or every problem, each naming its line; one bad row refuses the whole roster.
 """
 from __future__ import annotations
 
@@ -38,7 +42,9 @@ from usecases.accounts import check_new_password
 DEFAULT_QUOTA = 6
 GENERATE = "generate"
 FORMATS = ("yaml", "csv")
-COLUMNS = ("username", "quota", "password")
+COLUMNS = ("username", "quota", "password", "disk_quota_mib", "max_lease_days")
+MAX_DISK_QUOTA_MIB = 1024 * 1024
+MAX_LEASE_DAYS = 365
 MAX_TEXT = 1_000_000
 MAX_STUDENTS = 1000
 _ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/l/I
@@ -53,6 +59,8 @@ class Student:
     quota: int
     password: Optional[str]
     line: int
+    disk_quota_mib: Optional[int] = None   # None: the config's default
+    max_lease_days: Optional[int] = None   # None: no maximum
 
 
 def format_of(path: str) -> Optional[str]:
@@ -128,7 +136,24 @@ def _student(line: int, row: dict) -> tuple[Optional[Student], list[Problem]]:
         err = check_new_password(password)
         if err:  # never echo the password itself
             problems.append(Problem(f"{username}: {err[0].lower()}{err[1:]} (or write {GENERATE})", line))
-    return Student(username, quota if isinstance(quota, int) else DEFAULT_QUOTA, password, line), problems
+    disk = _optional_whole(row.get("disk_quota_mib"), 0, MAX_DISK_QUOTA_MIB, f"{username}: disk_quota_mib "
+                           f"must be a whole number of MiB from 0 to {MAX_DISK_QUOTA_MIB}", line, problems)
+    lease = _optional_whole(row.get("max_lease_days"), 1, MAX_LEASE_DAYS, f"{username}: max_lease_days must be a "
+                            f"whole number of days from 1 to {MAX_LEASE_DAYS}, or none", line, problems)
+    return Student(username, quota if isinstance(quota, int) else DEFAULT_QUOTA, password, line, disk,
+                   lease), problems
+
+
+def _optional_whole(value: Any, low: int, high: int, rule: str, line: int, problems: list) -> Optional[int]:
+    """An optional whole-number column (empty or ``none``: None); a bad value adds ``rule`` to ``problems``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        problems.append(Problem(f"{rule}, not {value!r}", line))
+        return None
+    return value
 
 
 # --- CSV -----------------------------------------------------------------------------

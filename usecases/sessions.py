@@ -25,9 +25,10 @@ import socket
 import time
 from typing import Optional
 
-BUSY_STATUSES = ("deploying", "deleting", "stopping", "starting", "repairing")
-# What a slice marked so was doing on the hosts when its session died, for people and for recovery.
-RECOVERED = {"deploying": "deploy", "starting": "start", "stopping": "stop"}
+BUSY_STATUSES = ("deploying", "deleting", "stopping", "starting", "repairing", "snapshotting", "restoring")
+# What a slice marked so was doing on the hosts when its session died, for people and for recovery
+# (a restore ends as a stop: its VM, in busy.vms, stopped).
+RECOVERED = {"deploying": "deploy", "starting": "start", "stopping": "stop", "restoring": "restore"}
 
 
 def _proc_start(pid: int) -> Optional[str]:

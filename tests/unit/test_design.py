@@ -271,7 +271,8 @@ def test_quota_default_and_exceeded(tmp_path, user, quota):
     assert api.add_vm_to_slice(user, sid, "extra", "cirros", 0) == (False, "Quota exceeded")
     assert len(ex.calls) == n
     assert db.get_user(user)["used_vms"] == quota
-    assert ok(api.get_quota(user)) == {"used_vms": quota, "quota_vms": quota, "slices": 1}
+    assert ok(api.get_quota(user)) == {"used_vms": quota, "quota_vms": quota, "slices": 1, "disk_used_bytes": 0,
+                                       "disk_quota_mib": 1024, "max_lease_days": None}
 
 
 def test_used_vms_up_on_add_down_on_delete_never_below_zero(tmp_path):

@@ -46,8 +46,8 @@ MENU_COMMON = [
 NEW_OPTIONS = ["12. Open VM console", "13. Slice status and repair", "14. Start, stop or reboot VMs",
                "15. Topology templates, import and export"]
 ADMIN_MENU = MENU_COMMON + ["11. Manage users"] + NEW_OPTIONS + [
-    "16. Instructor tools (overview, class roster)", "17. Cluster view", "0. Exit"]
-STUDENT_MENU = MENU_COMMON + NEW_OPTIONS + ["0. Exit"]
+    "16. Instructor tools (overview, class roster)", "17. Cluster view", "19. Snapshots and leases", "0. Exit"]
+STUDENT_MENU = MENU_COMMON + NEW_OPTIONS + ["19. Snapshots and leases", "0. Exit"]
 LEGACY_ADMIN_HASH = "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
 
 
@@ -209,7 +209,7 @@ USER_ACTIONS = {  # option 11: the action's number and the prompt that follows t
 def manage_user(m: Menu, action: str, user: str) -> str:
     """Option 11, ``action`` (see USER_ACTIONS) for ``user``; the screen up to the prompt after the username."""
     number, prompt = USER_ACTIONS[action]
-    m.send("11", "Choice (1-3): ")
+    m.send("11", "Choice (1-5): ")
     m.send(number, "Username: ")
     return m.send(user, prompt)
 
@@ -732,7 +732,7 @@ def test_admin_creates_user_who_can_log_in(spawn, site):
     m.send("4", "Admin role? (y/n): ")
     screen = m.send("n")
     assert "User carol created (quota 4, role student)" in screen
-    screen = m.send("11", "Choice (1-3): ")
+    screen = m.send("11", "Choice (1-5): ")
     assert re.search(r"\n  carol +student +quota 0/4", screen), screen
     assert CANCELLED in m.intr()
     relogin(m, "carol", "wrong-pass", "Username: ")
@@ -752,11 +752,11 @@ def test_admin_creates_user_who_can_log_in(spawn, site):
 def test_admin_manage_users_refuses_bad_values(spawn, site):
     m = admin_menu(spawn)
     before = site.db_bytes()
-    screen = m.send("11", "Choice (1-3): ")
+    screen = m.send("11", "Choice (1-5): ")
     assert "Users:" in screen and "student" in screen
     assert "password_hash" not in screen and "scrypt$" not in screen
-    screen = m.send("7", "Choice (1-3): ")
-    assert "Choose 1, 2 or 3" in screen
+    screen = m.send("7", "Choice (1-5): ")
+    assert "Choose a number from 1 to 5" in screen
     m.send("1", "Username: ")
     assert CANCELLED in m.intr()  # leave that round at its first prompt
 
