@@ -13,6 +13,8 @@ Subcommands (``--config`` and ``--db`` may come before or after them)::
     capture SLICE TARGET [--filter EXPR] [--count N] [--seconds S] [--pcap FILE]
                                                         packets on "link N" or "VM_ID ethN": lines, or a pcap file
     link impair SLICE LINK [--delay D] [--jitter J] [--loss L] [--rate R] | --clear
+    snapshot list|save|restore|delete ...               disk snapshots of VMs (see menu/snapshots_leases.py)
+    lease show|set|reap ...                             slice leases (reap: the operator's, embedded mode)
 
 Who may: every command that reads or changes slices or accounts logs in
 first and then acts as that user, with the same checks as the menu (a
@@ -43,6 +45,7 @@ import sys
 from typing import Optional
 
 from menu import classes as cli_classes
+from menu import snapshots_leases
 from menu.prompts import printable
 from topology import files as topology_file
 from topology import model as topology
@@ -58,7 +61,8 @@ class Failed(Exception):
 
 
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    """One line of a command's output, never a control character raw (``store.text.terminal_safe``)."""
+    sys.stdout.write(safe(text) + "\n")
     sys.stdout.flush()
 
 
@@ -120,6 +124,8 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = top.add_parser("check", help="check a topology file; print its diagram")
     p.add_argument("file")
     p.set_defaults(run=run_topology_check, offline=True)
+
+    snapshots_leases.add_subcommands(sub, common)
 
 
 def _tools_subcommands(sub, common: argparse.ArgumentParser) -> None:
@@ -253,12 +259,13 @@ def run_overview(args, api, user: str) -> int:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["slice_id", "owner", "name", "status", "topology_type", "vms", "links", "workers",
-                         "deployed_at", "running_seconds"])
+                         "deployed_at", "running_seconds", "lease_end", "lease_seconds_left"])
         for r in rows:
             writer.writerow([r.slice_id, r.owner, r.name, r.status, r.topology_type, r.vms, r.links,
                              " ".join(r.workers), r.deployed_at or "",
-                             "" if r.running_for is None else int(r.running_for)])
-        sys.stdout.write(buf.getvalue())
+                             "" if r.running_for is None else int(r.running_for), r.lease_end or "",
+                             "" if r.lease_left is None else int(r.lease_left)])
+        sys.stdout.write(safe(buf.getvalue()))
         return 0
     for line in cli_classes.render_overview(rows, checked(api.cluster_workers(user))):
         out(line)
@@ -349,7 +356,7 @@ def run_topology_check(args) -> int:
 
 def _write_or_print(text: str, output: Optional[str]) -> int:
     if not output:
-        sys.stdout.write(text)
+        sys.stdout.write(safe(text))
         sys.stdout.flush()
         return 0
     ok, where = cli_classes.write_new_file(output, text)

@@ -92,6 +92,16 @@ METHODS = {m.name: m for m in [
     _m("import_roster", P("roster_text", TEXT), P("roster_format", TEXT), P("topology_text", OPT_TEXT, None),
        P("slice_name", OPT_TEXT, None), progress=True, password_file=None),
     _m("overview"),
+    # disk snapshots and leases (SPEC §17); reap_leases is the service's own periodic work, never a menu's
+    _m("list_snapshots", P("slice_id", ID)),
+    _m("save_snapshot", P("slice_id", ID), P("vm_id", ID), P("name", TEXT), progress=True),
+    _m("restore_snapshot", P("slice_id", ID), P("vm_id", ID), P("name", TEXT), progress=True),
+    _m("delete_snapshot", P("slice_id", ID), P("vm_id", ID), P("name", TEXT), progress=True),
+    _m("set_disk_quota", P("username", TEXT), P("disk_quota_mib", ID)),
+    _m("set_max_lease", P("username", TEXT), P("max_lease_days", OPT_ID)),
+    _m("set_lease", P("slice_id", ID), P("days", OPT_ID)),
+    _m("list_leases", P("slice_id", OPT_ID, None)),
+    _m("lease_warnings"),
 ]}
 
 

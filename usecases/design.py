@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Optional
 
 import naming
@@ -19,7 +20,7 @@ from hosts.runner import interrupts_ignored
 from models import Flavor, Link, Network, Slice, User
 from topology.model import MAX_DATA_INTERFACES
 from topology.model import TOPOLOGY_TYPES as DESIGNED_TYPES
-from usecases import capacity, sessions
+from usecases import capacity, leases, sessions
 from usecases.access import as_int, owned_editable_slice
 from usecases.inventory import settle_in
 from usecases.services import Services
@@ -64,7 +65,8 @@ def pick_worker(data: dict, workers: list, need: capacity.Need, caps: dict) -> t
 
 
 def overlay_file(data: dict, base_dir: str, worker: str, vm_name: str, vm_id: int) -> str:
-    """The documented ``<name>_img.qcow2``, or ``<name>_<id>_img.qcow2`` when a VM on that worker has it."""
+    """The documented ``<name>_img.qcow2``, or ``<name>.<id>_img.qcow2`` when a VM on that worker has it
+    (``naming``: the fallback of one VM never equals another VM's file)."""
     documented = f"{base_dir}/{vm_name}_img.qcow2"
     taken = any(vm.get("worker_ip") == worker and vm.get("qcow_image") == documented for vm in all_vms(data))
     return os.path.basename(naming.overlay_path(vm_name, vm_id if taken else None))
@@ -125,6 +127,9 @@ class Design:
             data["next_vm_id"] = slice_id + 1
             s = Slice(slice_id, username, topology_type, slice_name, start)
             data["slices"][str(slice_id)] = s.to_dict()
+            lease_end = leases.default_lease_end(user, time.time())
+            if lease_end:  # the owner's maximum lease (none without a maximum: see usecases.leases)
+                data["slices"][str(slice_id)]["lease_end"] = lease_end
             user.setdefault("slices", []).append(slice_id)
         if start != naming.documented_pool_start(slice_id):
             log.info("slice %s: documented VLAN pool taken, using %s-%s", slice_id, start, start + 19)
@@ -133,6 +138,7 @@ class Design:
 
     def check_editable(self, username: str, slice_id) -> tuple:
         """(True, slice) when the user may change this slice now; else why not."""
+        self.s.recover([slice_id])
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
             result = owned_editable_slice(data, username, slice_id)
@@ -200,6 +206,7 @@ class Design:
             return False, req
         vm_name, flavor, n_data = req
         flavor["image"] = self.config.flavor_image(flavor_name, flavor)
+        self.s.recover([slice_id])
         ok, reserved, dropped = self._reserve_vm(username, slice_id, vm_name, flavor_name, flavor,
                                                  bool(internet_enabled))
         self._remove_disks(dropped)
@@ -266,6 +273,7 @@ class Design:
             return False, "VM IDs must be numbers (e.g., 1025, not 'vm1')"
         if1 = vm1_interface.strip() if isinstance(vm1_interface, str) else ""
         if2 = vm2_interface.strip() if isinstance(vm2_interface, str) else ""
+        self.s.recover([slice_id])
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
             result = add_link(data, username, slice_id, (v1, if1), (v2, if2))
@@ -277,6 +285,7 @@ class Design:
 
         ``pairs``: ``((vm1_id, vm1_interface), (vm2_id, vm2_interface))`` each, checked as ``create_link`` does.
         """
+        self.s.recover([slice_id])
         try:
             with self.s.db.transaction() as data:
                 made = []

@@ -10,6 +10,7 @@ readability for that account.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -215,6 +216,18 @@ def test_the_student_account_cannot_read_the_keys_the_log_or_any_hash_nor_reach_
     secrets = [service.state / "ssh" / "id_ed25519", service.state / "database.yaml",
                service.state / "log" / "cloud-repositorio.log", service.state / "cluster.yaml",
                Path(lab["ssh"]["key_file"]), service.state / "database.yaml.key"]
+    # what the service's store derives from database.yaml (its cache, its lock) is never more readable than
+    # that file, and the shipped unsalted hashes left every one of them at the service's first read
+    db_st = service.db.stat()
+    for derived in (service.state / "database.yaml.cache", service.state / "database.yaml.lock"):
+        st = derived.stat()
+        assert pwd.getpwuid(st.st_uid).pw_name == SERVICE_ACCOUNT, derived
+        assert st.st_mode & 0o777 & ~db_st.st_mode == 0 and st.st_gid == db_st.st_gid, (derived, oct(st.st_mode))
+        secrets.append(derived)
+    users = yaml.safe_load(service.db.read_text())["users"]
+    assert users["admin"]["password_hash"].startswith("sha256-scrypt$"), users["admin"]["password_hash"]
+    for path in (service.db, service.state / "database.yaml.cache"):
+        assert hashlib.sha256(b"admin").hexdigest() not in path.read_text(), path
     api = make_api(lab, service.db)
     try:
         api.services.credentials.password(1001)            # the site key exists from here on
@@ -287,6 +300,52 @@ def test_ctrl_c_in_the_menu_rolls_the_deploy_back_on_the_service(lab, service):
     finally:
         api.executor.close()
     assert_clean(lab, keep_overlays={vm["qcow_image"].rsplit("/", 1)[1] for vm in s["vms"]})  # still designed
+
+
+def test_a_service_killed_mid_deploy_rolls_it_back_when_it_starts_again(lab, service):
+    """SIGKILL of the service while a student's deploy starts its VMs: the restarted service undoes it
+    at its start (``recover_interrupted``), before anyone reads the slice; a new deploy then works."""
+    m = student_menu(service)
+    m.login("student", "student")
+    m.send("2", "Slice name: ")
+    sid = int(m.send("sk").split("Slice created! ID: ")[1].split()[0])
+    m.add_vm(sid, "a", internet="y")
+    m.add_vm(sid, "b")
+    m.link(sid, "1001", "eth1", "1002", "eth1")
+    m.send("6", "Slice ID to deploy: ")
+    m.send(str(sid), " vms ", timeout=90)                 # a VM of it is started
+    service.process.kill()
+    m.p.terminate(force=True)
+    api = make_api(lab, service.db)
+    try:
+        s = api.db.get_slice(sid)
+        assert s["status"] == "deploying", s["status"]      # the dead service's mark, as the file says
+        disks = {vm["qcow_image"].rsplit("/", 1)[1] for vm in s["vms"]}
+        qemus = "".join(sh(lab, host_of(lab, vm["worker_ip"]), "pgrep -af '^qemu-system' || true") for vm in s["vms"])
+        running = [vm for vm in s["vms"] if f"cr-vm{vm['vm_id']}," in qemus]
+        assert running, "no VM ran when the service was killed"
+        before = service.log_text().count("recovery at start")
+        service.start()
+        deadline = time.monotonic() + 120
+        while service.log_text().count("recovery at start") == before:
+            assert time.monotonic() < deadline, service.log_text()[-3000:]
+            time.sleep(0.5)
+        assert "recovery at start: [" in service.log_text() and "was rolled back" in service.log_text()
+        s = api.db.get_slice(sid)           # read from the file: no reader of the slice came first
+        assert s["status"] == "design" and "busy" not in s, s
+    finally:
+        api.executor.close()
+    time.sleep(1)  # a VM start still on its way when the service died would show by now
+    assert_clean(lab, keep_overlays=disks)
+    m = student_menu(service)
+    m.login("student", "student")
+    m.send("6", "Slice ID to deploy: ")
+    assert "Slice deployed successfully" in m.send(str(sid), timeout=120)
+    m.send("7", "Slice ID: ")
+    m.send(str(sid), "(y/n): ")
+    assert "Slice deleted" in m.send("y", timeout=60)
+    m.exit()
+    assert_clean(lab)
 
 
 def test_the_service_never_follows_a_path_a_student_names(lab, service, tmp_path):
