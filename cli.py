@@ -26,7 +26,8 @@ from typing import Optional
 
 from hosts import console
 from menu import classes as cli_classes
-from menu import commands
+from menu import commands, snapshots_leases
+from menu import tools as cli_tools
 from menu.prompts import (
     CANCELLED,
     ERR,
@@ -90,7 +91,8 @@ def render_slices(slices: list, show_owner: bool) -> list:
                 lines.append(text)
         for link in s.get("links", []):
             lines.append(f"  Link {link['link_id']}: VM{link['vm1_id']}.{link['vm1_interface']} <-> "
-                         f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})")
+                         f"VM{link['vm2_id']}.{link['vm2_interface']} (VLAN {link['vlan_id']})"
+                         f"{cli_tools.impairment_text(link)}")
     lines.append(WIDE)
     return lines
 
@@ -274,6 +276,9 @@ class CLI:
             say(f"\nWelcome, {username}!")
             if info.get("default_password"):
                 say(f"{WARN}  You are using the default password: change it now (option 10).")
+            for notice in info.get("notices") or ():
+                say(f"{WARN}  {notice}")
+            snapshots_leases.warn_at_login(self.api, self.username)
             return True
 
     def menu_items(self) -> list:
@@ -296,6 +301,8 @@ class CLI:
         if self.is_admin:
             items.append(("16", "Instructor tools (overview, class roster)", self.instructor_tools))
             items.append(("17", "Cluster view", self.cluster_view))
+        items.append(("18", "Capture and link impairments", self.net_tools))
+        items.append(("19", "Snapshots and leases", self.snapshots_and_leases))
         items.append(("0", "Exit", None))
         return items
 
@@ -346,6 +353,10 @@ class CLI:
             return result(False, q)
         say(f"\nQuota: {q['used_vms']}/{q['quota_vms']} VMs used")
         say(f"Slices: {q['slices']}")
+        if "disk_quota_mib" in q:
+            say(f"Snapshots: {q['disk_used_bytes'] / 2**20:.1f}/{q['disk_quota_mib']} MiB of disk used")
+        if q.get("max_lease_days"):
+            say(f"Slice leases: at most {q['max_lease_days']} days, renewable (option 19)")
 
     def create_slice(self) -> None:
         name = ask("\nSlice name: ")
@@ -506,8 +517,14 @@ class CLI:
     def topologies(self) -> None:
         cli_classes.topology_menu(self)
 
+    def snapshots_and_leases(self) -> None:
+        snapshots_leases.menu(self)
+
     def instructor_tools(self) -> None:
         cli_classes.instructor_menu(self)
+
+    def net_tools(self) -> None:
+        cli_tools.tools_menu(self)
 
     def delete_slice(self) -> None:
         slice_id = ask_valid("\nSlice ID: ", parse_number, "Slice ID must be a number")
@@ -561,10 +578,14 @@ class CLI:
             return result(False, users)
         say("\nUsers:")
         for u in users:
+            lease = f"{u['max_lease_days']} days" if u.get("max_lease_days") else "none"
             say(f"  {u['username']:<16} {u.get('role', 'student'):<8} quota {u.get('used_vms', 0)}/"
-                f"{u.get('quota_vms', 0)}  slices: {len(u.get('slices', []))}")
-        say("\n1. Create user\n2. Set quota\n3. Reset password")
-        choice = ask_valid("Choice (1-3): ", parse_int(1, 3), "Choose 1, 2 or 3")
+                f"{u.get('quota_vms', 0)}  slices: {len(u.get('slices', []))}"
+                f"  snapshots {u.get('disk_used_bytes', 0) / 2**20:.1f}/{u.get('disk_quota_mib', '-')} MiB"
+                f"  max lease: {lease}")
+        say("\n1. Create user\n2. Set quota\n3. Reset password\n4. Set disk quota for snapshots\n"
+            "5. Set maximum lease")
+        choice = ask_valid("Choice (1-5): ", parse_int(1, 5), "Choose a number from 1 to 5")
         username = ask("Username: ")
         if choice == 1:
             password = ask_secret("Password (6+ characters): ")
@@ -575,6 +596,13 @@ class CLI:
         elif choice == 2:
             quota = ask_valid("New VM quota: ", parse_int(0, 1000), "Enter a number from 0 to 1000")
             ok, msg = self.api.set_quota(self.username, username, quota)
+        elif choice == 4:
+            mib = ask_valid("Disk quota for snapshots (MiB): ", parse_int(0, 1024 * 1024),
+                            "Enter a number of MiB from 0 to 1048576")
+            ok, msg = self.api.set_disk_quota(self.username, username, mib)
+        elif choice == 5:
+            days = ask("Maximum lease in days (1-365, or none): ")
+            ok, msg = self.api.set_max_lease(self.username, username, days)
         else:
             password = ask_secret("New password (6+ characters): ")
             ok, msg = self.api.reset_password(self.username, username, password)
@@ -681,7 +709,7 @@ def run_menu(api) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - last resort: never a traceback on screen
         log.exception("fatal error")
-        print(f"\n{ERR} Fatal error: {e} (details in the log)", file=sys.stderr)
+        print(f"\n{ERR} Fatal error: {printable(str(e))} (details in the log)", file=sys.stderr)
         return 1
     finally:
         log.info("menu session ended after %.1f s", time.monotonic() - started)
@@ -695,7 +723,8 @@ def main(argv: Optional[list] = None) -> int:
     try:
         api, close = connect(args)
     except StartError as e:
-        print(f"error: cannot start: {e}" if script else f"{ERR} Cannot start: {e}", file=sys.stderr)
+        why = printable(str(e))
+        print(f"error: cannot start: {why}" if script else f"{ERR} Cannot start: {why}", file=sys.stderr)
         return 2
     try:
         if script:
@@ -718,7 +747,7 @@ def run_script(args, api) -> int:
         print(f"error: {commands.safe(str(e))}", file=sys.stderr)
         return 1
     except ServiceGone as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {commands.safe(str(e))}", file=sys.stderr)
         return 1
 
 

@@ -12,6 +12,7 @@ used when nobody passes a port, as in the original).
 from __future__ import annotations
 
 import logging
+import posixpath
 from typing import Optional
 
 import naming
@@ -76,11 +77,12 @@ class DeploymentAPI:
                 self.vnc_port_counter = max(self.vnc_port_counter, vnc_port)
             interfaces = self.build_interfaces(vm_id, data_interfaces_count, internet_enabled, ip)
             base = self.base_image_path or flavor.get("image")
+            marker = naming.overlay_marker_text(vm_id)
             ok, image = self.qcow_manager.create_backing_image(worker_ip, vm_name, base, [],
-                                                               overlay_file=overlay_file)
+                                                               overlay_file=overlay_file, owner=marker)
             if not ok and fallback_overlay_file and self.qcow_manager.last_exit == OVERLAY_EXISTS:
                 ok, image = self.qcow_manager.create_backing_image(worker_ip, vm_name, base, [],
-                                                                   overlay_file=fallback_overlay_file)
+                                                                   overlay_file=fallback_overlay_file, owner=marker)
             if not ok:
                 self.last_error = self.qcow_manager.last_error
                 return False, None
@@ -94,8 +96,18 @@ class DeploymentAPI:
 
     @staticmethod
     def delete_vm_command(vm_dict: dict) -> HostCommand:
-        """The command that removes a VM's overlay from its worker."""
-        return overlay_delete(vm_dict["worker_ip"], vm_dict["qcow_image"])
+        """The command that removes a VM's overlay from its worker (only if its marker names that VM)."""
+        return overlay_delete(vm_dict["worker_ip"], vm_dict["qcow_image"], int(vm_dict["vm_id"]))
+
+    @staticmethod
+    def delete_pending_vm_command(vm_dict: dict) -> HostCommand:
+        """For a VM whose add never finished: its disk at the documented or the fallback path,
+        whichever its add made (only a file whose marker names that VM; no marker of before)."""
+        folder = posixpath.dirname(vm_dict["qcow_image"])
+        name, vm_id = vm_dict["name"], int(vm_dict["vm_id"])
+        candidates = [posixpath.join(folder, posixpath.basename(naming.overlay_path(name, x))) for x in (None, vm_id)]
+        also = tuple(p for p in candidates if p != vm_dict["qcow_image"])
+        return overlay_delete(vm_dict["worker_ip"], vm_dict["qcow_image"], vm_id, legacy=False, also=also)
 
     def delete_vm_dict(self, vm_dict: dict) -> bool:
         """Delete the overlay of a serialized VM (no-op without one)."""
@@ -103,7 +115,7 @@ class DeploymentAPI:
         if not image:
             return True
         try:
-            return self.qcow_manager.delete_image(vm_dict["worker_ip"], image)
+            return self.qcow_manager.delete_image(vm_dict["worker_ip"], image, vm_dict.get("vm_id"))
         except Exception:  # noqa: BLE001 - documented contract: False on any error
             log.exception("delete_vm_dict failed for VM %s", vm_dict.get("vm_id"))
             return False

@@ -116,7 +116,11 @@ class Interface:
 
 @dataclass
 class Link:
-    """An L2 connection between two data interfaces, on one VLAN."""
+    """An L2 connection between two data interfaces, on one VLAN.
+
+    ``impairment`` (written only when set): the link's delay, jitter, loss and
+    rate, ``{delay_ms, jitter_ms, loss_pct, rate_kbit}`` (``topology.impairment``).
+    """
 
     link_id: int
     vlan_id: int
@@ -124,16 +128,20 @@ class Link:
     vm1_interface: str
     vm2_id: int
     vm2_interface: str
+    impairment: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return {"link_id": self.link_id, "vlan_id": self.vlan_id,
-                "vm1_id": self.vm1_id, "vm1_interface": self.vm1_interface,
-                "vm2_id": self.vm2_id, "vm2_interface": self.vm2_interface}
+        d = {"link_id": self.link_id, "vlan_id": self.vlan_id,
+             "vm1_id": self.vm1_id, "vm1_interface": self.vm1_interface,
+             "vm2_id": self.vm2_id, "vm2_interface": self.vm2_interface}
+        if self.impairment:
+            d["impairment"] = copy.deepcopy(self.impairment)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Link:
         return cls(d["link_id"], d["vlan_id"], d["vm1_id"], d["vm1_interface"],
-                   d["vm2_id"], d["vm2_interface"])
+                   d["vm2_id"], d["vm2_interface"], copy.deepcopy(d.get("impairment")) or None)
 
 
 @dataclass

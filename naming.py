@@ -49,17 +49,32 @@ Subnets (SPEC §4.2)
 
 On a worker, per VM ``vm_id``
     overlay     ``~/vm_images/{vm_name}_img.qcow2`` (the documented path), or
-                ``~/vm_images/{vm_name}_{vm_id}_img.qcow2`` when another VM on
-                that worker already uses the documented one; beside it the
-                marker ``<overlay>.owner`` (``cloud-repositorio vm {vm_id}``):
-                only overlays with a marker are this system's
+                ``~/vm_images/{vm_name}.{vm_id}_img.qcow2`` when another VM on
+                that worker already uses the documented one (or a file is in
+                its way).  ``.`` is never in a name, so the fallback of one VM
+                never equals another VM's file, whatever names and IDs are
+                chosen (``r.1016_img.qcow2`` is not ``r_1016_img.qcow2``).
+                Beside it the marker ``<overlay>.owner`` holding
+                ``cloud-repositorio vm {vm_id}``: only overlays with a marker
+                are this system's, and a VM's delete or rollback removes a
+                file only when its marker names that VM.  Mode 0600 in a
+                0700 folder: only the SSH user and root (QEMU) read disks.
+                (Before: the fallback ``{vm_name}_{vm_id}_img.qcow2`` and the
+                marker ``cloud-repositorio``; both are still recognised.)
+    snapshots   ``~/vm_images/vm{vm_id}.{snapshot}.snap.qcow2``: a copy of the overlay
+                (same backing file, 0600 like it), with the marker ``<file>.owner`` written
+                before it and removed after it; ``<file>.part`` while a save or a
+                restore copies it (``snapshot`` follows the slice/VM name rule)
     base image  ``~/vm_images/<basename of the flavor image>`` (never touched)
     QEMU        ``-name cr-vm{vm_id},process=cr-vm{vm_id}`` and
                 ``-pidfile /run/cloud-repositorio/vm{vm_id}.pid``
-    state files ``/run/cloud-repositorio/vm{vm_id}.{pid,serial,sock,qmp,seed.img,console.lock}``:
+    state files ``/run/cloud-repositorio/vm{vm_id}.{pid,serial,sock,qmp,seed.img,console.lock,lock}``:
                 pid file, serial log (everything the guest printed since it
                 started), serial console socket, QMP monitor socket, NoCloud
-                seed disk, console lock (one console session at a time)
+                seed disk, console lock (one console session at a time), the
+                VM's lock (held by its start and its stop, so a stop waits for
+                a start still running, e.g. one whose manager died); the
+                folder is 0700 and the files 0600 (QEMU's own 0640, group root)
     TAPs        ``tap{vm_id}_{i}`` for interface ``eth{i}`` (15 chars at most), made
                 before QEMU starts; on ``br-int`` with
                 ``external_ids:cloud-repositorio=vm{vm_id}``, internet-VLAN TAPs
@@ -71,6 +86,18 @@ On a worker, per VM ``vm_id``
     VNC         TCP ``vnc_port`` = display ``vnc_port - 5900``; ports come from
                 5901 up, unique among the VMs in the database; password = the
                 VM's password
+    captures    a packet capture on TAP ``t`` (``tap{vm_id}_{i}``): ``timeout ... tcpdump -i t -p ...``
+                (its command line holds ``tcpdump -i t -p``) with the pid file
+                ``/run/cloud-repositorio/capture-{t}.{n}.pid`` (``n``: the capturing
+                shell's pid, so several captures of one TAP have their own)
+    impairments a link's delay, jitter, loss and rate on the egress of each end's TAP
+                (the frames going to the VM): the qdisc ``root netem`` of the TAP, or,
+                where the kernel has no ``sch_netem``, the user-space relay
+                ``netem_relay.py --dev t`` (pid file ``impair-{t}.pid``, program
+                ``/run/cloud-repositorio/netem_relay.py``) fed by a ``clsact`` egress filter
+                of the TAP that steals unmarked frames to the veth ``nx{vm_id}_{i}a``
+                (peer ``nx{vm_id}_{i}b``); the relay sends with the mark ``0x4352``.
+                Either way ``/run/cloud-repositorio/impair-{t}`` records what was applied
 
 On the network node, once
     trunk       the veth pair ``cr-trunk`` (the node's kernel end: no address, no
@@ -303,10 +330,14 @@ def vm_console_lock(vm_id: int) -> str:
     return f"{STATE_DIR}/vm{vm_id}.console.lock"
 
 
+def vm_lock(vm_id: int) -> str:
+    return f"{STATE_DIR}/vm{vm_id}.lock"
+
+
 def vm_state_files(vm_id: int) -> list[str]:
-    """Every file of a VM in the state folder (see the table above)."""
+    """Every file of a VM in the state folder (see the table above); its lock last."""
     return [vm_pidfile(vm_id), vm_serial_log(vm_id), vm_serial_socket(vm_id), vm_qmp_socket(vm_id),
-            vm_seed_image(vm_id), vm_console_lock(vm_id)]
+            vm_seed_image(vm_id), vm_console_lock(vm_id), vm_lock(vm_id)]
 
 
 def vm_mark(vm_id: int) -> str:
@@ -344,16 +375,81 @@ def tap_name(vm_id: int, index: int) -> str:
     return name
 
 
+def tap_index(tap: str) -> Optional[tuple]:
+    """(vm_id, interface index) of a TAP name of this system, or None."""
+    m = TAP_RE.fullmatch(tap)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def capture_pidfile(tap: str, token: object) -> str:
+    """The pid file of one capture on TAP ``tap`` (``token``: the capturing shell's pid)."""
+    return f"{STATE_DIR}/capture-{tap}.{token}.pid"
+
+
+def capture_pidfile_glob(tap: str) -> str:
+    """The pid files of every capture on ``tap`` (a shell glob; the TAP name holds no glob character)."""
+    return f"{STATE_DIR}/capture-{tap}.*.pid"
+
+
+def capture_mark(tap: str) -> str:
+    """What the command line of a capture on ``tap`` holds (``pid_guard``'s check)."""
+    return f"tcpdump -i {tap} -p"
+
+
+def impair_marker(tap: str) -> str:
+    """The file recording the impairment applied to ``tap`` (its text: ``describe`` of it)."""
+    return f"{STATE_DIR}/impair-{tap}"
+
+
+def relay_pidfile(tap: str) -> str:
+    return f"{STATE_DIR}/impair-{tap}.pid"
+
+
+def relay_mark(tap: str) -> str:
+    """What the command line of the user-space relay of ``tap`` holds."""
+    return f"netem_relay.py --dev {tap} "
+
+
+RELAY_PROGRAM = f"{STATE_DIR}/netem_relay.py"
+RELAY_MARK = 0x4352  # the socket mark of frames the relay sends: the TAP's filter lets them through
+
+
+def relay_veth(vm_id: int, index: int) -> tuple:
+    """(end the TAP's filter redirects to, end the relay reads) of TAP ``tap{vm_id}_{index}``."""
+    tap_name(vm_id, index)  # the same length limit
+    return f"nx{vm_id}_{index}a", f"nx{vm_id}_{index}b"
+
+
+OVERLAY_ID_SEPARATOR = "."  # never in a name (NAME_RE): a fallback overlay name is one VM's only
+
+
 def overlay_path(vm_name: str, vm_id: Optional[int] = None) -> str:
-    """The overlay of a VM: the documented path, or the ID-qualified one."""
+    """The overlay of a VM: the documented path, or the ID-qualified fallback."""
     if vm_id is None:
         return f"{IMAGE_DIR}/{vm_name}_img.qcow2"
-    return f"{IMAGE_DIR}/{vm_name}_{vm_id}_img.qcow2"
+    return f"{IMAGE_DIR}/{vm_name}{OVERLAY_ID_SEPARATOR}{int(vm_id)}_img.qcow2"
 
 
 def overlay_marker(overlay: str) -> str:
     """The marker file beside an overlay this system made."""
     return f"{overlay}.owner"
+
+
+def snapshot_file(vm_id: int, snapshot: str, folder: str = IMAGE_DIR) -> str:
+    """A VM's disk snapshot ``snapshot`` in ``folder`` (its overlay's folder): a copy of its overlay."""
+    if not valid_name(snapshot):
+        raise ValueError(f"invalid snapshot name {snapshot!r}")
+    return f"{folder.rstrip('/')}/vm{int(vm_id)}.{snapshot}.snap.qcow2"
+
+
+def snapshot_part(snapshot_path: str) -> str:
+    """The file a save or a restore copies into before it is renamed into place."""
+    return f"{snapshot_path}.part"
+
+
+def overlay_marker_text(vm_id: int) -> str:
+    """What the marker of VM ``vm_id``'s overlay holds (its delete checks it)."""
+    return f"{MARK} vm {int(vm_id)}"
 
 
 def vnc_display(vnc_port: int) -> int:
@@ -427,10 +523,13 @@ NAT_COMMENT = MARK
 
 # The forms the host scans recognise (use fullmatch).
 TAP_RE = re.compile(r"tap(\d+)_(\d+)")
-OVERLAY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:_\d+)?_img\.qcow2")
+OVERLAY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:\.\d+|_\d+)?_img\.qcow2")
 OVERLAY_GLOB = "*_img.qcow2"
-VM_STATE_RE = re.compile(r"vm(\d+)\.(?:pid|serial|sock|qmp|seed\.img|console\.lock)")
+VM_STATE_RE = re.compile(r"vm(\d+)\.(?:pid|serial|sock|qmp|seed\.img|console\.lock|lock)")
 GATEWAY_RE = re.compile(r"gw_vlan(\d+)")
 NETNS_RE = re.compile(r"ns-dhcp-vlan(\d+)")
 DNSMASQ_PID_RE = re.compile(r"dnsmasq-vlan(\d+)\.pid")
 RESERVATION_RE = re.compile(r"vm(\d+)")
+CAPTURE_PID_RE = re.compile(r"capture-(tap\d+_\d+)\.(\d+)\.pid")
+SNAPSHOT_MARKER_GLOB = "vm[0-9]*.snap.qcow2.owner"
+SNAPSHOT_RE = re.compile(r"vm(\d+)\.([A-Za-z][A-Za-z0-9_-]{0,31})\.snap\.qcow2")

@@ -10,11 +10,16 @@ done beside this file, one concern per module:
     reconcile   what the hosts hold against what the database expects (orphans)
     status      a slice as its hosts hold it (VM states, addresses, what is missing)
     guest_access  using a deployed VM: access details, console, boot log
+    captures    packet captures on a link or a VM's NIC (live lines or pcap bytes over a channel)
+    impairments a link's delay, jitter, loss and rate on both ends' TAPs
     operations  status and repair, per-VM stop/start/reboot, the cluster view
+    recovery    ending what a session that died left half-done (a deploy, a start, a stop)
     capacity    what each worker may hold; admission of new and restarted VMs
     runner      the one parallel runner of host commands (failures, Ctrl-C)
     slice_builder  whole slices from a template or a topology file (all or nothing), export
     instructor  class rosters (accounts and a slice each) and the overview of every slice
+    snapshots   disk snapshots of VMs (save, restore, delete) within a per-user disk quota
+    leases      an expiry per slice within the owner's maximum; the reaper of expired slices
 
 Database discipline: anything that reads then writes the database does it
 in one ``db.transaction()``; remote work never runs inside a transaction,
@@ -30,16 +35,21 @@ from deployment_api import DeploymentAPI
 from hosts.runner import Progress, Runner
 from usecases.access import not_editable_reason
 from usecases.accounts import Accounts
+from usecases.captures import Captures
 from usecases.design import Design
 from usecases.guest_access import GuestAccess
+from usecases.impairments import LinkImpairments
 from usecases.instructor import Instructor
 from usecases.inventory import Inventory
+from usecases.leases import Leases
 from usecases.lifecycle import Lifecycle, deploy_commands, hosts_of, teardown_commands
 from usecases.operations import Operations
 from usecases.reconcile import Orphan, Reconciler
+from usecases.recovery import Recovery
 from usecases.services import Services
 from usecases.sessions import normalise
 from usecases.slice_builder import SliceBuilder
+from usecases.snapshots import Snapshots
 
 log = logging.getLogger("cloudrepo.orchestrator")
 
@@ -55,6 +65,7 @@ class OrchestratorAPI:
         self.executor = deployment_api.executor
         self.config = config or self.executor.config
         self.services = Services(db, self.config, deployment_api, Runner(self.executor))
+        self.services.recovery = self.recovery = Recovery(self.services)
         self.accounts = Accounts(self.services)
         self.inventory = Inventory(self.services)
         self.design = Design(self.services)
@@ -64,6 +75,10 @@ class OrchestratorAPI:
         self.operations = Operations(self.services)
         self.builder = SliceBuilder(self.services)
         self.instructor = Instructor(self.services, self.builder)
+        self.captures = Captures(self.services)
+        self.impairments = LinkImpairments(self.services)
+        self.snapshots = Snapshots(self.services)
+        self.leases = Leases(self.services)
 
     @property
     def runner(self) -> Runner:
@@ -187,6 +202,23 @@ class OrchestratorAPI:
     def boot_log(self, username: str, slice_id, vm_id, lines: int = 40) -> tuple:
         return self.guests.boot_log(username, slice_id, vm_id, lines)
 
+    # --- tools of a networking class: captures and link impairments (SPEC §17) ----------------
+
+    def open_capture(self, username: str, slice_id, target, filter_expr: str = "", count=None, seconds=None,
+                     mode: str = "text") -> tuple:
+        """(True, CaptureSession) capturing on ``target`` (``"link N"`` or ``"VM_ID ethN"``) until ``count``
+        packets or ``seconds``; ``mode`` ``text`` (one line per packet) or ``pcap`` (the pcap bytes)."""
+        return self.captures.open(username, slice_id, target, filter_expr, count, seconds, mode)
+
+    def set_impairment(self, username: str, slice_id, link_id, delay=None, jitter=None, loss=None, rate=None,
+                       progress: Optional[Progress] = None) -> tuple:
+        """Give a link delay/jitter (ms), loss (%) and a rate (e.g. ``10mbit``) on both ends' TAPs;
+        (True, {"message", "slice_id", "link_id", "impairment", "text"}) or (False, message)."""
+        return self.impairments.set(username, slice_id, link_id, delay, jitter, loss, rate, progress)
+
+    def clear_impairment(self, username: str, slice_id, link_id, progress: Optional[Progress] = None) -> tuple:
+        return self.impairments.clear(username, slice_id, link_id, progress)
+
     # --- operating a running cloud ----------------------------------------------------------
 
     def slice_status(self, username: str, slice_id) -> tuple:
@@ -211,6 +243,15 @@ class OrchestratorAPI:
     def cluster_view(self, username: str) -> tuple:
         """Admin: every host with what it holds against its capacity."""
         return self.operations.cluster_view(username)
+
+    def recover_interrupted(self, progress: Optional[Progress] = None) -> tuple:
+        """Once, when the manager service starts: end everything its dead predecessor (or any dead
+        session) left half-done: (ok, [RecoveryOutcome]).
+
+        Interrupted deploys are rolled back, starts undone, stops finished, VMs half added rolled
+        back, stale marks dropped (each slice's next reader would do the same for that slice).
+        """
+        return self.recovery.recover_all(progress)
 
     # --- orphans -------------------------------------------------------------------------
 
@@ -246,3 +287,57 @@ class OrchestratorAPI:
     def overview(self, admin: str) -> tuple:
         """Admin: (True, [OverviewRow]) of every slice."""
         return self.instructor.overview(admin)
+
+    # --- tools of a networking class: disk snapshots and leases (SPEC §17) -----------------
+
+    def list_snapshots(self, username: str, slice_id) -> tuple:
+        """(True, SnapshotListing): the slice's VMs with their snapshots, its lease, the owner's disk quota."""
+        return self.snapshots.listing(username, slice_id)
+
+    def save_snapshot(self, username: str, slice_id, vm_id, name: str, progress: Optional[Progress] = None) -> tuple:
+        """Save the VM's disk as snapshot ``name`` (a running VM is paused for the copy): (ok, message)."""
+        return self.snapshots.save(username, slice_id, vm_id, name, progress)
+
+    def restore_snapshot(self, username: str, slice_id, vm_id, name: str,
+                         progress: Optional[Progress] = None) -> tuple:
+        """The VM's disk back to snapshot ``name`` (stopped meanwhile, started again if it ran): (ok, message)."""
+        return self.snapshots.restore(username, slice_id, vm_id, name, progress)
+
+    def delete_snapshot(self, username: str, slice_id, vm_id, name: str,
+                        progress: Optional[Progress] = None) -> tuple:
+        return self.snapshots.delete(username, slice_id, vm_id, name, progress)
+
+    def set_disk_quota(self, admin: str, username: str, disk_quota_mib) -> tuple:
+        """Admin: the MiB a user's snapshots may hold in all."""
+        return self.accounts.set_disk_quota(admin, username, disk_quota_mib)
+
+    def set_max_lease(self, admin: str, username: str, max_lease_days) -> tuple:
+        """Admin: the longest lease a user may give a slice (days; None or "none": no maximum)."""
+        return self.accounts.set_max_lease(admin, username, max_lease_days)
+
+    def set_lease(self, username: str, slice_id, days) -> tuple:
+        """The slice's lease ends ``days`` days from now (None or "none": no lease), within the owner's maximum."""
+        return self.leases.set_lease(username, slice_id, days)
+
+    def list_leases(self, username: str, slice_id=None) -> tuple:
+        """(True, [LeaseInfo]) of the user's slices (an admin: every slice), or of one slice."""
+        return self.leases.leases(username, slice_id)
+
+    def lease_warnings(self, username: str) -> tuple:
+        """(True, [LeaseInfo]) of the user's own slices whose lease ends soon (``leases.warn_hours``) or ended."""
+        return self.leases.warnings(username)
+
+    def reap_leases(self, now: Optional[float] = None, progress: Optional[Progress] = None) -> tuple:
+        """The manager's periodic work (never a menu's): (True, [LeaseOutcome]) of what it did.
+
+        Every slice whose lease has ended is stopped; ``leases.grace_hours`` after the
+        end it is deleted with the usual teardown.  The manager service calls this every
+        minute; ``python3 cli.py lease reap`` runs it once (cron, embedded mode).
+        """
+        def stop(actor, slice_id, progress_, guard):
+            return self.operations.stop(actor, slice_id, None, progress_, guard=guard)
+
+        def delete(actor, slice_id, progress_, guard):
+            return self.lifecycle.delete(actor, slice_id, progress_, guard=guard).pair()
+
+        return self.leases.reap(stop, delete, now, progress)

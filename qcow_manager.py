@@ -6,8 +6,15 @@ then renamed, so a partial copy never counts as present), then
 ``qemu-img create -f qcow2 -b <base> -F qcow2 <vm_name>_img.qcow2`` inside
 ``~/vm_images``.  Unlike the original, an existing file is never overwritten:
 the create fails instead (exit status ``OVERLAY_EXISTS``), and a marker file
-``<overlay>.owner`` is written beside each overlay: only marked files are
-this system's (the orphan scan never touches a user's own ``*_img.qcow2``).
+``<overlay>.owner`` naming the VM (``cloud-repositorio vm <id>``) is written
+beside each overlay: only marked files are this system's (the orphan scan
+never touches a user's own ``*_img.qcow2``), and a VM's delete or rollback
+removes a file only when its marker names that VM (so a VM whose add died
+before its disk was made never removes another VM's disk at its path).
+
+Disks hold students' data: the folder is made 0700 and each overlay 0600
+(the SSH user makes them, QEMU reads them as root), so no other account of a
+worker reads them.
 """
 from __future__ import annotations
 
@@ -33,10 +40,13 @@ def base_image_check(worker: str, base_dir: str, base_name: str) -> HostCommand:
 
 def overlay_create(worker: str, base_dir: str, base_name: str, overlay_file: str,
                    owner: str = naming.MARK) -> HostCommand:
-    """Create the overlay next to its base, with its marker; refuse to overwrite an existing file."""
+    """Create the overlay next to its base, with its marker (``owner``: what it holds, see
+    ``naming.overlay_marker_text``); refuse to overwrite an existing file.  Folder 0700, files 0600."""
     marker = naming.overlay_marker(overlay_file)
     script = chain(
+        "umask 077",
         f"mkdir -p {shell_path(base_dir)}",
+        f"chmod 700 {shell_path(base_dir)}",
         f"cd {shell_path(base_dir)}",
         f"if [ -e {q(overlay_file)} ]; then echo {q(overlay_file + ' already exists')} >&2; "
         f"exit {OVERLAY_EXISTS}; fi",
@@ -48,9 +58,29 @@ def overlay_create(worker: str, base_dir: str, base_name: str, overlay_file: str
                        target=overlay_file)
 
 
-def overlay_delete(worker: str, image_path: str) -> HostCommand:
-    """Remove an overlay and its marker (no error when they are already gone)."""
-    script = f"rm -f {shell_path(image_path)} {shell_path(naming.overlay_marker(image_path))}"
+ANY_MARK = f"{q(naming.MARK)}|{q(naming.MARK + ' vm ')}*"  # a ``case`` pattern: any marker of this system
+
+
+def _if_marked(image_path: str, pattern: str) -> str:
+    """Shell: remove the overlay and its marker when the marker's text matches ``pattern`` (``case``)."""
+    marker = shell_path(naming.overlay_marker(image_path))
+    return (f"case \"$(cat {marker} 2>/dev/null)\" in {pattern}) "
+            f"rm -f {shell_path(image_path)} {marker};; esac")
+
+
+def overlay_delete(worker: str, image_path: str, vm_id: Optional[int] = None, legacy: bool = True,
+                   also: tuple = ()) -> HostCommand:
+    """Remove a VM's overlay and its marker, only when the marker names that VM (no error when gone).
+
+    ``legacy``: also a marker of before (``cloud-repositorio``, naming no VM): a committed VM's own
+    recorded disk.  ``vm_id=None``: any marker of this system.  ``also``: more candidate paths of the
+    same VM, each removed on the same condition.
+    """
+    if vm_id is None:
+        pattern = ANY_MARK
+    else:
+        pattern = q(naming.overlay_marker_text(vm_id)) + (f"|{q(naming.MARK)}" if legacy else "")
+    script = "\n".join(_if_marked(path, pattern) for path in [image_path, *also])
     return HostCommand(worker, script, sudo=False, step="delete overlay", action="delete_overlay",
                        target=os.path.basename(image_path))
 
@@ -79,8 +109,13 @@ class Overlay(Kind):
         return {k: "" for k in self.owned(view)}
 
     def remove(self, ctx, host, keys):
+        """Only files whose marker is still this system's (checked again as they are removed)."""
         folder = ctx.image_dir(host)
-        return ["rm -f " + " ".join(q(f"{folder}/{k.name}{suffix}") for suffix in ("", ".owner")) for k in keys]
+        lines = []
+        for k in keys:
+            path, marker = q(f"{folder}/{k.name}"), q(f"{folder}/{k.name}.owner")
+            lines.append(f"case \"$(cat {marker} 2>/dev/null)\" in {ANY_MARK}) rm -f {path} {marker};; esac")
+        return lines
 
     def describe(self, key):
         return f"overlay {key.name}"
@@ -119,7 +154,7 @@ class QCOWManager:
 
         Returns ``(True, "~/vm_images/<file>")`` or ``(False, None)``; the
         reason of a failure is in ``last_error``.  ``vlan_ids`` is unused, as
-        in the original.
+        in the original.  ``owner``: the marker's text (``naming.overlay_marker_text(vm_id)``).
         """
         self.last_error = ""
         self.last_exit = 0
@@ -134,9 +169,9 @@ class QCOWManager:
             return False, None
         return True, f"{self.base_dir}/{overlay_file}"
 
-    def delete_image(self, worker_ip: str, image_path: str) -> bool:
-        """``rm -f`` the overlay on the worker."""
-        res = self.executor.run(overlay_delete(worker_ip, image_path))
+    def delete_image(self, worker_ip: str, image_path: str, vm_id: Optional[int] = None) -> bool:
+        """``rm -f`` the overlay on the worker, if its marker is this system's (and names ``vm_id``)."""
+        res = self.executor.run(overlay_delete(worker_ip, image_path, vm_id))
         if not res.ok:
             self.last_error = f"deleting {image_path} on {worker_ip}: {res.message()}"
         return res.ok

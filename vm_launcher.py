@@ -15,11 +15,12 @@ launch script first removes the VM's leftovers with those same removals
 """
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import naming
-from hosts import seed, vm_firewall
+from hosts import capture, impairments, seed, vm_firewall
 from hosts.hostcmd import HostCommand, home_path, join, q, stop_by_pidfile, wait_gone
 from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from models import Flavor
@@ -268,18 +269,33 @@ def kill_vm_everywhere(vm_id: int) -> str:
             f"{wait_gone(STOP_WAIT_S)}; done; " + kill_vm(vm_id, graceful=False))
 
 
-def remove_vm_files(vm_id: int, keep_log: bool = False) -> str:
-    files = [f for f in naming.vm_state_files(vm_id) if not (keep_log and f == naming.vm_serial_log(vm_id))]
-    return "rm -f " + " ".join(q(f) for f in files)
+def remove_vm_files(vm_id: int, keep_log: bool = False, keep_lock: bool = False) -> str:
+    keep = {naming.vm_serial_log(vm_id)} if keep_log else set()
+    if keep_lock:
+        keep.add(naming.vm_lock(vm_id))
+    return "rm -f " + " ".join(q(f) for f in naming.vm_state_files(vm_id) if f not in keep)
+
+
+LOCK_FD = 8
+LOCK_BUSY_EXIT = 9
+
+
+def take_vm_lock(vm_id: int, wait_s: int) -> str:
+    """Shell: hold the VM's lock (fd 8) until the script ends: its start and its stop never overlap,
+    so a stop (a rollback after the manager died) waits for a start still running on the worker.
+    Nothing the script leaves running may keep fd 8 (QEMU gets ``8>&-``)."""
+    msg = f"VM {vm_id} is being started or stopped by another command on this worker"
+    return (f"if [ -d {q(naming.STATE_DIR)} ]; then exec {LOCK_FD}>{q(naming.vm_lock(vm_id))}; "
+            f"flock -w {int(wait_s)} {LOCK_FD} || {{ echo {q(msg)} >&2; exit {LOCK_BUSY_EXIT}; }}; fi")
 
 
 def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log: bool = False,
-                rules: bool = True, graceful: bool = True) -> list:
+                rules: bool = True, graceful: bool = True, keep_lock: bool = False) -> list:
     """Shell lines that remove everything of a VM on its worker except its disk (idempotent).
 
     ``keep_log``: keep the serial log (a VM stopped or restarted keeps what it printed).
     ``rules=False`` (a relaunch): leave the VM's OpenFlow rules to the launch, which replaces them
-    in one atomic bundle.  ``graceful``: see ``kill_vm``.
+    in one atomic bundle.  ``graceful``: see ``kill_vm``.  ``keep_lock``: the launch holds it.
     """
     vm_id = int(vm["vm_id"])
     count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
@@ -287,10 +303,11 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
     lines = [kill_vm(vm_id, graceful)]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true")
+    lines += [*capture.teardown_lines(vm_id, count), *impairments.teardown_lines(vm_id, count)]
     lines += [del_ports(bridge, taps), *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps)]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}")
-    return [*lines, remove_vm_files(vm_id, keep_log)]
+    return [*lines, remove_vm_files(vm_id, keep_log, keep_lock)]
 
 
 PASSWORD_CHECK = ("IFS= read -r pw || true\n"
@@ -375,12 +392,25 @@ def up_taps(vm: dict) -> list:
     return [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(_vm_interfaces(vm)))]
 
 
-def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: str) -> HostCommand:
+def impairment_lines(vm: dict, impairments_by_index: Optional[dict]) -> list:
+    """Shell lines giving the VM's TAPs their links' impairments (none: no line at all)."""
+    if not impairments_by_index:
+        return []
+    lines = impairments.program_lines()
+    for index, imp in sorted(impairments_by_index.items()):
+        lines += impairments.apply_lines(vm["worker_ip"], int(vm["vm_id"]), index, imp)
+    return lines
+
+
+def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: str,
+                      impairments_by_index: Optional[dict] = None) -> HostCommand:
     """One root script on the VM's worker: clear leftovers, make the seed and the TAPs (on br-int with
-    their rules, still down), start QEMU on them, bring them up, set the VNC password.
+    their rules, still down), start QEMU on them, give them their links' impairments
+    (``impairments_by_index``: interface index -> impairment), bring them up, set the VNC password.
 
     The VM's password comes on stdin.  Prints the QEMU pid as its last line.  The guest runs at
-    ``settings.nice`` (below the host's own daemons: sshd, OVS).
+    ``settings.nice`` (below the host's own daemons: sshd, OVS).  It holds the VM's lock throughout
+    (``take_vm_lock``); what it makes is readable by root only (umask 077, the disk made 0600).
     """
     if not password:
         raise ValueError("a VM is launched with its password (the script reads it on stdin)")
@@ -394,15 +424,19 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         "set -e",
         ovs_preflight(worker),
         f"mkdir -p {q(naming.STATE_DIR)} && chmod 700 {q(naming.STATE_DIR)}",
+        "umask 077",
+        take_vm_lock(vm_id, 30),
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
-        *vm_teardown(vm, settings.bridge, keep_log=True, rules=False),
+        f"chmod 600 {q(overlay)} && chmod 700 {q(posixpath.dirname(overlay))}",  # disks made before too
+        *vm_teardown(vm, settings.bridge, keep_log=True, rules=False, keep_lock=True),
         *make_seed(vm, int(settings.internet["vlan"])),
         *make_taps(vm),
         # while QEMU starts: the TAPs stay down until both end; a failing script still waits for it (trap)
         "(", *plug_ports(vm, settings), ") & wiring=$!",
         "trap 'wait \"$wiring\" 2>/dev/null || true' EXIT",
-        join(nice + qemu_argv(vm, overlay, settings.accel)),
+        join(nice + qemu_argv(vm, overlay, settings.accel)) + f" {LOCK_FD}>&-",
         "wait \"$wiring\" || { echo 'could not put the VM on br-int with its rules' >&2; exit 8; }",
+        *impairment_lines(vm, impairments_by_index),
         *up_taps(vm),
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
@@ -420,7 +454,8 @@ def stop_vm_command(vm: dict, bridge: str, keep_log: bool = False, graceful: boo
     must hold the guest's last writes (see ``kill_vm``); a delete or a rollback needs neither.
     """
     vm_id = int(vm["vm_id"])
-    script = "\n".join([ovs_alive(), *vm_teardown(vm, bridge, keep_log=keep_log, graceful=graceful)])
+    script = "\n".join([ovs_alive(), take_vm_lock(vm_id, 20),
+                         *vm_teardown(vm, bridge, keep_log=keep_log, graceful=graceful)])
     return HostCommand(vm["worker_ip"], script, sudo=True, timeout=30,
                        step=f"stop VM {vm_id} ({vm['name']})", action="stop_vm", target=vm_id)
 

@@ -22,6 +22,7 @@ Usage (as root; brings the lab up if needed):
 from __future__ import annotations
 
 import argparse
+import glob
 import multiprocessing as mp
 import os
 import statistics
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from labbench import LAB_CONFIG, PhaseEnds, lab_api, lab_exec, lab_up
+from labbench import LAB, LAB_CONFIG, PhaseEnds, lab_api, lab_exec, lab_up
 
 CPU_RATIO = 16.0
 LEASE_WAIT_S = 300
@@ -83,6 +84,26 @@ def start_service(tmp: str, db_path: str):
     return proc, sock
 
 
+def sshd_log_sizes() -> dict:
+    """Bytes in each lab host's sshd log now (lab/state/hosts/HOST/log/sshd.log)."""
+    out = {}
+    for log in glob.glob(os.path.join(LAB, "state", "hosts", "*", "log", "sshd.log")):
+        out[log] = os.path.getsize(log)
+    return out
+
+
+def sshd_refusals(since: dict) -> int:
+    """Lines the lab hosts' sshd logged since ``since`` where it refused or dropped a connection or session."""
+    count = 0
+    for log in sshd_log_sizes():
+        with open(log, "rb") as f:
+            f.seek(since.get(log, 0))
+            for line in f.read().decode(errors="replace").splitlines():
+                count += any(w in line for w in ("MaxStartups", "drop connection", "refused", "open failed",
+                                                  "no more sessions"))
+    return count
+
+
 def leased(vlans: set) -> set:
     text = lab_exec("netnode", "; ".join(f"cat /run/cloud-repositorio/dnsmasq-vlan{v}.leases 2>/dev/null"
                                          for v in sorted(vlans)) + "; true")
@@ -120,9 +141,11 @@ def burst(n: int, mode: str) -> dict:
         procs = [ctx.Process(target=student, args=(db_path, u, sid, barrier, out, sock)) for u, sid, _m, _v in plan]
         for p in procs:
             p.start()
+        logs = sshd_log_sizes()
         barrier.wait()
         t0 = time.monotonic()
         results = [out.get(timeout=600) for _ in procs]
+        refusals = sshd_refusals(logs)
         for p in procs:
             p.join()
         if service is not None:
@@ -155,7 +178,7 @@ def burst(n: int, mode: str) -> dict:
             "median": statistics.median(times),
             "lost": lost, "leases_s": leases_s, "leased": f"{len(got)}/{len(macs)}",
             "unleased": sorted(names[m] for m in macs - got),
-            "phases": slowest_phases, "left": len(found) if ok_scan else found}
+            "phases": slowest_phases, "sshd_refusals": refusals, "left": len(found) if ok_scan else found}
 
 
 def main() -> int:
@@ -171,13 +194,15 @@ def main() -> int:
             print(f"  {mode}: {n} students measured", file=sys.stderr)
     print("\nA class deploying at once: N students, each its own menu process, 2-VM slices, one barrier")
     print(f"{'mode':>9} {'students':>8} {'all ok':>7} {'slowest s':>9} {'median s':>9} {'x one':>6} {'lost':>5} "
-          f"{'all leased s':>12} {'leased':>7} {'left':>5}  slowest phase ends (s after deploy began)")
+          f"{'all leased s':>12} {'leased':>7} {'left':>5} {'sshd refused':>12}  "
+          "slowest phase ends (s after deploy began)")
     for r in rows:
         base = next(x["slowest"] for x in rows if x["mode"] == r["mode"])
         leases = f"{r['leases_s']:.0f}" if r["leases_s"] is not None else "never"
         print(f"{r['mode']:>9} {r['n']:>8} {str(r['ok']):>7} {r['slowest']:>9.2f} {r['median']:>9.2f} "
               f"{r['slowest'] / base:>6.2f} "
-              f"{len(r['lost']):>5} {leases:>12} {r['leased']:>7} {r['left']!s:>5}  "
+              f"{len(r['lost']):>5} {leases:>12} {r['leased']:>7} {r['left']!s:>5} "
+              f"{r['sshd_refusals']:>12}  "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
         if r["unleased"]:
             print(f"         no lease: {', '.join(r['unleased'])}")

@@ -1,6 +1,6 @@
 """Every kind of host object this system makes, from the builder modules that define them.
 
-The builders (``qcow_manager``, ``vm_launcher``, ``vlan_manager`` and the
+The builders (``qcow_manager``, ``vm_launcher``, ``vlan_manager``, ``hosts.snapshots`` and the
 modules they import) register their ``Kind`` subclasses with
 ``resources.register`` when imported; this module imports them, so that
 reading the registry never depends on who imported what first.  The
@@ -13,6 +13,11 @@ from typing import Optional
 import qcow_manager  # noqa: F401  (registers its kinds)
 import vlan_manager  # noqa: F401
 import vm_launcher  # noqa: F401
+from hosts import (  # noqa: F401
+    capture,
+    impairments,
+    snapshots,  # noqa: F401
+)
 from hosts.resources import KINDS, Kind
 
 

@@ -71,6 +71,7 @@ class Kind:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     role: ClassVar[str] = "worker"  # "worker" or "node": which hosts hold it
+    transient: ClassVar[bool] = False  # never expected, and not a problem when found (e.g. a capture)
 
     def scan(self, ctx: HostContext, host: str) -> str:
         raise NotImplementedError

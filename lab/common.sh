@@ -53,7 +53,7 @@ declare -A CMD_PKG=(
     [sshd]=openssh-server [ssh-keygen]=openssh-client [ssh]=openssh-client
     [sudo]=sudo [tini]=tini [qemu-system-x86_64]=qemu-system-x86
     [qemu-img]=qemu-utils [dnsmasq]=dnsmasq [iptables]=iptables
-    [python3]=python3
+    [python3]=python3 [tcpdump]=tcpdump
 )
 
 log() { printf '[lab] %s\n' "$*"; }

@@ -35,16 +35,43 @@ STATE_DIR=$HOST_STATE_MNT
 D=$STATE_DIR/hosts/$H
 bind "$D/tmp" /tmp
 bind "$D/home" /home
-bind "$D/etc-openvswitch" /etc/openvswitch
 bind "$D/var-lib-openvswitch" /var/lib/openvswitch
 # The whole of /var/log, so that sshd's wtmp/lastlog records and the OVS logs
 # (/var/log/openvswitch) stay inside the lab instead of the machine's /var/log.
 bind "$D/log/var-log" /var/log
-for f in passwd group shadow sudoers; do
-    bind "$STATE_DIR/etc/$f" "/etc/$f"
+# A private /etc. The machine's tools (useradd, userdel, groupadd, passwd...)
+# replace /etc/passwd, /etc/group and /etc/shadow by rename, and a rename over
+# a file that is a mount point in another mount namespace detaches that mount:
+# with the lab's accounts bind-mounted file by file, one useradd on the machine
+# made every host forget its "ubuntu" user and refuse the SSH key. So /etc
+# itself is the host's own: a tmpfs holding, for each entry of the machine's
+# /etc, a symlink into a read-only bind mount of the machine's /etc directory
+# (renames inside a directory never detach it; a symlink of the machine's is
+# copied as it is), and real files for what the host has of its own.
+MACHINE_ETC=/run/crlab-machine-etc
+mkdir -p "$MACHINE_ETC"
+bind /etc "$MACHINE_ETC"
+mount -n -o remount,bind,ro "$MACHINE_ETC"
+mount -n -t tmpfs -o mode=0755,size=16m crlab-etc /etc
+for f in "$MACHINE_ETC"/* "$MACHINE_ETC"/.[!.]*; do
+    [[ -e $f || -L $f ]] || continue
+    if [[ -L $f ]]; then
+        ln -s "$(readlink "$f")" "/etc/${f##*/}"
+    else
+        ln -s "$f" "/etc/${f##*/}"
+    fi
 done
-bind "$D/etc/hosts" /etc/hosts
-bind "$D/etc/hostname" /etc/hostname
+for f in passwd group shadow sudoers; do
+    rm -f "/etc/$f"
+    cp -p "$STATE_DIR/etc/$f" "/etc/$f"
+done
+for f in hosts hostname; do
+    rm -f "/etc/$f"
+    cp "$D/etc/$f" "/etc/$f"
+done
+rm -f /etc/openvswitch
+mkdir /etc/openvswitch
+bind "$D/etc-openvswitch" /etc/openvswitch
 # KVM is unusable on these machines (PVM host): QEMU hangs in a guest that
 # never runs. With /dev/null in its place, "-accel kvm -accel tcg" falls back
 # to TCG at once and "-enable-kvm" fails fast instead of hanging.

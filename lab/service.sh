@@ -89,7 +89,7 @@ start() {
     state
     rm -f "$STATE/ready"
     cd "$REPO_DIR"
-    (exec_without_inherited_fds setsid runuser -u "$ACCOUNT" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 \
+    (exec_without_inherited_fds setsid setpriv --reuid="$ACCOUNT" --regid="$ACCOUNT" --init-groups -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 \
         "$PY" -m service --config "$STATE/cluster.yaml" --db "$STATE/database.yaml" --socket "$SOCKET" \
         --ready-file "$STATE/ready") </dev/null >>"$STATE/log/service.out" 2>&1 &
     local pid=$! i

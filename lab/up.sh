@@ -52,8 +52,10 @@ ensure_image() {
 ensure_image
 
 # --- health check: is everything already up? ---------------------------------------
-# Cheap checks only (no SSH login): namespaces, init PIDs, the daemons' state,
-# the sshd ports and the inet server. Prints the first problem found.
+# Cheap checks: namespaces, init PIDs, the daemons' state, the sshd ports and
+# the inet server, then one SSH login per host as the product does (the lab's
+# key, host key checked, sudo -n), all hosts in parallel. Prints the first
+# problem found.
 lab_health() {
     local ns h pid ip
     [[ -f $STATE_DIR/up && -f $CLUSTER_YAML ]] || { echo "not up"; return 1; }
@@ -83,6 +85,21 @@ lab_health() {
     done
     for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
     ((rc == 0)) || { echo "a host's OVS or sshd does not answer"; return 1; }
+    # A host whose sshd answers may still refuse the login (its accounts gone, a
+    # broken sudoers): log in as the product does.
+    local -A login=()
+    for h in "${HOSTS[@]}"; do
+        ssh -F "$SSH_DIR/config" -o BatchMode=yes -o ConnectTimeout=5 "$h" sudo -n true \
+            </dev/null >/dev/null 2>&1 9>&- &
+        login[$h]=$!
+    done
+    for h in "${HOSTS[@]}"; do
+        if ! wait "${login[$h]}"; then
+            ((rc)) || echo "$h refuses the lab's SSH login (key or sudo)"
+            rc=1
+        fi
+    done
+    return $rc
 }
 
 # The lab's cluster config (deterministic; rewritten on every run so it follows the scripts).
@@ -200,8 +217,8 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin no
 AuthorizedKeysFile .ssh/authorized_keys
-MaxStartups 100:30:200
-MaxSessions 100
+# MaxStartups and MaxSessions stay OpenSSH's defaults (10:30:100, 10), as on a real cluster's hosts:
+# the product must live within them (one connection per host, 8 sessions on it).
 Subsystem sftp internal-sftp
 UseDNS no
 LogLevel VERBOSE

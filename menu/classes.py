@@ -38,6 +38,7 @@ from menu.prompts import (
     say,
 )
 from models import Flavor
+from store.text import terminal_safe
 from topology import files as topology_file
 from topology import model as topology
 from topology import render as topology_render
@@ -136,16 +137,30 @@ def age_text(seconds: Optional[float]) -> str:
     return f"{hours}h {mins:02d}m" if hours else f"{mins}m"
 
 
+def lease_cell(row) -> str:
+    """What is left of the slice's lease (``6d 23h``), ``ENDED``, or ``-`` (no lease); the end is in the CSV."""
+    if not getattr(row, "lease_end", None):
+        return "-"
+    left = row.lease_left if row.lease_left is not None else 0
+    return age_text(left) if left > 0 else "ENDED"
+
+
 def render_overview(rows: list, workers: list) -> list:
-    """The instructor's table of every slice; workers by their number in the config (legend below)."""
+    """The instructor's table of every slice; workers by their number in the config (legend below).
+
+    Names are escaped (``terminal_safe``) before the columns are measured."""
     if not rows:
         return ["No slices."]
     number = {ip: str(i) for i, ip in enumerate(workers, 1)}
-    table = [("ID", "Owner", "Slice", "Status", "Type", "VMs", "Links", "Workers", "Deployed since")]
+    leases = any(getattr(r, "lease_end", None) for r in rows)  # the Lease column once a slice has a lease
+    table = [("ID", "Owner", "Slice", "Status", "Type", "VMs", "Links", "Workers", "Deployed since")
+             + (("Lease",) if leases else ())]
     for r in rows:
         since = f"{r.deployed_at[5:16]} ({age_text(r.running_for)})" if r.deployed_at else "-"  # MM-DD HH:MM
-        table.append((str(r.slice_id), r.owner, r.name, r.status, r.topology_type, str(r.vms), str(r.links),
-                      ",".join(number.get(w, w) for w in r.workers) or "-", since))
+        table.append((str(r.slice_id), *(terminal_safe(str(v), keep="") for v in (r.owner, r.name, r.status,
+                                                                                  r.topology_type)),
+                      str(r.vms), str(r.links), ",".join(number.get(w, w) for w in r.workers) or "-", since)
+                     + ((lease_cell(r),) if leases else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     right = {0, 5, 6}
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)

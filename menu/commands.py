@@ -10,11 +10,16 @@ Subcommands (``--config`` and ``--db`` may come before or after them)::
     slice show ID                                       the slice's text diagram
     topology template KIND N [--flavor F] [--internet WHICH] [--name NAME] [--dot]
     topology check FILE                                 is it a valid topology file? (its diagram)
+    capture SLICE TARGET [--filter EXPR] [--count N] [--seconds S] [--pcap FILE]
+                                                        packets on "link N" or "VM_ID ethN": lines, or a pcap file
+    link impair SLICE LINK [--delay D] [--jitter J] [--loss L] [--rate R] | --clear
+    snapshot list|save|restore|delete ...               disk snapshots of VMs (see menu/snapshots_leases.py)
+    lease show|set|reap ...                             slice leases (reap: the operator's, embedded mode)
 
 Who may: every command that reads or changes slices or accounts logs in
 first and then acts as that user, with the same checks as the menu (a
-student exports only their own slices; rosters and the overview are an
-admin's).  The user is ``--user NAME`` (default: this Unix account's name);
+student exports only their own slices and captures or impairs only their
+own links; rosters and the overview are an admin's).  The user is ``--user NAME`` (default: this Unix account's name);
 the password is read from ``--password-file FILE`` (a file of this account's
 that nobody else may read or write: mode 0600 or stricter), else asked on
 the terminal, else the first line of standard input when it is piped.
@@ -40,6 +45,7 @@ import sys
 from typing import Optional
 
 from menu import classes as cli_classes
+from menu import snapshots_leases
 from menu.prompts import printable
 from topology import files as topology_file
 from topology import model as topology
@@ -55,7 +61,8 @@ class Failed(Exception):
 
 
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    """One line of a command's output, never a control character raw (``store.text.terminal_safe``)."""
+    sys.stdout.write(safe(text) + "\n")
     sys.stdout.flush()
 
 
@@ -105,6 +112,8 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("slice_id", metavar="ID")
     p.set_defaults(run=run_slice_show)
 
+    _tools_subcommands(sub, common)
+
     top = sub.add_parser("topology", help="topology files (no database)").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     p = top.add_parser("template", help="print a template as a topology file")
@@ -115,6 +124,31 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = top.add_parser("check", help="check a topology file; print its diagram")
     p.add_argument("file")
     p.set_defaults(run=run_topology_check, offline=True)
+
+    snapshots_leases.add_subcommands(sub, common)
+
+
+def _tools_subcommands(sub, common: argparse.ArgumentParser) -> None:
+    """``capture`` and ``link impair`` (SPEC §17)."""
+    p = sub.add_parser("capture", parents=[common], help="capture packets on a link or a VM's NIC")
+    p.add_argument("slice_id", metavar="SLICE")
+    p.add_argument("target", nargs="+", metavar="TARGET", help="'link N' or 'VM_ID ethN'")
+    p.add_argument("--filter", default="", metavar="EXPR", help="a tcpdump filter, e.g. 'icmp'")
+    p.add_argument("--count", metavar="N", help="stop after N packets")
+    p.add_argument("--seconds", metavar="S", help="stop after S seconds")
+    p.add_argument("--pcap", metavar="FILE", help="save the packets to this new pcap file instead of printing")
+    p.set_defaults(run=run_capture)
+    link = sub.add_parser("link", help="a link's impairment").add_subparsers(dest="action", metavar="ACTION",
+                                                                           required=True)
+    p = link.add_parser("impair", parents=[common], help="set, change or clear a link's delay, jitter, loss, rate")
+    p.add_argument("slice_id", metavar="SLICE")
+    p.add_argument("link_id", metavar="LINK")
+    p.add_argument("--delay", help="each direction, e.g. 100ms")
+    p.add_argument("--jitter", help="e.g. 10ms (at most the delay)")
+    p.add_argument("--loss", help="percent, e.g. 1.5")
+    p.add_argument("--rate", help="e.g. 512kbit, 10mbit")
+    p.add_argument("--clear", action="store_true", help="remove the link's impairment")
+    p.set_defaults(run=run_link_impair)
 
 
 def _template_arguments(p: argparse.ArgumentParser) -> None:
@@ -225,12 +259,13 @@ def run_overview(args, api, user: str) -> int:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["slice_id", "owner", "name", "status", "topology_type", "vms", "links", "workers",
-                         "deployed_at", "running_seconds"])
+                         "deployed_at", "running_seconds", "lease_end", "lease_seconds_left"])
         for r in rows:
             writer.writerow([r.slice_id, r.owner, r.name, r.status, r.topology_type, r.vms, r.links,
                              " ".join(r.workers), r.deployed_at or "",
-                             "" if r.running_for is None else int(r.running_for)])
-        sys.stdout.write(buf.getvalue())
+                             "" if r.running_for is None else int(r.running_for), r.lease_end or "",
+                             "" if r.lease_left is None else int(r.lease_left)])
+        sys.stdout.write(safe(buf.getvalue()))
         return 0
     for line in cli_classes.render_overview(rows, checked(api.cluster_workers(user))):
         out(line)
@@ -321,7 +356,7 @@ def run_topology_check(args) -> int:
 
 def _write_or_print(text: str, output: Optional[str]) -> int:
     if not output:
-        sys.stdout.write(text)
+        sys.stdout.write(safe(text))
         sys.stdout.flush()
         return 0
     ok, where = cli_classes.write_new_file(output, text)
@@ -330,3 +365,42 @@ def _write_or_print(text: str, output: Optional[str]) -> int:
     out(f"written to {where}")
     return 0
 
+
+def run_capture(args, api, user: str) -> int:
+    from menu import tools
+
+    fd, path = None, None
+    if args.pcap:
+        ok, opened = tools.create_new_file(args.pcap)
+        if not ok:
+            raise Failed(opened)
+        fd, path = opened
+    try:
+        ok, session = api.open_capture(user, args.slice_id, " ".join(args.target), args.filter,
+                                       args.count, args.seconds, mode="pcap" if fd is not None else "text")
+        if not ok:
+            if path:
+                os.unlink(path)
+            raise Failed(session)
+        print(tools.describe_session(session), file=sys.stderr)
+        if fd is None:
+            how, _lines, summary = tools.run_live(session, out, None)
+        else:
+            how, size, summary = tools.run_pcap(session, fd, None)
+            summary.append(f"{size} bytes written to {path}")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    for line in summary:
+        print(line, file=sys.stderr)
+    return 0 if how != "lost" else 1
+
+
+def run_link_impair(args, api, user: str) -> int:
+    if args.clear:
+        res = checked(api.clear_impairment(user, args.slice_id, args.link_id))
+    else:
+        res = checked(api.set_impairment(user, args.slice_id, args.link_id, args.delay, args.jitter, args.loss,
+                                         args.rate))
+    out(res["message"])
+    return 0

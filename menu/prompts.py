@@ -14,6 +14,7 @@ import threading
 from typing import Callable, Optional
 
 from models import Flavor
+from store.text import terminal_safe
 
 LINE = "=" * 50
 WIDE = "=" * 70
@@ -29,9 +30,12 @@ _OUT = threading.Lock()
 
 
 def say(text: str = "") -> None:
-    """Print one whole line (deploy progress comes from several threads)."""
+    """Print one whole line (deploy progress comes from several threads), never a control character raw.
+
+    Everything the menu renders ends here, so whatever a name, a file or a
+    host said reaches the terminal escaped (``store.text.terminal_safe``)."""
     with _OUT:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(terminal_safe(text) + "\n")
         sys.stdout.flush()
 
 
@@ -67,10 +71,10 @@ def printable(text: str) -> str:
 
     Tabs and newlines stay; ESC, the other C0 and C1 controls and DEL would
     let what a VM or a hand-edited file prints move the cursor, retitle the
-    window or make the terminal type into the menu.
+    window or make the terminal type into the menu.  The one function for
+    this is ``store.text.terminal_safe``; this is its name in the menu.
     """
-    return "".join(c if c in "\n\t" or (c.isprintable()) else f"\\x{ord(c):02x}" if ord(c) < 0x100
-                   else f"\\u{ord(c):04x}" for c in text)
+    return terminal_safe(text)
 
 
 def ask(prompt: str) -> str:

@@ -77,7 +77,22 @@ def recover(api) -> None:
         log.exception("recovery at start failed")
 
 
+def limit_malloc_arenas(count: int = 2) -> None:
+    """Keep glibc's malloc to ``count`` arenas (its default: 8 per core, each kept by the thread that used it).
+
+    Every login hashes with scrypt (16 MiB) in a thread of its own; with the default arenas the
+    service kept ~10 MiB per connected menu (233 MiB for 20 idle menus); with two, 47 MiB for 200
+    (bench/service_cost.py).  Set before the first thread starts; elsewhere than glibc, nothing.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, count)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> int:
+    limit_malloc_arenas()
     args = make_parser().parse_args(argv)
     os.umask(0o027)  # what the service writes is its own (and the instructors' group's), never everyone's
     try:

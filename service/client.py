@@ -38,7 +38,7 @@ class ServiceRefused(Exception):
 
 
 class RemoteStream:
-    """The menu's end of a live stream relayed by the service (a VM's console)."""
+    """The menu's end of a live stream relayed by the service (a VM's console, a capture)."""
 
     def __init__(self, conn: ServiceConnection, number: int):
         self.conn, self.number = conn, number
@@ -99,6 +99,11 @@ class RemoteStream:
             raise OSError("the stream is closed")
         self.conn.send({"op": "stream", "stream": self.number, "data": base64.b64encode(data).decode()})
 
+    def shutdown_write(self) -> None:
+        """EOF to the other end (a capture then stops and sends what it still has)."""
+        if not (self.closed or self.eof_received):
+            self.conn.send({"op": "stream_eof", "stream": self.number})
+
     def close(self) -> None:
         if self.closed:
             return
@@ -130,6 +135,10 @@ class ServiceConnection:
         self.sock.settimeout(None)
         self.reader = protocol.LineReader(self.sock)
         self.streams: dict = {}
+        # Bytes of a stream the service relays before the reply that opens it is read (a capture that ends at
+        # once): kept for a number above every stream opened so far, handed over when the reply opens it.
+        self._early: dict = {}
+        self._last_stream = 0
         self._ids = iter(range(1, 1 << 62))
         self._waiting: dict = {}
         self._send_lock = threading.Lock()
@@ -163,10 +172,7 @@ class ServiceConnection:
 
     def _dispatch(self, msg: dict) -> None:
         if "stream" in msg:
-            stream = self.streams.get(msg["stream"])
-            if stream is not None:
-                stream._feed(base64.b64decode(msg.get("data", "")), base64.b64decode(msg.get("err", "")),
-                             "end" in msg)
+            self._stream_message(msg)
             return
         if msg.get("id") is None and msg.get("ok") is False:  # refused at the door
             self._lost(msg.get("error") or "the manager service refused the connection")
@@ -175,6 +181,16 @@ class ServiceConnection:
             box = self._waiting.get(msg.get("id"))
         if box is not None:
             box.put(msg)
+
+    def _stream_message(self, msg: dict) -> None:
+        number = msg["stream"]
+        with self._lock:
+            stream = self.streams.get(number)
+            if stream is None:
+                if isinstance(number, int) and number > self._last_stream:
+                    self._early.setdefault(number, []).append(msg)
+                return
+        _feed_message(stream, msg)
 
     def _lost(self, why: str) -> None:
         if self.gone:
@@ -225,7 +241,16 @@ class ServiceConnection:
 
     def _stream(self, number: int) -> RemoteStream:
         stream = RemoteStream(self, number)
-        self.streams[number] = stream
+        with self._lock:
+            self.streams[number] = stream
+            self._last_stream = max(self._last_stream, number)
+            early = self._early.pop(number, [])
+            for older in [n for n in self._early if n < number]:
+                del self._early[older]
+        for msg in early:
+            _feed_message(stream, msg)
+        if self.gone:
+            stream._feed(end=True)
         return stream
 
     def close(self) -> None:
@@ -235,6 +260,10 @@ class ServiceConnection:
         except OSError:
             pass
         self.sock.close()
+
+
+def _feed_message(stream: RemoteStream, msg: dict) -> None:
+    stream._feed(base64.b64decode(msg.get("data", "")), base64.b64decode(msg.get("err", "")), "end" in msg)
 
 
 def _catch_sigint(flag: threading.Event):

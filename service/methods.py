@@ -20,6 +20,7 @@ OPT_TEXT = (str, type(None))
 FLAG = (bool,)
 OPT_ID = (int, str, type(None))
 LIST = (list,)
+VALUE = (int, float, str, type(None))  # a measure typed by people ("100ms", "1.5") or a number
 MAX_TEXT_ARG = 4 * 1024 * 1024
 
 
@@ -67,6 +68,12 @@ METHODS = {m.name: m for m in [
     _m("access_details", P("slice_ids", LIST, items=(int, str))),
     _m("open_console", P("slice_id", ID), P("vm_id", ID)),
     _m("boot_log", P("slice_id", ID), P("vm_id", ID), P("lines", (int,), 40)),
+    # A capture's pcap bytes come back on its stream; the menu writes the file with the user's own rights.
+    _m("open_capture", P("slice_id", ID), P("target", TEXT), P("filter_expr", TEXT, ""), P("count", OPT_ID, None),
+       P("seconds", OPT_ID, None), P("mode", TEXT, "text")),
+    _m("set_impairment", P("slice_id", ID), P("link_id", ID), P("delay", VALUE, None), P("jitter", VALUE, None),
+       P("loss", VALUE, None), P("rate", VALUE, None), progress=True),
+    _m("clear_impairment", P("slice_id", ID), P("link_id", ID), progress=True),
     _m("slice_status", P("slice_id", ID)),
     _m("repair_slice", P("slice_id", ID), progress=True),
     _m("stop_vm", P("slice_id", ID), P("vm_id", OPT_ID, None), progress=True),
@@ -85,6 +92,16 @@ METHODS = {m.name: m for m in [
     _m("import_roster", P("roster_text", TEXT), P("roster_format", TEXT), P("topology_text", OPT_TEXT, None),
        P("slice_name", OPT_TEXT, None), progress=True, password_file=None),
     _m("overview"),
+    # disk snapshots and leases (SPEC §17); reap_leases is the service's own periodic work, never a menu's
+    _m("list_snapshots", P("slice_id", ID)),
+    _m("save_snapshot", P("slice_id", ID), P("vm_id", ID), P("name", TEXT), progress=True),
+    _m("restore_snapshot", P("slice_id", ID), P("vm_id", ID), P("name", TEXT), progress=True),
+    _m("delete_snapshot", P("slice_id", ID), P("vm_id", ID), P("name", TEXT), progress=True),
+    _m("set_disk_quota", P("username", TEXT), P("disk_quota_mib", ID)),
+    _m("set_max_lease", P("username", TEXT), P("max_lease_days", OPT_ID)),
+    _m("set_lease", P("slice_id", ID), P("days", OPT_ID)),
+    _m("list_leases", P("slice_id", OPT_ID, None)),
+    _m("lease_warnings"),
 ]}
 
 

@@ -14,6 +14,8 @@ answers each with events and then one reply, all carrying the request's
                                                {"id": 2, "ok": true, "result": [ok, payload]}
     {"id": 2, "op": "cancel"}                  (Ctrl-C: the call's runner is cancelled)
     {"op": "stream", "stream": 3, "data": B64} {"stream": 3, "data": B64}   (console bytes)
+                                               {"stream": 3, "err": B64}    (its stderr)
+    {"op": "stream_eof", "stream": 3}          (EOF to the channel: a capture stops, its last bytes follow)
     {"op": "stream_close", "stream": 3}        {"stream": 3, "end": "closed"}
     {"id": 4, "op": "logout"}
 

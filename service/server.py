@@ -172,6 +172,7 @@ class Session:
             return self.refuse(msg_id, f"unknown field {extra[0]!r}: a client never names a user or a session")
         handler = {"hello": self._hello, "login": self._login, "logout": self._logout, "call": self._call,
                    "cancel": self._cancel, "stream": self._stream_write,
+                   "stream_eof": self._stream_eof,
                    "stream_close": self._stream_close}.get(op) if isinstance(op, str) else None
         if handler is None:
             return self.refuse(msg_id, f"unknown operation {op!r}")
@@ -311,6 +312,16 @@ class Session:
         except (OSError, ValueError):
             _close_quietly(channel)
 
+    def _stream_eof(self, msg_id: Any, msg: dict) -> None:
+        """The client has no more to send (a capture stops on it); what the channel still prints follows."""
+        channel = self._streams.get(msg.get("stream"))
+        if channel is None:
+            return
+        try:
+            channel.shutdown_write()
+        except (OSError, EOFError, AttributeError):
+            _close_quietly(channel)
+
     def _stream_close(self, msg_id: Any, msg: dict) -> None:
         channel = self._streams.pop(msg.get("stream"), None)
         if channel is not None:
@@ -430,7 +441,7 @@ class ManagerService:
             return "the caller's identity is unknown"
         if total >= MAX_SESSIONS:
             return "too many menus are connected: try again later"
-        if mine >= MAX_SESSIONS_PER_UID:
+        if mine >= MAX_SESSIONS_PER_UID and peer.uid not in (0, os.geteuid()):  # the operator is not capped
             return f"too many menus of uid {peer.uid} are connected"
         if self.allowed_gid is not None and not _in_group(peer, self.allowed_gid):
             return "this account may not use the manager service (not in its group)"

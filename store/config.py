@@ -6,7 +6,9 @@ nested table.  ``ClusterConfig.load(path)`` refuses an unknown key or a bad
 value with the key, the value, what was expected and the line, e.g.
 ``cluster.yaml line 2: unknown key 'wokers' (known: workers, network_node, ...)``
 or ``cluster.yaml line 9: internet.cidr: '10.60.7.0/33' is not an IPv4 network``.
-The ``lab:`` section is free-form (lab/up.sh writes it).  To add a key, add a
+A key given twice, an anchor or an alias is refused with its lines
+(store/yamlcheck.py); a refused file is described, never quoted beyond a
+short escaped excerpt.  The ``lab:`` section is free-form (lab/up.sh writes it).  To add a key, add a
 line to ``SCHEMA``; its checked value is ``config.setting("section.key")``.
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
+from store.text import excerpt, word
+from store.yamlcheck import YamlRefused
+from store.yamlcheck import load as strict_load
 from store.yamltext import line_of
 
 
@@ -132,6 +137,14 @@ def non_negative_int(v: Any) -> bool:
     return _is_int(v) and v >= 0
 
 
+def positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def non_negative(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v >= 0
+
+
 def ip_network(v: Any) -> bool:
     try:
         ipaddress.ip_network(v, strict=False)
@@ -208,6 +221,16 @@ SCHEMA: dict = {
         "reserved_memory_mib": Setting(512, non_negative_int, "a whole number of MiB kept for the host itself"),
         "hosts": Setting({}, host_sizes, "a mapping of host to {memory_mib: N, vcpus: N}"),
     },
+    "snapshots": {
+        "quota_mib": Setting(1024, non_negative_int, "a whole number of MiB (a user's default snapshot disk quota)"),
+        "max_per_vm": Setting(10, positive_int, "a whole number, 1 or more (snapshots a VM may keep)"),
+    },
+    "leases": {
+        "grace_hours": Setting(24, non_negative, "a number of hours, 0 or more (an expired slice is kept "
+                                                 "stopped this long, then deleted)"),
+        "warn_hours": Setting(24, non_negative, "a number of hours, 0 or more (owners are warned at login "
+                                                "when a lease ends within it)"),
+    },
     "lab": Setting(NO_DEFAULT, anything, "free-form (written by lab/up.sh)"),
 }
 
@@ -226,11 +249,15 @@ def _dotted(path: tuple) -> str:
 
 
 def _short(value: Any) -> str:
-    """A value as the file spells it (null, true, '10.0.0.1', [1, 2]), cut to 60 characters."""
+    """A value as the file spells it (null, true, '10.0.0.1', [1, 2]): short and escaped (store/text.py)."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    text_ = repr(value)
-    return text_ if len(text_) <= 60 else text_[:57] + "..."
+    return excerpt(value)
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without quoting it (a file that is not a config at all is described, not shown)."""
+    return {str: "a text", list: "a list", int: "a number", float: "a number"}.get(type(value), "a value")
 
 
 def _problem(data: dict, schema: dict, prefix: tuple = ()) -> Optional[tuple]:
@@ -240,7 +267,9 @@ def _problem(data: dict, schema: dict, prefix: tuple = ()) -> Optional[tuple]:
         spec = schema.get(key) if isinstance(key, str) else None
         if spec is None:
             section = f" in {_dotted(prefix)}" if prefix else ""
-            return path, f"unknown key {_dotted(path)!r} (known{section}: {', '.join(schema)})"
+            shown = word(key)
+            return path, (f"unknown key {_dotted(prefix + (key,))!r}" if shown else "an unknown key") + \
+                f" (known{section}: {', '.join(schema)})"
         if isinstance(spec, dict):
             if value is None:
                 continue
@@ -287,7 +316,7 @@ def config_problem(data: Any) -> Optional[tuple]:
     if data is None:
         return None
     if type(data) is not dict:
-        return (), f"the file must be a mapping of settings ({', '.join(SCHEMA)}), not {_short(data)}"
+        return (), f"the file must be a mapping of settings ({', '.join(SCHEMA)}), not {_kind(data)}"
     return _problem(data, SCHEMA) or _cross_problem(_merge(DEFAULTS, data))
 
 
@@ -352,9 +381,11 @@ class ClusterConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 text_ = f.read()
-            data = yaml.safe_load(text_)
+            data = strict_load(text_)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read cluster config {path}: {e}") from e
+        except YamlRefused as e:
+            raise ConfigError(f"{path} line {e.line}: {e.message}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"cluster config {path} is not valid YAML{yaml_error_where(e)}") from e
         found = config_problem(data)

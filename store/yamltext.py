@@ -14,10 +14,12 @@ written in full at each place, where yaml.dump writes an anchor and an alias
 
 ``fast_load(text)`` is the reverse for that form: ``yaml.safe_load(text)``
 (scalars resolved and constructed by PyYAML's own rules), about four times
-faster, for block mappings and sequences of one-line scalars; for anything
-else (flow collections, double quotes, multi-line scalars, anchors, tags,
-tabs, comments after content...) it raises NotSimple and the caller uses
-PyYAML.  Tests compare it with PyYAML on thousands of damaged texts.
+faster, for block mappings and sequences of one-line scalars with text keys,
+each key once; for anything else (flow collections, double quotes,
+multi-line scalars, anchors, tags, tabs, control characters, comments after
+content, a key given twice, keys that are not text...) it raises NotSimple
+and the caller uses PyYAML (the store: its strict loader, store/yamlcheck.py).
+Tests compare it with PyYAML on thousands of damaged texts.
 
 ``line_of(text, path)`` finds the line of a key path (``("slices", "1000",
 "vms", 2)``) in a YAML text, for error messages that name the line.
@@ -46,9 +48,17 @@ _MEMO_LIMIT = 100_000
 _resolver = yaml.resolver.Resolver()
 
 
-def reference_dump(data: Any) -> str:
-    """What ``fast_emit`` must equal: PyYAML's own block-style dump."""
-    return yaml.dump(data, Dumper=_Dumper, **DUMP_OPTIONS)
+class _NoAliasDumper(_Dumper):
+    """PyYAML's dumper writing an object that appears twice in full each time (data that contains itself
+    cannot be written: RecursionError)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def reference_dump(data: Any, aliases: bool = True) -> str:
+    """What ``fast_emit`` must equal: PyYAML's own block-style dump (``aliases=False``: no ``&id001``)."""
+    return yaml.dump(data, Dumper=_Dumper if aliases else _NoAliasDumper, **DUMP_OPTIONS)
 
 
 def _simple_str(s: str) -> Optional[str]:
@@ -103,11 +113,29 @@ def _scalar(value: Any) -> Optional[str]:
     return _other_scalar(value)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _holds_control(value: Any, depth: int = 0) -> bool:
+    """True when a string inside ``value`` (a key too) holds a control character (newlines and tabs too)."""
+    kind = type(value)
+    if kind is str:
+        return _CONTROL.search(value) is not None
+    if depth > _MAX_DEPTH:
+        return True         # too deep to tell: the caller checks the whole data
+    if kind is dict:
+        return any(_holds_control(k, depth + 1) or _holds_control(v, depth + 1) for k, v in value.items())
+    if kind in (list, tuple):
+        return any(_holds_control(v, depth + 1) for v in value)
+    return False
+
+
 class _Emitter:
     """One document's worth of block YAML, built as a list of lines."""
 
     def __init__(self):
         self.out: list[str] = []
+        self.control = False    # something handed to PyYAML holds a control character
 
     def mapping(self, d: dict, indent: int, lead: str, depth: int) -> None:
         """``d`` at ``indent``; the first line starts with ``lead`` (spaces, or ``- `` of a list item)."""
@@ -162,12 +190,14 @@ class _Emitter:
 
     def delegate(self, entry: dict, indent: int, prefix: str) -> None:
         """A one-key mapping written by PyYAML as if it stood at ``indent``."""
+        self.control = self.control or _holds_control(entry)
         lines = _dump_at(entry, indent // 2).split("\n")
         lines[0] = prefix + lines[0][indent:]
         self.out.extend(lines)
 
     def delegate_item(self, item: Any, indent: int) -> None:
         """One list item written by PyYAML, its ``- `` at column ``indent``."""
+        self.control = self.control or _holds_control(item)
         self.out.extend(_dump_at({"k": [item]}, indent // 2).split("\n")[1:])
 
 
@@ -181,11 +211,19 @@ def _dump_at(node: Any, depth: int) -> str:
 
 def fast_emit(data: dict) -> str:
     """Block-style YAML of a mapping, identical to ``reference_dump(data)``."""
+    return fast_emit_checked(data)[0]
+
+
+def fast_emit_checked(data: dict) -> tuple:
+    """(``fast_emit(data)``, whether some string in it may hold a control character).
+
+    Only strings handed to PyYAML can (the direct form has none), so the
+    store checks names again only then."""
     if type(data) is not dict or not data:
-        return reference_dump(data)
+        return reference_dump(data), True
     emitter = _Emitter()
     emitter.mapping(data, 0, "", 0)
-    return "\n".join(emitter.out) + "\n"
+    return "\n".join(emitter.out) + "\n", emitter.control
 
 
 # --- reading the block YAML that fast_emit writes ---------------------------------------
@@ -297,6 +335,8 @@ def _read_mapping(tokens: list, i: int, indent: int) -> tuple:
         if entry is None:
             raise NotSimple(content)
         key = _read_key(entry[0])
+        if type(key) is not str or key in out:     # a key twice, or one the store would respell: the strict
+            raise NotSimple(content)                # loader says which, with both lines
         i += 1
         if entry[1]:
             value = _read_scalar(entry[1])

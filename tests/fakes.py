@@ -151,7 +151,86 @@ class FakeExecutor(RemoteExecutor):
             lines.append("trunk cr-trunk ok")   # the node's one trunk, made with its first VLAN
         return "\n".join(lines) + "\n"
 
+    def open_interactive(self, cmd):
+        """A capture gets a fake channel (pcap bytes or two ping lines); anything else cannot be opened here."""
+        import os
+
+        if cmd.host in self.down_hosts or cmd.action != "capture":
+            raise ExecutorError(f"cannot connect to {cmd.host}:22")
+        with self._calls_lock:
+            self.calls.append((cmd.host, self.render_interactive(cmd)))
+            self.commands.append(cmd)
+        out = [PCAP_BYTES] if " -w - " in cmd.script else list(PING_LINES)
+        return FakeCaptureChannel(out, hold=os.environ.get("FAKE_CLI_CAPTURE") == "hold")
+
     def _put(self, host, local_path, remote_path, timeout):
         if host in self.down_hosts:
             raise ExecutorError(f"cannot connect to {host}:22")
         self.puts.append((host, local_path, remote_path))
+
+
+PING_LINES = [b"12:00:00.000001 IP 192.168.100.10 > 192.168.100.11: ICMP echo request, id 7, seq 1, length 64\n",
+              b"12:00:00.000412 IP 192.168.100.11 > 192.168.100.10: ICMP echo reply, id 7, seq 1, length 64\n"]
+PCAP_BYTES = (bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")
+              + bytes.fromhex("01000000020000000e0000000e000000") + b"\x52\x54\x00\x03\xe9\x01" * 2 + b"\x08\x00")
+
+
+class FakeCaptureChannel:
+    """What a capture's SSH channel gives the menu: tcpdump's "listening" line, its output, its summary.
+
+    ``hold``: the capture runs until the menu sends EOF (``shutdown_write``), as a real one does.
+    """
+
+    def __init__(self, out: list, hold: bool = False):
+        import os
+
+        self.out, self.hold, self.closed, self.shut, self.summary_sent = list(out), hold, False, False, False
+        self.err = b"tcpdump: listening on tap1001_1, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n"
+        self._r, self._w = os.pipe()
+        os.write(self._w, b"x")  # always readable: select never waits
+
+    def fileno(self):
+        return self._r
+
+    @property
+    def eof_received(self) -> bool:
+        return not self.out and (self.shut or not self.hold)
+
+    def _ended(self) -> None:
+        if self.eof_received and not self.summary_sent:
+            self.summary_sent = True
+            self.err += b"2 packets captured\n2 packets received by filter\n0 packets dropped by kernel\n"
+
+    def settimeout(self, _t):
+        pass
+
+    def recv_stderr_ready(self) -> bool:
+        self._ended()
+        return bool(self.err)
+
+    def recv_stderr(self, n: int) -> bytes:
+        data, self.err = self.err[:n], self.err[n:]
+        return data
+
+    def recv_ready(self) -> bool:
+        return bool(self.out)
+
+    def recv(self, _n: int) -> bytes:
+        return self.out.pop(0) if self.out else b""
+
+    def exit_status_ready(self) -> bool:
+        return self.eof_received
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+    def shutdown_write(self) -> None:
+        self.shut = True
+
+    def close(self) -> None:
+        import os
+
+        if not self.closed:
+            self.closed = True
+            os.close(self._r)
+            os.close(self._w)

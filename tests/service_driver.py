@@ -36,8 +36,8 @@ class ServiceProcess:
         self.sock = sock
         argv = [sys.executable, str(FAKE_SERVICE)] if fake else [sys.executable, "-m", "service"]
         argv += ["--config", str(config), "--db", str(db), "--socket", str(sock)] + list(extra or [])
-        if user:
-            argv = ["runuser", "-u", user, "--"] + argv
+        if user:  # setpriv execs the service itself (no parent in between): signals reach it
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"] + argv
         self.out = open(log or (sock.parent / f"{sock.name}.out"), "ab")
         self.proc = subprocess.Popen(argv, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=self.out,
                                      stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),

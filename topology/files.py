@@ -24,6 +24,8 @@ import yaml
 
 import naming
 from models import Flavor
+from store.text import clip, excerpt, terminal_safe, word
+from store.yamlcheck import anchor_problem
 from topology.model import (
     MAX_DATA_INTERFACES,
     MAX_LINKS,
@@ -159,6 +161,9 @@ def parse_topology(text: str) -> tuple[Optional[Design], list[Problem]]:
         return None, [Problem("a topology file must be text")]
     if len(text) > MAX_TEXT:
         return None, [Problem(f"the file is too large ({len(text)} characters; at most {MAX_TEXT})")]
+    refused = anchor_problem(text, yaml.SafeLoader)
+    if refused:
+        return None, [Problem(refused.message, refused.line)]
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
@@ -176,10 +181,15 @@ def parse_topology(text: str) -> tuple[Optional[Design], list[Problem]]:
     return (None, problems) if problems else (design, [])
 
 
+def yaml_reason(error: yaml.YAMLError) -> str:
+    """PyYAML's reason for refusing a text, without its quote of the text (only PyYAML's own words)."""
+    reason = ": ".join(str(x) for x in (getattr(error, "context", None), getattr(error, "problem", None)) if x)
+    return terminal_safe(reason, keep="")[:120] or "a syntax error"
+
+
 def _yaml_problem(error: yaml.YAMLError) -> Problem:
     mark = getattr(error, "problem_mark", None)
-    reason = ": ".join(str(x) for x in (getattr(error, "context", None), getattr(error, "problem", None)) if x)
-    return Problem(f"not valid YAML: {reason or error}", mark.line + 1 if mark else 1)
+    return Problem(f"not valid YAML: {yaml_reason(error)}", mark.line + 1 if mark else 1)
 
 
 def _line(node: yaml.Node) -> int:
@@ -220,10 +230,11 @@ class _Reader:
         for key_node, value_node in node.value:
             key = self.value(key_node)
             if not isinstance(key, str) or key not in allowed:
-                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "(not a name)"
-                self.fail(key_node, f"{what}: unknown key {shown!r} (allowed: {', '.join(allowed)})")
+                shown = word(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+                self.fail(key_node, f"{what}: unknown key{' ' + shown if shown else ''} "
+                                    f"(allowed: {', '.join(allowed)})")
             elif key in found:
-                self.fail(key_node, f"{what}: {key} is given twice")
+                self.fail(key_node, f"{what}: {key} is given twice (first on line {_line(found[key])})")
             else:
                 found[key] = value_node
         missing = [k for k in required if k not in found]
@@ -238,7 +249,8 @@ class _Reader:
         if type(value) is kind:
             return value
         expected = {str: "text", int: "a whole number", bool: "true or false"}[kind]
-        hint = f" (to mean the text, quote it: '{node.value}')" if kind is str and isinstance(value, bool) else ""
+        hint = f" (to mean the text, quote it: {excerpt(node.value)})" if kind is str and isinstance(value, bool) \
+            else ""
         self.fail(node, f"{what} must be {expected}, not {_describe(node, value)}{hint}")
         return None
 
@@ -295,11 +307,11 @@ def _describe(node: yaml.Node, value: Any) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     if value is _UNKNOWN_TAG:
-        return f"a value tagged {node.tag!r}"
+        return f"a value tagged {excerpt(node.tag)}"
     if value is None:
         return "empty"
     if isinstance(value, bool):
-        return f"{node.value} (true/false)"
+        return f"{clip(node.value)} (true/false)"
     if isinstance(value, (int, float)):
-        return f"the number {node.value}"
-    return f"{node.value!r}"
+        return f"the number {clip(node.value)}"
+    return excerpt(node.value)

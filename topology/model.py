@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional, Union
 
 import naming
 from models import Flavor
+from store.text import clip, excerpt
 
 MAX_DATA_INTERFACES = 8          # per VM: eth1..eth8 (add_vm_to_slice uses this limit too)
 MAX_LINKS = naming.POOL_SIZE     # one VLAN of the slice's 20-VLAN pool per link
@@ -111,10 +112,10 @@ def validate(design: Design, lines: Optional[dict] = None) -> list[Problem]:
 def _check_header(design: Design, at) -> list[Problem]:
     problems = []
     if design.topology_type not in TOPOLOGY_TYPES:
-        problems.append(Problem(f"unknown topology_type {design.topology_type!r} ({', '.join(TOPOLOGY_TYPES)})",
+        problems.append(Problem(f"unknown topology_type {excerpt(design.topology_type)} ({', '.join(TOPOLOGY_TYPES)})",
                                 at("topology_type")))
     if design.name is not None and not naming.valid_name(design.name):
-        problems.append(Problem(f"invalid slice name {design.name!r}: {naming.NAME_RULE}", at("name")))
+        problems.append(Problem(f"invalid slice name {excerpt(design.name)}: {naming.NAME_RULE}", at("name")))
     return problems
 
 
@@ -122,21 +123,22 @@ def _check_vms(design: Design, at) -> list[Problem]:
     problems, first_with = [], {}
     for i, vm in enumerate(design.vms, 1):
         if not naming.valid_name(vm.name):
-            problems.append(Problem(f"VM {i}: invalid name {vm.name!r}: {naming.NAME_RULE}", at("vm", i, "name")))
+            problems.append(Problem(f"VM {i}: invalid name {excerpt(vm.name)}: {naming.NAME_RULE}",
+                                    at("vm", i, "name")))
         elif vm.name in first_with:
-            problems.append(Problem(f"VM {i}: the name {vm.name!r} is already used by VM {first_with[vm.name]}",
+            problems.append(Problem(f"VM {i}: the name {excerpt(vm.name)} is already used by VM {first_with[vm.name]}",
                                     at("vm", i, "name")))
         else:
             first_with[vm.name] = i
-        who = f"VM {vm.name!r}" if naming.valid_name(vm.name) else f"VM {i}"
+        who = f"VM {excerpt(vm.name)}" if naming.valid_name(vm.name) else f"VM {i}"
         if not isinstance(vm.flavor, str) or vm.flavor not in Flavor.FLAVORS:
-            problems.append(Problem(f"{who}: unknown flavor {vm.flavor!r} ({', '.join(Flavor.names())})",
+            problems.append(Problem(f"{who}: unknown flavor {excerpt(vm.flavor)} ({', '.join(Flavor.names())})",
                                     at("vm", i, "flavor")))
         if not is_whole_number(vm.data_interfaces) or not 0 <= vm.data_interfaces <= MAX_DATA_INTERFACES:
             problems.append(Problem(f"{who}: data_interfaces must be between 0 and {MAX_DATA_INTERFACES} "
-                                    f"(got {vm.data_interfaces!r})", at("vm", i, "data_interfaces")))
+                                    f"(got {excerpt(vm.data_interfaces)})", at("vm", i, "data_interfaces")))
         if not isinstance(vm.internet, bool):
-            problems.append(Problem(f"{who}: internet must be true or false (got {vm.internet!r})",
+            problems.append(Problem(f"{who}: internet must be true or false (got {excerpt(vm.internet)})",
                                     at("vm", i, "internet")))
     return problems
 
@@ -158,11 +160,11 @@ def _check_links(design: Design, at) -> list[Problem]:
             continue
         if (link.vm1, link.if1) == (link.vm2, link.if2):
             problems.append(Problem(f"link {j}: a link needs two different interfaces "
-                                    f"({link.vm1} {link.if1} is at both ends)", at("link", j, "if2")))
+                                    f"({clip(link.vm1)} {clip(link.if1)} is at both ends)", at("link", j, "if2")))
             continue
         for vm, ifname, _, key_if in ends:
             if (vm, ifname) in used:
-                problems.append(Problem(f"link {j}: {vm} {ifname} is already in link {used[vm, ifname]} "
+                problems.append(Problem(f"link {j}: {clip(vm)} {clip(ifname)} is already in link {used[vm, ifname]} "
                                         "(an interface joins at most one link)", at("link", j, key_if)))
             else:
                 used[vm, ifname] = j
@@ -179,16 +181,16 @@ def _has_vm(vms: dict, name: Any) -> bool:
 def _end_problem(vms: dict, vm_name: Any, ifname: Any) -> Optional[str]:
     """What is wrong with one end of a link, or None."""
     if not _has_vm(vms, vm_name):
-        return f"VM {vm_name!r} does not exist"
+        return f"VM {excerpt(vm_name)} does not exist"
     index = interface_index(ifname)
     if index is None:
-        return f"{ifname!r} is not an interface name (eth1, eth2, ...)"
+        return f"{excerpt(ifname)} is not an interface name (eth1, eth2, ...)"
     if index == 0:
         return "eth0 cannot be in a link (links join data interfaces eth1 and above)"
     count = vms[vm_name].data_interfaces
     # a bad count is reported already
     if is_whole_number(count) and 0 <= count <= MAX_DATA_INTERFACES and index > count:
-        return f"VM {vm_name!r} has no {ifname} (it has {_data_range(count)})"
+        return f"VM {excerpt(vm_name)} has no {ifname} (it has {_data_range(count)})"
     return None
 
 
@@ -245,7 +247,7 @@ def template_sizes(kind: str) -> tuple[int, int]:
 
 def _shape(kind: str) -> _Shape:
     if kind not in _SHAPES:
-        raise TemplateError(f"Unknown template {kind!r} ({', '.join(TEMPLATES)})")
+        raise TemplateError(f"Unknown template {excerpt(kind)} ({', '.join(TEMPLATES)})")
     return _SHAPES[kind]
 
 
@@ -268,9 +270,10 @@ def build_template(kind: str, n: int, flavor: str = "cirros", internet: Union[st
     if n > high:
         raise TemplateError(_too_big(shape, n, high))
     if flavor not in Flavor.FLAVORS:
-        raise TemplateError(f"Unknown flavor {flavor!r} ({', '.join(Flavor.names())})")
+        raise TemplateError(f"Unknown flavor {excerpt(flavor)} ({', '.join(Flavor.names())})")
     if not (isinstance(prefix, str) and naming.valid_name(f"{prefix}{n}") and naming.valid_name(f"{prefix}1")):
-        raise TemplateError(f"Invalid VM name prefix {prefix!r}: names like {prefix}{n} must be {naming.NAME_RULE}")
+        raise TemplateError(f"Invalid VM name prefix {excerpt(prefix)}: names like {clip(prefix)}{n} must be "
+                            f"{naming.NAME_RULE}")
     with_internet = _internet_choice(internet, n)
     names = [f"{prefix}{i}" for i in range(1, n + 1)]
     used = [0] * n

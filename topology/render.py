@@ -3,7 +3,10 @@
 ``render_diagram`` draws the VMs in a row, the internet VLAN as a bus above
 the VMs that use it and each link as a line between two VM columns labelled
 with its VLAN, within 80 columns for up to 10 VMs; ``to_dot`` writes the
-same graph for Graphviz (reports).
+same graph for Graphviz (reports).  Every name is drawn through
+``store.text.terminal_safe`` (control characters escaped) before the layout
+measures it, so a name from a file can neither drive the terminal nor break
+the boxes.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import naming
+from store.text import terminal_safe
 from topology.model import Design, data_interface_names, flavor_name_of, internet_vlan_of, is_whole_number, plural
 
 
@@ -66,30 +70,36 @@ def _view_of(source: Union[Design, dict]) -> _View:
     raise TypeError("expected a Design or a slice dict")
 
 
+def _shown(value) -> str:
+    """A name as drawn: text with every control character escaped (one line, whatever it held)."""
+    return terminal_safe(str(value), keep="")
+
+
 def _design_view(design: Design) -> _View:
     index = {}
     for i, vm in enumerate(design.vms):
         index.setdefault(vm.name, i)
-    vms = [_VMView(str(vm.name), str(vm.flavor),
+    vms = [_VMView(_shown(vm.name), _shown(vm.flavor),
                    [f"eth{k}" for k in range(1, vm.data_interfaces + 1)] if is_whole_number(vm.data_interfaces) else [],
                    naming.INTERNET_VLAN if vm.internet else None) for vm in design.vms]
-    links = [_LinkView(j, index.get(link.vm1), str(link.if1), index.get(link.vm2), str(link.if2), None)
+    links = [_LinkView(j, index.get(link.vm1), _shown(link.if1), index.get(link.vm2), _shown(link.if2), None)
              for j, link in enumerate(design.links, 1)]
-    what = f"Topology {design.name}" if design.name else "Topology"
-    title = f"{what} ({design.topology_type}): {plural(len(vms), 'VM')}, {plural(len(links), 'link')}"
-    return _View(title, design.name or "topology", vms, links)
+    what = f"Topology {_shown(design.name)}" if design.name else "Topology"
+    title = f"{what} ({_shown(design.topology_type)}): {plural(len(vms), 'VM')}, {plural(len(links), 'link')}"
+    return _View(title, _shown(design.name) if design.name else "topology", vms, links)
 
 
 def _slice_view(s: dict) -> _View:
     stored = s.get("vms") or []
     index = {vm.get("vm_id"): i for i, vm in enumerate(stored)}
-    vms = [_VMView(str(vm.get("name")), flavor_name_of(vm.get("flavor_name") or vm.get("flavor")) or "?",
-                   data_interface_names(vm), internet_vlan_of(vm)) for vm in stored]
-    links = [_LinkView(int(link.get("link_id") or j), index.get(link.get("vm1_id")), str(link.get("vm1_interface")),
-                       index.get(link.get("vm2_id")), str(link.get("vm2_interface")), link.get("vlan_id"))
+    vms = [_VMView(_shown(vm.get("name")), _shown(flavor_name_of(vm.get("flavor_name") or vm.get("flavor")) or "?"),
+                   [_shown(n) for n in data_interface_names(vm)], internet_vlan_of(vm)) for vm in stored]
+    links = [_LinkView(int(link.get("link_id") or j), index.get(link.get("vm1_id")),
+                       _shown(link.get("vm1_interface")), index.get(link.get("vm2_id")),
+                       _shown(link.get("vm2_interface")), link.get("vlan_id"))
              for j, link in enumerate(s.get("links") or [], 1)]
-    sid, name = s.get("slice_id"), s.get("name")
-    about = f"{s.get('topology_type', 'custom')}, {s.get('status', '?')}"
+    sid, name = s.get("slice_id"), (_shown(s["name"]) if s.get("name") else None)
+    about = f"{_shown(s.get('topology_type', 'custom'))}, {_shown(s.get('status', '?'))}"
     title = (f"Slice {name} ({sid}, {about})" if name else f"Slice {sid} ({about})") + \
         f": {plural(len(vms), 'VM')}, {plural(len(links), 'link')}"
     return _View(title, str(name or f"slice {sid}"), vms, links)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from usecases import sessions
+
 MAX_QUOTA = 1000
 
 
@@ -64,6 +66,8 @@ def authorized_slice(data: dict, username: str, slice_id) -> tuple:
 
 def not_editable_reason(s: dict) -> Optional[str]:
     """Why a slice (stale marks already resolved) cannot be changed now, or None."""
+    if sessions.needs_recovery(s):
+        return sessions.recovery_pending_text(s)
     status = s.get("status")
     if status == "design":
         return None

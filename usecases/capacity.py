@@ -11,7 +11,10 @@ times the overcommit ratios of the config::
       hosts: {10.0.10.1: {memory_mib: 16384, vcpus: 8}}   # instead of what the host reports
 
 A worker's *allocation* is the sum of the flavors of the VMs the database
-places on it that are not stopped (design VMs count: they will run there).
+places on it that are not stopped (design VMs count: they will run there),
+plus the stopped VMs a start was admitted for (listed in its slice's
+``starting`` mark): admission and that reservation are one database
+transaction, so two starts at once never both take the last room.
 A request that fits nowhere is refused before anything is made, naming the
 short resource and by how much; one that would not fit even on an empty
 worker is refused as one that can never fit (Emulab's distinction between a
@@ -101,14 +104,22 @@ def counts(vm: dict, slice_status: str) -> bool:
     return vm.get("status") != "stopped" and slice_status != "stopped"
 
 
+def starting_vm_ids(s: dict) -> set:
+    """The VMs a start of this slice was admitted for (they hold their workers' capacity already)."""
+    busy = s.get("busy")
+    ids = busy.get("vms") if s.get("status") == "starting" and isinstance(busy, dict) else None
+    return {x for x in ids if isinstance(x, int)} if isinstance(ids, list) else set()
+
+
 def allocations(slices: Iterable[dict], exclude_slice: Optional[int] = None) -> dict:
     """worker -> Need of the VMs placed there that count (``exclude_slice``'s VMs left out)."""
     out: dict = {}
     for s in slices:
         if exclude_slice is not None and int(s["slice_id"]) == int(exclude_slice):
             continue
+        starting = starting_vm_ids(s)
         for vm in s.get("vms", []):
-            if counts(vm, s.get("status", "design")):
+            if counts(vm, s.get("status", "design")) or vm.get("vm_id") in starting:
                 out[vm.get("worker_ip")] = out.get(vm.get("worker_ip"), ZERO) + Need.of(vm)
     return out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Optional
 
 import naming
@@ -20,7 +21,7 @@ from hosts.runner import interrupts_ignored
 from models import Flavor, Link, Network, Slice, User
 from topology.model import MAX_DATA_INTERFACES
 from topology.model import TOPOLOGY_TYPES as DESIGNED_TYPES
-from usecases import capacity, sessions
+from usecases import capacity, leases, sessions
 from usecases.access import as_int, owned_editable_slice
 from usecases.inventory import settle_in
 from usecases.services import Services
@@ -65,7 +66,8 @@ def pick_worker(data: dict, workers: list, need: capacity.Need, caps: dict) -> t
 
 
 def overlay_file(data: dict, base_dir: str, worker: str, vm_name: str, vm_id: int) -> str:
-    """The documented ``<name>_img.qcow2``, or ``<name>_<id>_img.qcow2`` when a VM on that worker has it."""
+    """The documented ``<name>_img.qcow2``, or ``<name>.<id>_img.qcow2`` when a VM on that worker has it
+    (``naming``: the fallback of one VM never equals another VM's file)."""
     documented = f"{base_dir}/{vm_name}_img.qcow2"
     taken = any(vm.get("worker_ip") == worker and vm.get("qcow_image") == documented for vm in all_vms(data))
     return os.path.basename(naming.overlay_path(vm_name, vm_id if taken else None))
@@ -126,6 +128,9 @@ class Design:
             if start is None:  # every block is recorded: its links get free VLANs wherever they are
                 s.vlan_pool_start = s.vlan_pool_end = None
             data["slices"][str(slice_id)] = s.to_dict()
+            lease_end = leases.default_lease_end(user, time.time())
+            if lease_end:  # the owner's maximum lease (none without a maximum: see usecases.leases)
+                data["slices"][str(slice_id)]["lease_end"] = lease_end
             user.setdefault("slices", []).append(slice_id)
         if start is None:
             log.info("slice %s: every block of %s VLANs is recorded by a slice; it has none", slice_id,
@@ -137,6 +142,7 @@ class Design:
 
     def check_editable(self, username: str, slice_id) -> tuple:
         """(True, slice) when the user may change this slice now; else why not."""
+        self.s.recover([slice_id])
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
             result = owned_editable_slice(data, username, slice_id)
@@ -204,6 +210,7 @@ class Design:
             return False, req
         vm_name, flavor, n_data = req
         flavor["image"] = self.config.flavor_image(flavor_name, flavor)
+        self.s.recover([slice_id])
         ok, reserved, dropped = self._reserve_vm(username, slice_id, vm_name, flavor_name, flavor,
                                                  bool(internet_enabled))
         self._remove_disks(dropped)
@@ -270,6 +277,7 @@ class Design:
             return False, "VM IDs must be numbers (e.g., 1025, not 'vm1')"
         if1 = vm1_interface.strip() if isinstance(vm1_interface, str) else ""
         if2 = vm2_interface.strip() if isinstance(vm2_interface, str) else ""
+        self.s.recover([slice_id])
         with self.s.db.transaction() as data:
             dropped = settle_in(data, slice_key(slice_id))
             result = add_link(data, username, slice_id, (v1, if1), (v2, if2), self.config.all_reserved_vlans)
@@ -281,6 +289,7 @@ class Design:
 
         ``pairs``: ``((vm1_id, vm1_interface), (vm2_id, vm2_interface))`` each, checked as ``create_link`` does.
         """
+        self.s.recover([slice_id])
         try:
             with self.s.db.transaction() as data:
                 made = []

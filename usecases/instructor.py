@@ -30,6 +30,7 @@ from topology import model as topology
 from usecases import passwords, roster
 from usecases.access import require_admin
 from usecases.inventory import Inventory
+from usecases.leases import parse_stamp
 from usecases.services import Services
 from usecases.slice_builder import INTERRUPTED, SliceBuilder, named_design, problems_text, recorded_type
 
@@ -50,6 +51,8 @@ class OverviewRow:
     workers: list
     deployed_at: Optional[str]       # "YYYY-mm-dd HH:MM:SS" (manager's local time), None unless running
     running_for: Optional[float]     # seconds since deployed_at
+    lease_end: Optional[str] = None  # "YYYY-mm-dd HH:MM:SS" (manager's local time), None: no lease
+    lease_left: Optional[float] = None  # seconds until lease_end (negative once it ended)
 
 
 @dataclass
@@ -131,11 +134,13 @@ def overview_rows(slices: list, now: Optional[float] = None) -> list[OverviewRow
     for s in slices:
         vms = s.get("vms") or []
         stamp = s.get("deployed_at") if s.get("status") == "running" else None
+        end = parse_stamp(s.get("lease_end"))
         rows.append(OverviewRow(int(s["slice_id"]), str(s.get("owner")), str(s.get("name") or "-"),
                                 str(s.get("status")), str(s.get("topology_type", "custom")), len(vms),
                                 len(s.get("links") or []), sorted({vm.get("worker_ip") for vm in vms
                                                                    if vm.get("worker_ip")}),
-                                stamp, age_of(stamp, now)))
+                                stamp, age_of(stamp, now), s.get("lease_end") if end is not None else None,
+                                None if end is None else end - (time.time() if now is None else now)))
     return sorted(rows, key=lambda r: (r.owner, r.slice_id))
 
 
@@ -249,7 +254,12 @@ class Instructor:
         with self.s.db.transaction() as data:
             for st in new:
                 if st.username not in data["users"]:
-                    data["users"][st.username] = User(st.username, hashes[st.username], st.quota).to_dict()
+                    user = User(st.username, hashes[st.username], st.quota).to_dict()
+                    if st.disk_quota_mib is not None:
+                        user["disk_quota_mib"] = st.disk_quota_mib
+                    if st.max_lease_days is not None:
+                        user["max_lease_days"] = st.max_lease_days
+                    data["users"][st.username] = user
                     created.add(st.username)
             users = data["users"]
         return created, users

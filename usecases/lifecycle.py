@@ -8,8 +8,8 @@ any instant, stops handing out steps, waits for those under way and removes
 everything of the slice from every host (each removal idempotent, every host
 visited even when one fails); the slice goes back to ``design``.
 
-Delete works in any state: VMs first, then their disks and the network
-node's VLANs, every host visited whatever fails; the slice is removed from
+Delete works in any state: VMs first, then their disks (with their
+snapshots) and the network node's VLANs, every host visited whatever fails; the slice is removed from
 the database only when nothing failed (otherwise it is kept, with the status
 it had, and Delete can be run again).
 """
@@ -19,20 +19,23 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import vlan_manager
 import vm_launcher
+from hosts import impairments, snapshots
 from hosts.hostcmd import CommandResult
 from hosts.resources import HostContext
 from hosts.runner import Cancel, Progress, StepReport, interrupts_cancel, interrupts_ignored
 from models import Slice
-from usecases import capacity, sessions
+from usecases import capacity, leases, sessions
 from usecases.access import authorized_slice
-from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
+from usecases.inventory import Inventory, back_to_design, mark_in, settle_in, unmark_in
 from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.lifecycle")
+
+Guard = Callable[[dict], Optional[str]]  # a slice -> why it must be left alone now, or None
 
 
 @dataclass
@@ -62,16 +65,17 @@ def deploy_commands(s: dict, ctx: HostContext, credentials) -> tuple:
     if sl.uses_internet(int(inet["vlan"])):
         node_cmds.append(vlan_manager.internet_up_command(node, inet, bridge, reservations_of(s, inet),
                                                           config.management))
-    vm_cmds = [launch_command(vm, ctx, credentials) for vm in s["vms"]]
+    vm_cmds = [launch_command(vm, ctx, credentials, s) for vm in s["vms"]]
     return node_cmds, vm_cmds
 
 
-def launch_command(vm: dict, ctx: HostContext, credentials):
-    """The script that (re)starts one VM on its worker."""
+def launch_command(vm: dict, ctx: HostContext, credentials, s: Optional[dict] = None):
+    """The script that (re)starts one VM on its worker (with its links' impairments when ``s``, its slice,
+    is given)."""
     config = ctx.config
     password = credentials.password(vm["vm_id"])
     return vm_launcher.launch_vm_command(vm, ctx.home(vm["worker_ip"]), vm_launcher.LaunchSettings.of(config),
-                                         password)
+                                         password, impairments.impairments_of(s, vm))
 
 
 def teardown_commands(s: dict, ctx: HostContext) -> tuple:
@@ -135,6 +139,8 @@ class Lifecycle:
             ok, s = authorized_slice(data, username, slice_id)
             if not ok:
                 return False, s, dropped
+            if sessions.needs_recovery(s):
+                return False, sessions.recovery_pending_text(s), dropped
             status = s.get("status")
             if status == "running":
                 return False, "Slice already running", dropped
@@ -144,6 +150,9 @@ class Lifecycle:
                 return False, f"Slice is {status} in another session", dropped
             if not s.get("vms"):
                 return False, "Slice has no VMs: add VMs before deploying", dropped
+            why = leases.ended_refusal(s, time.time(), "deployed")
+            if why:
+                return False, why, dropped
             used = capacity.allocations(data["slices"].values(), exclude_slice=s["slice_id"])
             why = capacity.check_slice(s["vms"], used, caps)
             if why:
@@ -155,6 +164,7 @@ class Lifecycle:
     def deploy(self, username: str, slice_id, progress: Optional[Progress] = None) -> Outcome:
         """Deploy all or nothing: network node first, then every VM, hosts in parallel."""
         t0 = time.monotonic()
+        self.s.recover([slice_id])  # what a dead session's deploy of it left is removed first
         ok, snapshot, dropped = self._reserve_for_deploy(username, slice_id)
         Inventory(self.s).remove_disks(dropped)
         if not ok:
@@ -251,29 +261,35 @@ class Lifecycle:
         with self.s.db.transaction() as data:
             s = unmark_in(data, sid, status)
             if s is not None and status == "design":
-                s.pop("deployed_at", None)
-                for vm in s.get("vms", []):
-                    if vm.get("status") in ("running", "stopped"):
-                        vm["status"], vm["pid"] = "design", None
-                for n in s.get("networks", []):
-                    n["status"] = "pending"
+                back_to_design(s)
 
     # --- delete -----------------------------------------------------------------------
 
-    def _reserve_for_delete(self, username: str, slice_id) -> tuple:
+    def _reserve_for_delete(self, username: str, slice_id, guard: Optional[Guard] = None) -> tuple:
         with self.s.db.transaction() as data:
             dropped = settle_in(data, None)
+            found = data["slices"].get(str(slice_id)) if guard is not None else None
+            why = guard(found) if found is not None else None
+            if why:
+                return False, why, dropped
             return (*mark_in(data, username, slice_id, "deleting"), dropped)
 
-    def delete(self, username: str, slice_id, progress: Optional[Progress] = None) -> Outcome:
-        """Delete a slice in any state: stop its VMs, tear its VLANs down, delete its overlays."""
+    def delete(self, username: str, slice_id, progress: Optional[Progress] = None,
+               guard: Optional[Guard] = None) -> Outcome:
+        """Delete a slice in any state: stop its VMs, tear its VLANs down, delete its overlays and snapshots.
+
+        ``guard(slice)``, checked under the database lock before anything is done, may refuse (the
+        lease reaper: "is the lease still over?").
+        """
         t0 = time.monotonic()
-        ok, snapshot, dropped = self._reserve_for_delete(username, slice_id)
+        self.s.recover([slice_id])
+        ok, snapshot, dropped = self._reserve_for_delete(username, slice_id, guard)
         Inventory(self.s).remove_disks(dropped)
         if not ok:
             return Outcome(False, snapshot)
         restore = snapshot["busy"]["previous"]
         disks = [self.s.deployment.delete_vm_command(vm) for vm in snapshot["vms"] if vm.get("qcow_image")]
+        disks += snapshots.purge_commands(snapshot["vms"])
         cancel = Cancel()
         with interrupts_cancel(cancel):
             # Always the whole teardown, whatever the status says: a session that died may have

@@ -28,9 +28,10 @@ from typing import Optional
 import naming
 import vlan_manager
 import vm_launcher
+from hosts import impairments
 from hosts.hostcmd import HostCommand, q
 from hosts.runner import Cancel, Progress, interrupts_cancel
-from usecases import capacity
+from usecases import capacity, leases
 from usecases.access import as_int, authorized_slice, require_admin
 from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
 from usecases.lifecycle import launch_command, reservations_of
@@ -96,10 +97,27 @@ def repair_plan(report: SliceReport, services: Services) -> list:
         vm_id = int(vm["vm_id"])
         mine = {c.key.kind for c in bad if c.key.vm_id == vm_id}
         if mine & {"qemu", "tap", "vmfiles"}:
-            cmds.append(launch_command(vm, ctx, services.credentials))
-        elif mine & {"port", "flows"}:
+            cmds.append(launch_command(vm, ctx, services.credentials, s))
+            continue
+        if mine & {"port", "flows"}:
             cmds.append(vm_launcher.wire_vm_command(vm, vm_launcher.LaunchSettings.of(config)))
+        cmds += impairment_repairs(report, vm)
     return cmds
+
+
+def impairment_repairs(report: SliceReport, vm: dict) -> list:
+    """Commands giving a running VM's TAPs back their links' impairments (missing or different), and
+    clearing an impairment its links no longer have."""
+    vm_id = int(vm["vm_id"])
+    wanted = impairments.impairments_of(report.slice, vm)
+    bad = {c.key.name for c in report.problems if c.key.kind == "impair" and c.key.vm_id == vm_id}
+    bad |= {k.name for k in report.extra if k.kind == "impair" and k.vm_id == vm_id}
+    return [impairments.impair_command(vm, naming.tap_index(tap)[1], wanted.get(naming.tap_index(tap)[1]))
+            for tap in sorted(bad)]
+
+
+class _Refused(Exception):
+    """Aborts a transaction: nothing of it is saved."""
 
 
 class Operations:
@@ -136,6 +154,10 @@ class Operations:
             down = ", ".join(h for h, v in report.reachable.items() if v is not True)
             return False, f"Cannot repair while a host cannot be reached: {down}"
         cmds = repair_plan(report, self.s)
+        lost = [c for c in report.problems if c.key.kind == "snapshot"]
+        if not cmds and lost:
+            return False, ActionOutcome(False, f"Repair cannot make lost snapshots again ({lost[0].label}"
+                                               f"{' and more' if len(lost) > 1 else ''}): delete them (option 19)")
         if not cmds:
             return True, ActionOutcome(True, "Nothing to repair: the slice has everything it should")
         outcome, results = self._run(cmds, "repair", progress)
@@ -174,11 +196,53 @@ class Operations:
 
     # --- VM lifecycle -------------------------------------------------------------------
 
-    def _mark(self, username: str, slice_id, status: str, allowed: tuple) -> tuple:
-        """Owner/admin; the slice in one of ``allowed``; mark it ``status`` for this session."""
-        with self.s.db.transaction() as data:
-            dropped = settle_in(data, None)
-            return (*mark_in(data, username, slice_id, status, allowed), dropped)
+    def _mark(self, username: str, slice_id, status: str, vm_id, caps: Optional[dict] = None,
+              guard=None) -> tuple:
+        """Owner/admin, the slice running or stopped: mark it ``status`` for this session, with the VMs
+        it works on (``busy.vms``), in one transaction: (True, snapshot, dropped) or (False, why, dropped).
+
+        ``caps`` (a start: workers' capacities, read before): admission happens in that same
+        transaction, and the marked VMs hold their workers' capacity from then on, so two starts at
+        once never both take the last room.  ``guard(slice)`` may refuse under the same lock (why, or
+        None: the lease reaper's "is the lease still over?"); a slice whose lease ended is not started.
+        """
+        try:
+            with self.s.db.transaction() as data:
+                dropped = settle_in(data, None)
+                found = data["slices"].get(str(slice_id)) if guard is not None else None
+                why = guard(found) if found is not None else None
+                if why:
+                    return False, why, dropped
+                ok, s = mark_in(data, username, slice_id, status, ("running", "stopped"))
+                if not ok:
+                    return False, s, dropped
+                why = leases.ended_refusal(s, time.time(), "started") if status == "starting" else None
+                if why:
+                    raise _Refused(why)
+                ok, vms = self._select_vms(s, vm_id)
+                if not ok:
+                    raise _Refused(vms)
+                if status == "starting":
+                    vms = self._admit(data, s, vms, caps or {})
+                ids = [int(vm["vm_id"]) for vm in vms]
+                data["slices"][str(s["slice_id"])]["busy"]["vms"] = ids
+                s["busy"]["vms"] = ids
+                return True, s, dropped
+        except _Refused as e:  # nothing of the transaction is saved: the slice was never marked
+            return False, str(e), []
+
+    @staticmethod
+    def _admit(data: dict, s: dict, vms: list, caps: dict) -> list:
+        """In the marking transaction: the VMs of a start (the stopped ones) if they fit, else _Refused."""
+        previous = s["busy"]["previous"]
+        vms = [vm for vm in vms if vm.get("status") == "stopped" or previous == "stopped"]
+        if not vms:
+            raise _Refused("Nothing to start: the VM is not stopped")
+        used = capacity.allocations(data["slices"].values())
+        why = capacity.check_slice([dict(vm, status="design") for vm in vms], used, caps)
+        if why:
+            raise _Refused(f"Not started: {why}")
+        return vms
 
     def _unmark(self, sid: int, status: str, vm_updates: dict) -> None:
         with self.s.db.transaction() as data:
@@ -196,17 +260,15 @@ class Operations:
         vm = next((v for v in s.get("vms", []) if int(v["vm_id"]) == vid), None)
         return (True, [vm]) if vm else (False, f"VM {vid} is not in slice {s['slice_id']}")
 
-    def stop(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None) -> tuple:
+    def stop(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None, guard=None) -> tuple:
         """Stop one VM (``vm_id``) or the whole slice: processes gone, disks kept, status ``stopped``."""
-        ok, s, dropped = self._mark(username, slice_id, "stopping", ("running", "stopped"))
+        self.s.recover([slice_id])
+        ok, s, dropped = self._mark(username, slice_id, "stopping", vm_id, guard=guard)
         Inventory(self.s).remove_disks(dropped)
         if not ok:
             return False, s
         previous = s["busy"]["previous"]
-        ok, vms = self._select_vms(s, vm_id)
-        if not ok:
-            self._unmark(int(s["slice_id"]), previous, {})
-            return False, vms
+        vms = [vm for vm in s["vms"] if vm["vm_id"] in s["busy"]["vms"]]
         cmds = [vm_launcher.stop_vm_command(vm, self.s.config.bridge, keep_log=True, graceful=True) for vm in vms]
         outcome, results = self._run(cmds, "stop", progress)
         stopped = {c.target: ("stopped", None) for c, r in results if r.ok}
@@ -217,34 +279,28 @@ class Operations:
 
     def start(self, username: str, slice_id, vm_id=None, progress: Optional[Progress] = None) -> tuple:
         """Start one stopped VM or every stopped VM of the slice, after checking they fit."""
-        ok, s, dropped = self._mark(username, slice_id, "starting", ("running", "stopped"))
+        self.s.recover([slice_id])
+        ok, s, dropped = self._mark(username, slice_id, "starting", vm_id, self._capacities(username, slice_id))
         Inventory(self.s).remove_disks(dropped)
         if not ok:
             return False, s
         sid, previous = int(s["slice_id"]), s["busy"]["previous"]
-        ok, vms = self._select_vms(s, vm_id)
-        vms = [vm for vm in vms if vm.get("status") == "stopped" or previous == "stopped"] if ok else vms
-        if not ok or not vms:
-            self._unmark(sid, previous, {})
-            return (False, vms) if not ok else (False, "Nothing to start: the VM is not stopped")
-        why = self._admission(sid, vms)
-        if why:
-            self._unmark(sid, previous, {})
-            return False, f"Not started: {why}"
+        vms = [vm for vm in s["vms"] if vm["vm_id"] in s["busy"]["vms"]]
         ctx, failed = self.s.connect(sorted({vm["worker_ip"] for vm in vms}))
         if failed is not None:
             self._unmark(sid, previous, {})
             return False, f"Not started: cannot reach {failed.host}: {failed.message()}"
-        outcome, results = self._run([launch_command(vm, ctx, self.s.credentials) for vm in vms], "start", progress)
+        outcome, results = self._run([launch_command(vm, ctx, self.s.credentials, s) for vm in vms], "start",
+                                     progress)
         started = {c.target: ("running", (r.stdout.strip().splitlines() or [None])[-1]) for c, r in results if r.ok}
         self._unmark(sid, "running" if started or previous == "running" else previous, started)
         return outcome.ok, outcome.message if not outcome.ok else f"Started {len(started)} VM(s)"
 
-    def _admission(self, sid: int, vms: list) -> Optional[str]:
-        data = self.s.db.load()
-        used = capacity.allocations(data["slices"].values())
-        caps, _unreachable = self.s.capacity.capacities(sorted({vm["worker_ip"] for vm in vms}))
-        return capacity.check_slice([dict(vm, status="design") for vm in vms], used, caps)
+    def _capacities(self, username: str, slice_id) -> dict:
+        """The capacities of the workers of a slice the user may see (read over SSH, before any lock)."""
+        ok, s = authorized_slice(self.s.db.load(), username, slice_id)
+        workers = sorted({vm["worker_ip"] for vm in s.get("vms", [])}) if ok else []
+        return self.s.capacity.capacities(workers)[0] if workers else {}
 
     def reboot(self, username: str, slice_id, vm_id, progress: Optional[Progress] = None) -> tuple:
         """Reset a running VM (its QEMU keeps running: same pid, same disk)."""

@@ -188,7 +188,9 @@ class Reconciler:
         err = require_admin(self.s.db.load(), username)
         if err:
             return False, err
-        Inventory(self.s).settle(reap=False)  # stale marks; dead pending VMs are listed below
+        # what dead sessions left of their deploys, starts and stops is undone, stale marks resolved;
+        # dead pending VMs are listed below
+        Inventory(self.s).settle(reap=False)
         ok, found = self.survey()
         if not ok:
             return False, found
@@ -202,6 +204,7 @@ class Reconciler:
         Runs inside a database transaction, so no deploy can start using one of
         them between the check and the removal.
         """
+        self.s.recover(None)
         with self.s.db.transaction() as data:
             err = require_admin(data, username)
             if err:
@@ -214,7 +217,7 @@ class Reconciler:
             if failed is not None:
                 return False, f"Cleanup impossible: cannot reach {failed.host}: {failed.message()}"
             cmds = removal_commands(ctx, keys)
-            cmds += [self.s.deployment.delete_vm_command(vm) for vm in reaped if vm.get("qcow_image")]
+            cmds += [self.s.deployment.delete_pending_vm_command(vm) for vm in reaped if vm.get("qcow_image")]
             report = self.s.runner.run(cmds, phase="cleanup", stop_on_failure=False)
         if report.failures:
             bad = report.failures[0]

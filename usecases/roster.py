@@ -15,8 +15,12 @@ required); blank lines and lines starting with ``#`` are skipped::
 
 ``quota`` is 0-1000 VMs (default 6, a student's default); ``password`` is
 6-128 characters, or ``generate`` (the default): a random password made at
-import.  ``parse_roster`` returns every student, or every problem, each
-naming its line; one bad row refuses the whole roster.
+import.  Two more optional columns: ``disk_quota_mib`` (the MiB the student's
+disk snapshots may hold; default: the config's ``snapshots.quota_mib``) and
+``max_lease_days`` (1-365: the longest lease the student may give a slice,
+and the lease their new slices get; default or ``none``: no maximum, no
+lease).  Like the quota, they are given to accounts the import creates.
+``parse_roster`` returns every student, or every problem, each naming its line; one bad row refuses the whole roster.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from typing import Any, Optional
 import yaml
 
 import naming
+from store.text import clip, excerpt, word
+from store.yamlcheck import anchor_problem
 from topology.model import Problem
 from usecases.access import MAX_QUOTA
 from usecases.accounts import check_new_password
@@ -36,7 +42,9 @@ from usecases.accounts import check_new_password
 DEFAULT_QUOTA = 6
 GENERATE = "generate"
 FORMATS = ("yaml", "csv")
-COLUMNS = ("username", "quota", "password")
+COLUMNS = ("username", "quota", "password", "disk_quota_mib", "max_lease_days")
+MAX_DISK_QUOTA_MIB = 1024 * 1024
+MAX_LEASE_DAYS = 365
 MAX_TEXT = 1_000_000
 MAX_STUDENTS = 1000
 _ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/l/I
@@ -51,6 +59,8 @@ class Student:
     quota: int
     password: Optional[str]
     line: int
+    disk_quota_mib: Optional[int] = None   # None: the config's default
+    max_lease_days: Optional[int] = None   # None: no maximum
 
 
 def format_of(path: str) -> Optional[str]:
@@ -108,15 +118,15 @@ def _student(line: int, row: dict) -> tuple[Optional[Student], list[Problem]]:
     if username in (None, ""):
         return None, [Problem("username is missing", line)]
     if not isinstance(username, str) or not naming.USERNAME_RE.fullmatch(username):
-        return None, [Problem(f"invalid username {str(username)!r}: {naming.USERNAME_RULE}", line)]
+        return None, [Problem(f"invalid username {excerpt(str(username))}: {naming.USERNAME_RULE}", line)]
     quota = row.get("quota")
     if quota in (None, ""):
         quota = DEFAULT_QUOTA
     elif isinstance(quota, str) and quota.strip().isascii() and quota.strip().isdigit():
         quota = int(quota.strip())
     if isinstance(quota, bool) or not isinstance(quota, int) or not 0 <= quota <= MAX_QUOTA:
-        problems.append(Problem(f"{username}: quota must be a whole number from 0 to {MAX_QUOTA}, not {quota!r}",
-                                line))
+        problems.append(Problem(f"{username}: quota must be a whole number from 0 to {MAX_QUOTA}, "
+                                f"not {excerpt(quota)}", line))
     password = row.get("password")
     if password in (None, "", GENERATE):
         password = None
@@ -126,7 +136,24 @@ def _student(line: int, row: dict) -> tuple[Optional[Student], list[Problem]]:
         err = check_new_password(password)
         if err:  # never echo the password itself
             problems.append(Problem(f"{username}: {err[0].lower()}{err[1:]} (or write {GENERATE})", line))
-    return Student(username, quota if isinstance(quota, int) else DEFAULT_QUOTA, password, line), problems
+    disk = _optional_whole(row.get("disk_quota_mib"), 0, MAX_DISK_QUOTA_MIB, f"{username}: disk_quota_mib "
+                           f"must be a whole number of MiB from 0 to {MAX_DISK_QUOTA_MIB}", line, problems)
+    lease = _optional_whole(row.get("max_lease_days"), 1, MAX_LEASE_DAYS, f"{username}: max_lease_days must be a "
+                            f"whole number of days from 1 to {MAX_LEASE_DAYS}, or none", line, problems)
+    return Student(username, quota if isinstance(quota, int) else DEFAULT_QUOTA, password, line, disk,
+                   lease), problems
+
+
+def _optional_whole(value: Any, low: int, high: int, rule: str, line: int, problems: list) -> Optional[int]:
+    """An optional whole-number column (empty or ``none``: None); a bad value adds ``rule`` to ``problems``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        problems.append(Problem(f"{rule}, not {value!r}", line))
+        return None
+    return value
 
 
 # --- CSV -----------------------------------------------------------------------------
@@ -152,7 +179,7 @@ def _csv_rows(text: str) -> tuple[list, list[Problem]]:
                 continue
             rows.append((line, dict(zip(header, cells))))
     except csv.Error as e:
-        return [], [Problem(f"not valid CSV: {e}", reader.line_num or 1)]
+        return [], [Problem(f"not valid CSV: {clip(str(e), 80)}", reader.line_num or 1)]
     if header is None:
         return [], [Problem(f"the roster is empty: expected a header row like {','.join(COLUMNS)}", 1)]
     return rows, problems
@@ -160,10 +187,11 @@ def _csv_rows(text: str) -> tuple[list, list[Problem]]:
 
 def _header(cells: list, line: int) -> tuple[list, list[Problem]]:
     names = [c.lower() for c in cells]
-    unknown = [c for c in names if c not in COLUMNS]
+    unknown = [i for i, c in enumerate(names, 1) if c not in COLUMNS]
     if unknown:
+        shown = word(names[unknown[0] - 1])    # a file that is no roster: described, never quoted
         return [], [Problem(f"the header row must name the columns ({', '.join(COLUMNS)}): "
-                            f"unknown column {unknown[0]!r}", line)]
+                            + (f"unknown column {shown}" if shown else f"column {unknown[0]} is none of them"), line)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         return [], [Problem(f"the header row names {twice[0]} twice", line)]
@@ -175,11 +203,15 @@ def _header(cells: list, line: int) -> tuple[list, list[Problem]]:
 # --- YAML ----------------------------------------------------------------------------
 
 def _yaml_rows(text: str) -> tuple[list, list[Problem]]:
+    refused = anchor_problem(text, yaml.SafeLoader)
+    if refused:
+        return [], [Problem(refused.message, refused.line)]
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        return [], [Problem(f"not valid YAML: {getattr(e, 'problem', None) or e}", mark.line + 1 if mark else 1)]
+        reason = clip(str(getattr(e, "problem", None) or "a syntax error"), 120)   # PyYAML's words, not the file's
+        return [], [Problem(f"not valid YAML: {reason}", mark.line + 1 if mark else 1)]
     except RecursionError:
         return [], [Problem("not valid YAML: nested too deeply", 1)]
     if root is None:
@@ -205,13 +237,17 @@ def _yaml_rows(text: str) -> tuple[list, list[Problem]]:
 def _yaml_row(node: yaml.Node) -> tuple[Optional[dict], list[Problem]]:
     if not isinstance(node, yaml.MappingNode):
         return None, [Problem(f"a student must be a mapping like {_EXAMPLE}", _line(node))]
-    row, problems = {}, []
+    row, problems, first = {}, [], {}
     for key_node, value_node in node.value:
         key = _scalar(key_node)
+        if key in COLUMNS:
+            first.setdefault(key, _line(key_node))
         if key not in COLUMNS:
-            problems.append(Problem(f"unknown key {str(key)!r} (allowed: {', '.join(COLUMNS)})", _line(key_node)))
+            shown = word(key)
+            problems.append(Problem(f"unknown key{' ' + shown if shown else ''} (allowed: {', '.join(COLUMNS)})",
+                                    _line(key_node)))
         elif key in row:
-            problems.append(Problem(f"{key} is given twice", _line(key_node)))
+            problems.append(Problem(f"{key} is given twice (first on line {first[key]})", _line(key_node)))
         elif not isinstance(value_node, yaml.ScalarNode):
             problems.append(Problem(f"{key} must be a single value", _line(value_node)))
         else:

@@ -34,6 +34,8 @@ class Services:
     homes: dict = field(default_factory=dict)  # facts learnt at connect: host -> the SSH user's home
     credentials: Optional[Credentials] = None
     capacity: Optional[Capacity] = None
+    recovery: Optional[object] = None  # usecases.recovery.Recovery, set by OrchestratorAPI
+    recovery_failures: dict = field(default_factory=dict)  # slice key -> when its last recovery failed
 
     def __post_init__(self) -> None:
         if self.credentials is None:
@@ -44,6 +46,15 @@ class Services:
     @property
     def executor(self):
         return self.deployment.executor
+
+    def recover(self, slice_ids=None, data: Optional[dict] = None) -> list:
+        """Undo what dead sessions' deploys, starts and stops left on the hosts (of some slices, or all).
+
+        Every reader and writer of a slice calls this first; returns the outcomes (none: nothing to do).
+        """
+        if self.recovery is None:
+            return []
+        return self.recovery.recover(slice_ids, data)
 
     def host_context(self) -> HostContext:
         """Config plus the facts known about hosts (their home directories, learnt at connect)."""

@@ -124,7 +124,8 @@ def _compare(config, s: dict, data: dict, reachable: dict, found: dict, leases: 
         if report.reachable.get(key.host) is True:
             report.checks.append(Check(key, kinds.kind(key.kind).describe(key), detail, found.get(key)))
     only_mine = resources_owned_by(mine) - resources_owned_by(others)
-    report.extra = sorted(k for k in found if k in only_mine and k not in expected)
+    report.extra = sorted(k for k in found if k in only_mine and k not in expected
+                          and not kinds.kind(k.kind).transient)
     vlans = {int(link["vlan_id"]) for link in s.get("links", [])}
     report.leases = {k: ip for k, ip in leases.items() if k[0] in vlans}
     return report

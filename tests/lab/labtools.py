@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -76,6 +77,51 @@ def kill_manager_mid_deploy(db_path, owner: str, slice_id: int) -> int:
     return proc.returncode
 
 
+KILL_AT = """
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests/lab")
+from labtools import make_api
+api = make_api(None, sys.argv[2])
+op, at, user, sid = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+counts = {}
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def progress(event):
+    phase = event["phase"]
+    counts[phase] = counts.get(phase, 0) + 1
+    if at == "connect" and phase == "connect" and counts[phase] == int(sys.argv[7]):
+        die()  # every host reached, nothing made yet
+    if at == "network" and phase == "network" and counts[phase] == int(sys.argv[7]):
+        die()  # every VLAN made, no VM started
+    if at == "first" and phase in ("vms", "start", "stop"):
+        die()  # one VM done, the others on their way
+real_run = api.executor.run
+def run(cmd):
+    if at == "in_flight" and cmd.action in ("start_vm", "stop_vm") and not counts.get("timer"):
+        counts["timer"] = 1   # killed while the first scripts run on the workers
+        threading.Timer(float(sys.argv[7]), die).start()
+    return real_run(cmd)
+api.executor.run = run
+if op == "deploy":
+    api.deploy_slice(user, sid, progress=progress)
+elif op == "start":
+    api.start_vm(user, sid, progress=progress)
+elif op == "stop":
+    api.stop_vm(user, sid, progress=progress)
+print("not killed")
+"""
+
+
+def kill_manager_at(db_path, op: str, at: str, user: str, slice_id: int, arg: float = 0) -> int:
+    """Run a deploy, start or stop of the slice in another process, SIGKILLed at ``at``: ``connect`` (the
+    ``arg``-th connect event), ``network`` (the ``arg``-th network event), ``first`` (the first VM done) or
+    ``in_flight`` (``arg`` seconds after the first VM's script was handed out).  Returns its exit status."""
+    root = str(LAB_DIR.parent)
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, root, str(db_path), op, at, user, str(slice_id), str(arg)],
+                          timeout=180)
+    return proc.returncode
+
+
 def wait_for_leases(lab, wanted: dict, timeout: float = 120) -> dict:
     """Wait until every (vlan, mac) in ``wanted`` holds a lease; return (vlan, mac) -> IP."""
     deadline = time.monotonic() + timeout
@@ -137,6 +183,18 @@ def host_footprint(lab) -> dict:
     return out
 
 
+def node_files(lab) -> list:
+    """This system's per-VLAN files on the network node (markers, dnsmasq pid/lease/log files)."""
+    return [f for f in sh(lab, "netnode", f"ls {STATE} 2>/dev/null || true").split()
+            if f.startswith(("vlan", "dnsmasq-vlan"))]
+
+
+def vm_flows(lab, host: str) -> list:
+    """OpenFlow rules of this system's VMs on a worker's br-int (cookie 0x4352_0000_<vm id>)."""
+    out = sh(lab, host, "ovs-ofctl -O OpenFlow14 dump-flows br-int 2>/dev/null || true")
+    return [line for line in out.splitlines() if "cookie=0x43520000" in line]
+
+
 def assert_clean(lab, keep_overlays: set = frozenset()) -> None:
     """Nothing of any slice on any host (overlays in ``keep_overlays`` excepted)."""
     fp = host_footprint(lab)
@@ -184,3 +242,30 @@ def restart_sshd(lab, host: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"sshd of {host} did not come back")
+
+
+# --- captures (SPEC §17) ---------------------------------------------------------------------
+
+def pcap_packets(data: bytes) -> list:
+    """The frames of a pcap stream (little- or big-endian, µs or ns), checking its structure."""
+    magic = data[:4]
+    order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<",
+             b"\xa1\xb2\x3c\x4d": ">"}.get(magic)
+    assert order, f"not a pcap stream: {data[:24]!r}"
+    _major, _minor, _zone, _sig, _snap, linktype = struct.unpack(order + "HHiIII", data[4:24])
+    assert linktype == 1, linktype  # Ethernet
+    frames, off = [], 24
+    while off + 16 <= len(data):
+        _sec, _frac, incl, _orig = struct.unpack(order + "IIII", data[off:off + 16])
+        frames.append(data[off + 16:off + 16 + incl])
+        off += 16 + incl
+    assert off == len(data), "the pcap stream ends inside a record"
+    return frames
+
+
+def icmp_of(frame: bytes):
+    """(ICMP type, source IP, destination IP) of an IPv4 ICMP Ethernet frame, else None."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 1:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    return frame[14 + ihl], ".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34]))

@@ -244,3 +244,81 @@ def test_a_look_alike_that_this_system_did_not_make_is_never_found(lab, svc):
         sh(lab, wname, "rm -f /home/ubuntu/vm_images/students_thesis_img.qcow2")
         sh(lab, "netnode", "ovs-vsctl --if-exists del-port br-int gw_vlan3999; ip netns del ns-dhcp-vlan3998; "
                            "ip link del crlookalike")
+
+
+TAP_VM = 99902  # a bare TAP tap99902_1 stands for a VM's NIC: impairments and captures need only the TAP
+
+
+@pytest.fixture
+def bare_tap(lab, svc):
+    worker = svc.config.workers[0]
+    wname = next(n for n, ip in lab.hosts.items() if ip == worker)
+    tap = naming.tap_name(TAP_VM, 1)
+    sh(lab, wname, f"ip tuntap add dev {tap} mode tap && ip link set {tap} up")
+    yield worker, wname, tap
+    sh(lab, wname, f"ip link del {tap} 2>/dev/null || true")
+
+
+def test_impairment_made_checked_removed_twice(lab, svc, bare_tap):
+    from hosts import impairments
+    from topology import impairment
+
+    worker, wname, tap = bare_tap
+    vm = {"vm_id": TAP_VM, "name": "func", "worker_ip": worker}
+    ok, imp = impairment.parse("100ms", "5ms", "1", "10mbit")
+    assert ok, imp
+    run(svc, impairments.impair_command(vm, 1, imp))
+    # from outside: the kernel's netem, or the user-space relay (a clsact filter, its veth, its process)
+    qdiscs = sh(lab, wname, f"tc qdisc show dev {tap}")
+    if "netem" in qdiscs:
+        assert "delay 100ms  5ms" in qdiscs and "loss 1%" in qdiscs and "rate 10Mbit" in qdiscs, qdiscs
+    else:
+        assert "clsact" in qdiscs and "mirred" in sh(lab, wname, f"tc filter show dev {tap} egress")
+        out_end, in_end = naming.relay_veth(TAP_VM, 1)
+        assert out_end in sh(lab, wname, "ip -o link show") and in_end in sh(lab, wname, "ip -o link show")
+        pid = sh(lab, wname, f"cat {naming.relay_pidfile(tap)}").strip()
+        cmdline = sh(lab, wname, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+        assert f"netem_relay.py --dev {tap} --via {in_end} " in cmdline and "--delay-ms 100" in cmdline, cmdline
+    assert sh(lab, wname, f"cat {naming.impair_marker(tap)}").strip() == "delay 100ms, jitter 5ms, loss 1%, rate 10mbit"
+    # the product's scan finds exactly it, with what status compares
+    keys = {k: d for k, d in found_keys(svc, worker).items() if k.kind == "impair"}
+    assert {(k.name, d) for k, d in keys.items()} == {(tap, "delay 100ms, jitter 5ms, loss 1%, rate 10mbit")}
+    # changed in place: one impairment, the new one
+    run(svc, impairments.impair_command(vm, 1, impairment.parse("20ms", "", "", "")[1]))
+    assert {d for k, d in found_keys(svc, worker).items() if k.kind == "impair"} == {"delay 20ms"}
+    # removed twice by the kind's own removal (what the orphan clean-up runs)
+    for _ in range(2):
+        for cmd in reconcile.removal_commands(svc.host_context(), list(keys)):
+            run(svc, cmd)
+    assert "netem" not in sh(lab, wname, f"tc qdisc show dev {tap}")
+    assert "clsact" not in sh(lab, wname, f"tc qdisc show dev {tap}")
+    assert "nx99902" not in sh(lab, wname, "ip -o link show")
+    assert sh(lab, wname, "pgrep -af '[n]etem_relay.py' || true").strip() == ""
+    assert sh(lab, wname, f"ls {naming.STATE_DIR} | grep -e 'impair-' -e 'netem_relay' || true").strip() == ""
+    assert not [k for k in found_keys(svc, worker) if k.kind == "impair"]
+
+
+def test_capture_made_checked_removed_twice(lab, svc, bare_tap):
+    from hosts import capture
+
+    worker, wname, tap = bare_tap
+    vm = {"vm_id": TAP_VM, "name": "func", "worker_ip": worker}
+    channel = svc.executor.open_interactive(capture.capture_command(vm, 1, ["icmp"], 10, 300, pcap=False))
+    try:
+        started, _status, detail = capture.wait_started(channel)
+        assert started, detail
+        procs = sh(lab, wname, "pgrep -af '[t]cpdump -i tap' || true")
+        assert f"tcpdump -i {tap} -p -n -c 10 -l -- icmp" in procs, procs   # never promiscuous (-p)
+        assert "PROMISC" not in sh(lab, wname, f"ip link show dev {tap}")
+        keys = [k for k in found_keys(svc, worker) if k.kind == "capture"]
+        assert [k.name for k in keys] == [tap]
+        for _ in range(2):
+            for cmd in reconcile.removal_commands(svc.host_context(), keys):
+                run(svc, cmd)
+        assert sh(lab, wname, "pgrep -af '[t]cpdump -i tap' || true").strip() == ""
+        assert sh(lab, wname, f"ls {naming.STATE_DIR} | grep capture- || true").strip() == ""
+        assert not [k for k in found_keys(svc, worker) if k.kind == "capture"]
+        channel.settimeout(10)
+        assert channel.recv_exit_status() == 0          # the capture's own script ended with it
+    finally:
+        channel.close()

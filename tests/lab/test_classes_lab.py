@@ -133,12 +133,13 @@ def test_a_roster_with_a_topology_makes_accounts_and_slices_once(lab, site, tmp_
 
 def test_a_template_that_fails_on_one_worker_leaves_nothing(lab, site):
     api = make_api(lab, site["db"])
-    target = "worker3"  # its image folder cannot take a new disk
-    sh(lab, target, "mkdir -p /home/ubuntu/vm_images && chmod 0555 /home/ubuntu/vm_images")
+    target = "worker3"  # its image folder belongs to root: the VMs' account can neither chmod nor write it
+    sh(lab, target, "mkdir -p /home/ubuntu/vm_images && chown root:root /home/ubuntu/vm_images"
+                    " && chmod 0755 /home/ubuntu/vm_images")
     try:
         ok, msg = api.create_from_template("admin", "linear", 3, "cirros", "none", "chain")
     finally:
-        sh(lab, target, "chmod 0755 /home/ubuntu/vm_images")
+        sh(lab, target, "chown ubuntu:ubuntu /home/ubuntu/vm_images && chmod 0700 /home/ubuntu/vm_images")
         api.executor.close()
     assert not ok and "VM vm3 could not be added" in msg and "Nothing was made" in msg, msg
     assert api.db.all_slices() == {} and api.db.get_user("admin")["used_vms"] == 0

@@ -358,12 +358,19 @@ def test_orphans_of_a_killed_manager_are_found_and_only_they_are_removed(lab, ap
     assert api.db.get_slice(sid)["status"] == "deploying"  # the dead session's mark
     vm_ids, vlan = {vm["vm_id"] for vm in vms}, links[0]["vlan_id"]
 
-    # the slice is still in the database: nothing of it is an orphan, and its real status is written back
+    # the slice is still in the database: option 8 first rolls its dead deploy back (nothing of it is
+    # left, nothing of it is an orphan), and its real status is written back
     ok, orphans = api.find_orphans("admin")
     assert ok, orphans
     assert not [o for o in orphans if o.key.vm_id in vm_ids or o.key.vlan == vlan], orphans
     assert api.db.get_slice(sid)["status"] == "design"
+    assert f"ns-dhcp-vlan{vlan}" not in sh(lab, "netnode", "ip netns list")
+    for vm in vms:
+        assert f"cr-vm{vm['vm_id']}," not in sh(lab, host_of(lab, vm["worker_ip"]), "pgrep -af '^qemu-system' || true")
 
+    # killed again, and this time an instructor removes the slice from database.yaml before anyone
+    # reads it: what it left is no slice's, so option 8 lists it
+    assert kill_manager_mid_deploy(api.db.path, "admin", sid) == -signal.SIGKILL
     forget_slice_by_hand(api.db, sid)
     ok, orphans = api.find_orphans("admin")
     assert ok, orphans

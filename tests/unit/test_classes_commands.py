@@ -174,7 +174,7 @@ def test_slice_import_export_show_and_overview(site):
     assert lines[0].split()[:3] == ["ID", "Owner", "Slice"]
     assert lines[2].split() == ["1000", "student", "ring4", "design", "ring", "4", "4", "1,2,3", "-"]
     proc = run(site, "overview", "--csv")
-    assert proc.stdout.split("\n")[1] == "1000,student,ring4,design,ring,4,4,10.9.0.11 10.9.0.12 10.9.0.13,,"
+    assert proc.stdout.split("\n")[1] == "1000,student,ring4,design,ring,4,4,10.9.0.11 10.9.0.12 10.9.0.13,,,,"
 
 
 def test_slice_template_for_a_user(site):

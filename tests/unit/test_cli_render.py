@@ -92,3 +92,24 @@ def test_render_of_a_real_designed_slice(tmp_path):
     assert lines[2] == "  \u2514\u2500 VM 1001: vm1 (VNC: 5901, Worker: 10.9.0.11, Disk: 1GB)"
     assert lines[4] == "      eth1: MAC 52:54:00:03:e9:01, VLAN: 100, Link: 1"
     assert lines[5] == "  \u2514\u2500 VM 1002: vm2 (VNC: 5902, Worker: 10.9.0.12, Disk: 1GB)"
+
+
+def test_the_boot_log_reaches_the_terminal_escaped(monkeypatch, capsys):
+    """Issue 17 item 12: ESC[6n in a VM's boot log would make the terminal type into the menu."""
+    import io
+
+    import cli
+
+    class Api:
+        def boot_log(self, username, slice_id, vm_id, lines=40):
+            return True, "login: \x1b[6n\x1b]2;owned\x07 done\r\n\x9b2J\x00end"
+
+    answers = io.StringIO("1000\n1001\n2\n")
+    answers.isatty = lambda: True
+    monkeypatch.setattr("sys.stdin", answers)
+    menu = cli.CLI(Api())
+    menu.user = {"username": "ana", "role": "student"}
+    menu.open_console()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out and "\x00" not in out
+    assert "login: \\x1b[6n\\x1b]2;owned\\x07 done" in out and "\\x9b2J\\x00end" in out

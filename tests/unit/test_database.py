@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from database import HEADER, Database
+from usecases import passwords
 
 CTX = multiprocessing.get_context("fork")
 
@@ -25,8 +26,12 @@ def test_fresh_file_has_documented_accounts(tmp_path):
     assert path.exists()
     data = yaml.safe_load(path.read_text())
     admin, student = data["users"]["admin"], data["users"]["student"]
-    assert admin["password_hash"] == _sha("admin")
-    assert student["password_hash"] == _sha("student")
+    # the documented passwords, never stored unsalted (issue 17 item 8): scrypt of the documented SHA-256 hex
+    for user, password in ((admin, "admin"), (student, "student")):
+        assert user["password_hash"].startswith("sha256-scrypt$")
+        assert _sha(password) not in path.read_text()
+        assert passwords.verify_password(password, user["password_hash"])
+        assert not passwords.verify_password(password + "x", user["password_hash"])
     assert admin["role"] == "admin" and student["role"] == "student"
     assert admin["quota_vms"] == 10 and student["quota_vms"] == 6
     assert admin["used_vms"] == 0 and student["used_vms"] == 0

@@ -254,10 +254,12 @@ def test_delete_running_slice(linked):
         assert any(h == worker and f"/run/cloud-repositorio/vm{vm_id}.pid" in s and "kill -9" in s
                    and f"--if-exists del-port br-int tap{vm_id}_1" in s for h, s in texts)
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in s for h, s in texts)
-    assert (WORKERS[0], 'rm -f "$HOME"/vm_images/vm1_img.qcow2 "$HOME"/vm_images/vm1_img.qcow2.owner') in ex.calls
-    assert (WORKERS[1], 'rm -f "$HOME"/vm_images/vm2_img.qcow2 "$HOME"/vm_images/vm2_img.qcow2.owner') in ex.calls
+    for vm_id, worker, name in ((1001, WORKERS[0], "vm1"), (1002, WORKERS[1], "vm2")):
+        disk = f'"$HOME"/vm_images/{name}_img.qcow2'
+        assert (worker, f"""case "$(cat {disk}.owner 2>/dev/null)" in 'cloud-repositorio vm {vm_id}'"""
+                        f"""|cloud-repositorio) rm -f {disk} {disk}.owner;; esac""") in ex.calls
     stop_i = max(i for i, (h, s) in enumerate(texts) if h in WORKERS and "kill -9" in s)
-    rm_i = min(i for i, (_h, s) in enumerate(texts) if s.startswith('rm -f "$HOME"/vm_images/'))
+    rm_i = min(i for i, (_h, s) in enumerate(texts) if s.startswith('case "$(cat "$HOME"/vm_images/'))
     assert stop_i < rm_i  # disks go after the VMs are stopped
     assert all("pkill" not in s for _h, s in texts)
     assert db.get_slice(sid) is None

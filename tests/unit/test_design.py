@@ -49,7 +49,9 @@ def test_qemu_img_sent_to_chosen_worker(tmp_path):
     host, text = calls[0]
     assert host == vm["worker_ip"] == WORKERS[0]
     assert QEMU_IMG.format(base=CIRROS_BASE, file="vm1_img.qcow2") in text
-    assert "printf '%s\\n' cloud-repositorio > vm1_img.qcow2.owner" in text  # marked as this system's
+    # marked as this system's, naming the VM
+    assert f"printf '%s\\n' 'cloud-repositorio vm {vm['vm_id']}' > vm1_img.qcow2.owner" in text
+    assert text.startswith("umask 077 && ") and 'chmod 700 "$HOME"/vm_images' in text  # disks 0600 in a 0700 folder
     assert not text.startswith("sudo")  # overlays belong to the SSH user
     # the base check came first, on the same worker
     checks = [(h, t) for h, t in ex.calls if t.startswith("test -f")]
@@ -131,8 +133,11 @@ def test_deployment_api_documented_contract(tmp_path):
     ex.fail("create_overlay", err="boom")
     assert dep.create_vm_with_qcow(1000, 1003, "vm3", "admin", WORKERS[1], Flavor.get("cirros"), 0) == (False, None)
     assert "boom" in dep.last_error
-    assert dep.delete_vm_dict({"worker_ip": WORKERS[1], "qcow_image": "~/vm_images/vm1_img.qcow2"}) is True
-    assert ex.calls[-1] == (WORKERS[1], 'rm -f "$HOME"/vm_images/vm1_img.qcow2 "$HOME"/vm_images/vm1_img.qcow2.owner')
+    assert dep.delete_vm_dict({"worker_ip": WORKERS[1], "qcow_image": "~/vm_images/vm1_img.qcow2",
+                               "vm_id": 1001}) is True
+    disk = '"$HOME"/vm_images/vm1_img.qcow2'
+    assert ex.calls[-1] == (WORKERS[1], f"""case "$(cat {disk}.owner 2>/dev/null)" in 'cloud-repositorio vm 1001'"""
+                                        f"""|cloud-repositorio) rm -f {disk} {disk}.owner;; esac""")
     assert dep.delete_vm_dict({"worker_ip": WORKERS[1], "qcow_image": None}) is True
 
 
@@ -216,14 +221,14 @@ def test_same_vm_name_on_same_worker_gets_id_qualified_overlay(tmp_path):
     s1, (a,) = build_slice(api, name="s1", vms=(("vm1", 0, False),))
     s2, (b,) = build_slice(api, name="s2", vms=(("vm1", 0, False),))
     assert db.get_slice(s1)["vms"][0]["qcow_image"] == "~/vm_images/vm1_img.qcow2"
-    assert db.get_slice(s2)["vms"][0]["qcow_image"] == f"~/vm_images/vm1_{b}_img.qcow2"
+    assert db.get_slice(s2)["vms"][0]["qcow_image"] == f"~/vm_images/vm1.{b}_img.qcow2"
     texts = [t for _h, t in _qemu_img_calls(ex)]
     assert QEMU_IMG.format(base=CIRROS_BASE, file="vm1_img.qcow2") in texts[0]
-    assert QEMU_IMG.format(base=CIRROS_BASE, file=f"vm1_{b}_img.qcow2") in texts[1]
+    assert QEMU_IMG.format(base=CIRROS_BASE, file=f"vm1.{b}_img.qcow2") in texts[1]
     # after a restart too
     api2, _db2, ex2 = restart(tmp_path, db, cfg)
     s3, (c,) = build_slice(api2, name="s3", vms=(("vm1", 0, False),))
-    assert db.get_slice(s3)["vms"][0]["qcow_image"] == f"~/vm_images/vm1_{c}_img.qcow2"
+    assert db.get_slice(s3)["vms"][0]["qcow_image"] == f"~/vm_images/vm1.{c}_img.qcow2"
 
 
 def test_same_vm_name_on_other_worker_keeps_documented_path(tmp_path):
@@ -266,7 +271,8 @@ def test_quota_default_and_exceeded(tmp_path, user, quota):
     assert api.add_vm_to_slice(user, sid, "extra", "cirros", 0) == (False, "Quota exceeded")
     assert len(ex.calls) == n
     assert db.get_user(user)["used_vms"] == quota
-    assert ok(api.get_quota(user)) == {"used_vms": quota, "quota_vms": quota, "slices": 1}
+    assert ok(api.get_quota(user)) == {"used_vms": quota, "quota_vms": quota, "slices": 1, "disk_used_bytes": 0,
+                                       "disk_quota_mib": 1024, "max_lease_days": None}
 
 
 def test_used_vms_up_on_add_down_on_delete_never_below_zero(tmp_path):
@@ -466,9 +472,10 @@ def test_delete_design_slice_removes_overlays_and_slice_id(tmp_path):
     hosts = {v["vm_id"]: v["worker_ip"] for v in db.get_slice(sid)["vms"]}
     ex.calls.clear()
     assert api.delete_slice("admin", sid) == (True, "Slice deleted")
-    rms = [(h, t) for h, t in ex.calls if t.startswith("rm -f")]
-    rm = 'rm -f "$HOME"/vm_images/{0}_img.qcow2 "$HOME"/vm_images/{0}_img.qcow2.owner'
-    assert sorted(rms) == sorted([(hosts[a], rm.format("vm1")), (hosts[b], rm.format("vm2"))])
+    rms = [(h, t) for h, t in ex.calls if t.startswith("case ")]
+    rm = ('case "$(cat "$HOME"/vm_images/{0}_img.qcow2.owner 2>/dev/null)" in \'cloud-repositorio vm {1}\''
+          '|cloud-repositorio) rm -f "$HOME"/vm_images/{0}_img.qcow2 "$HOME"/vm_images/{0}_img.qcow2.owner;; esac')
+    assert sorted(rms) == sorted([(hosts[a], rm.format("vm1", a)), (hosts[b], rm.format("vm2", b))])
     # the whole teardown runs even for a design slice (a dead session may have left VMs behind)
     stops = {(h, vm_id) for h, t in ex.calls for vm_id in (a, b) if f"vm{vm_id}.pid" in t and "kill -9" in t}
     assert stops == {(hosts[a], a), (hosts[b], b)}

@@ -88,7 +88,9 @@ def test_overlay_delete_of_odd_path_removes_only_that_file(tmp_path):
     neighbour = images / "odd_img.qcow2"
     target.write_text("x")
     neighbour.write_text("y")
-    cmd = overlay_delete("h", "~/vm_images/odd name's_img.qcow2")
+    (images / "odd name's_img.qcow2.owner").write_text("cloud-repositorio vm 1001\n")
+    (images / "odd_img.qcow2.owner").write_text("cloud-repositorio vm 1001\n")
+    cmd = overlay_delete("h", "~/vm_images/odd name's_img.qcow2", 1001)
     assert cmd.sudo is False
     subprocess.run(["sh", "-c", cmd.script], check=True,
                    env={"HOME": str(home), "PATH": os.environ["PATH"]}, cwd=tmp_path)

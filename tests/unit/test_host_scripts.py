@@ -14,11 +14,12 @@ from fakes import FakeExecutor
 import vlan_manager
 import vm_launcher
 from deployment_api import DeploymentAPI
-from hosts import kinds, resources
+from hosts import capture, impairments, kinds, resources
 from hosts.resources import HostContext
 from qcow_manager import base_image_check, overlay_create, overlay_delete
 from usecases import reconcile
 
+IMPAIRED = {"delay_ms": 100, "jitter_ms": 10, "loss_pct": 2.5, "rate_kbit": 1000}
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 
 
@@ -48,7 +49,13 @@ def all_commands() -> list:
     return scans + removals + [
         vm_launcher.launch_vm_command(vm, "/home/ubuntu", vm_launcher.LaunchSettings(network_node="n"),
                                       password="Abc23456"),
+        vm_launcher.launch_vm_command(vm, "/home/ubuntu", vm_launcher.LaunchSettings(network_node="n"),
+                                      password="Abc23456", impairments_by_index={1: IMPAIRED, 2: {"loss_pct": 1}}),
         vm_launcher.stop_vm_command(vm, "br-int"),
+        impairments.impair_command(vm, 1, IMPAIRED),
+        impairments.impair_command(vm, 1, None),
+        capture.capture_command(vm, 1, ["icmp", "and", "(", "host", "192.168.100.10", ")"], 10, 30, pcap=False),
+        capture.capture_command(vm, 1, [], 1000, 60, pcap=True),
         vlan_manager.vlan_up_command("n", 100, "br-int", 400, "ens3"),
         vlan_manager.vlan_up_command("n", 4000, "br-int", 400, "ens3"),
         vlan_manager.vlan_down_command("n", 100, "br-int"),

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from service_driver import ServiceProcess
 from database import Database
 from deployment_api import DeploymentAPI
 from orchestrator_api import OrchestratorAPI
+from usecases import passwords
 
 CANCELLED = "Cancelled: nothing changed."
 MENU_COMMON = [
@@ -44,8 +46,9 @@ MENU_COMMON = [
 NEW_OPTIONS = ["12. Open VM console", "13. Slice status and repair", "14. Start, stop or reboot VMs",
                "15. Topology templates, import and export"]
 ADMIN_MENU = MENU_COMMON + ["11. Manage users"] + NEW_OPTIONS + [
-    "16. Instructor tools (overview, class roster)", "17. Cluster view", "0. Exit"]
-STUDENT_MENU = MENU_COMMON + NEW_OPTIONS + ["0. Exit"]
+    "16. Instructor tools (overview, class roster)", "17. Cluster view", "18. Capture and link impairments",
+    "19. Snapshots and leases", "0. Exit"]
+STUDENT_MENU = MENU_COMMON + NEW_OPTIONS + ["18. Capture and link impairments", "19. Snapshots and leases", "0. Exit"]
 LEGACY_ADMIN_HASH = "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
 
 
@@ -60,6 +63,12 @@ class Site:
 
     def db_bytes(self) -> bytes:
         return self.db.read_bytes()
+
+    def first_read(self) -> bytes:
+        """The database as any process that may write it leaves it at its first read (the shipped accounts'
+        SHA-256 hashes wrapped in scrypt), whether or not a manager service already read it."""
+        Database(str(self.db)).load()
+        return self.db_bytes()
 
     def data(self) -> dict:
         return yaml.safe_load(self.db.read_text())
@@ -201,7 +210,7 @@ USER_ACTIONS = {  # option 11: the action's number and the prompt that follows t
 def manage_user(m: Menu, action: str, user: str) -> str:
     """Option 11, ``action`` (see USER_ACTIONS) for ``user``; the screen up to the prompt after the username."""
     number, prompt = USER_ACTIONS[action]
-    m.send("11", "Choice (1-3): ")
+    m.send("11", "Choice (1-5): ")
     m.send(number, "Username: ")
     return m.send(user, prompt)
 
@@ -249,7 +258,7 @@ def test_unknown_user_and_empty_username_are_invalid_credentials(spawn):
 @pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d"])
 @pytest.mark.parametrize("where", ["Username: ", "Password: "])
 def test_leaving_at_the_login_screen_is_clean(spawn, site, key, where):
-    before = site.db_bytes()
+    before = site.first_read()
     m = spawn()
     m.wait("Username: ")
     if where == "Password: ":
@@ -325,6 +334,40 @@ def test_ctrl_c_at_main_menu_neither_exits_nor_deletes(spawn, site):
     assert "Slice 1000 (keepme) [design]" in screen
     m.exit()
     assert site.data()["slices"]["1000"]["status"] == "design"
+
+
+def test_ctrl_z_and_ctrl_backslash_never_leave_the_student_at_a_shell(spawn, site):
+    """Issue 17 item 13: job control and quit are ignored while the menu runs (no shell as its account)."""
+    m = admin_menu(spawn)
+    for key in ("\x1a", "\x1c"):                # Ctrl-Z (SIGTSTP), Ctrl-\ (SIGQUIT)
+        m.p.send(key)
+        time.sleep(0.3)
+        assert m.p.isalive()
+        status = Path(f"/proc/{m.p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert status != "T", "the menu was stopped"
+        screen = m.send("")                       # the menu still reads its input
+        assert "Invalid choice" in screen
+    assert "Quota: 0/10 VMs used" in m.send("1")
+    m.exit()
+
+
+def test_a_huge_answer_is_refused_in_bounded_memory(site, tmp_path):
+    """Issue 17 item 11: a line of 64 MiB at Username: is read in pieces, never held whole."""
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.write(b"x" * (64 << 20) + b"\nadmin\nadmin\nadmin\n0\n")  # the long name, its password, a login
+    where = ["--socket", str(site.socket)] if site.socket else ["--config", str(site.cfg), "--db", str(site.db)]
+    # a parent that waits for the menu with wait4, to read the menu's own peak memory
+    measure = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.argv[1], sys.argv[1:])\n"
+               "_, _, usage = os.wait4(pid, 0)\nprint('MAXRSS', usage.ru_maxrss, file=sys.stderr)\n")
+    with open(big, "rb") as stdin:
+        proc = subprocess.run([PY, "-c", measure, PY, str(CLI)] + where, stdin=stdin, capture_output=True,
+                              timeout=120)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert "That answer is too long (at most 4096 characters)." in out
+    assert "Invalid credentials!" in out and "Welcome, admin!" in out
+    maxrss_kib = int(err.rsplit("MAXRSS ", 1)[1].split()[0])
+    assert maxrss_kib < 64 * 1024, f"the menu grew to {maxrss_kib // 1024} MiB (the line is 64 MiB)"
 
 
 BAD_CHOICES = ["abc", "42", "", "-1", "1 2", "99999999999999999999", "\u00e9", "1.5", "0x1", "one"]
@@ -698,7 +741,8 @@ def test_cleanup_as_admin_with_unreachable_hosts_is_a_clear_error(spawn, site):
 
 
 def test_legacy_admin_hash_is_upgraded_to_scrypt_at_first_login(spawn, site):
-    assert site.data()["users"]["admin"]["password_hash"] == LEGACY_ADMIN_HASH
+    # the shipped file's bare SHA-256, or (a manager service read it already) that hash wrapped in scrypt
+    assert passwords.is_legacy(site.data()["users"]["admin"]["password_hash"])
     m = admin_menu(spawn)
     m.exit()
     stored = site.data()["users"]["admin"]["password_hash"]
@@ -719,7 +763,7 @@ def test_admin_creates_user_who_can_log_in(spawn, site):
     m.send("4", "Admin role? (y/n): ")
     screen = m.send("n")
     assert "User carol created (quota 4, role student)" in screen
-    screen = m.send("11", "Choice (1-3): ")
+    screen = m.send("11", "Choice (1-5): ")
     assert re.search(r"\n  carol +student +quota 0/4", screen), screen
     assert CANCELLED in m.intr()
     relogin(m, "carol", "wrong-pass", "Username: ")
@@ -739,11 +783,11 @@ def test_admin_creates_user_who_can_log_in(spawn, site):
 def test_admin_manage_users_refuses_bad_values(spawn, site):
     m = admin_menu(spawn)
     before = site.db_bytes()
-    screen = m.send("11", "Choice (1-3): ")
+    screen = m.send("11", "Choice (1-5): ")
     assert "Users:" in screen and "student" in screen
     assert "password_hash" not in screen and "scrypt$" not in screen
-    screen = m.send("7", "Choice (1-3): ")
-    assert "Choose 1, 2 or 3" in screen
+    screen = m.send("7", "Choice (1-5): ")
+    assert "Choose a number from 1 to 5" in screen
     m.send("1", "Username: ")
     assert CANCELLED in m.intr()  # leave that round at its first prompt
 
@@ -881,7 +925,7 @@ def test_piped_stdin_full_session_and_early_end(site):
 
 
 def test_piped_stdin_end_of_input_at_login(site):
-    before = site.db_bytes()
+    before = site.first_read()
     proc = run_piped(site, "admin\n")
     assert proc.returncode == 0
     assert "Traceback" not in proc.stdout + proc.stderr

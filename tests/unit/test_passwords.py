@@ -38,7 +38,9 @@ def test_legacy_sha256_verified():
 def test_login_with_legacy_hash_upgrades_to_scrypt(tmp_path):
     api, db, ex = make_api(tmp_path)
     legacy = db.get_user("admin")["password_hash"]
-    assert legacy == hashlib.sha256(b"admin").hexdigest()
+    # a new database holds the documented SHA-256 wrapped in scrypt (never the bare hex): still a legacy form
+    assert legacy.startswith("sha256-scrypt$") and passwords.is_legacy(legacy)
+    assert hashlib.sha256(b"admin").hexdigest() not in open(db.path).read()
     info = ok(api.authenticate("admin", "admin"))
     assert info["username"] == "admin"
     assert info["password_hash"] == "<hidden>"

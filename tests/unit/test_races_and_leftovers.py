@@ -71,9 +71,9 @@ def test_a_leftover_file_at_the_documented_overlay_path_does_not_block_the_add(t
     sid = ok(api.create_slice("admin", "s"))["slice_id"]
     ex.fail("create_overlay", target="vm1_img.qcow2", status=17, err="vm1_img.qcow2 already exists")
     vm = ok(api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0))
-    assert vm["qcow_image"] == f"~/vm_images/vm1_{vm['vm_id']}_img.qcow2"
+    assert vm["qcow_image"] == f"~/vm_images/vm1.{vm['vm_id']}_img.qcow2"
     assert db.get_slice(sid)["vms"][0]["qcow_image"] == vm["qcow_image"]
-    assert [t for a, t in ex.actions() if a == "create_overlay"] == ["vm1_img.qcow2", f"vm1_{vm['vm_id']}_img.qcow2"]
+    assert [t for a, t in ex.actions() if a == "create_overlay"] == ["vm1_img.qcow2", f"vm1.{vm['vm_id']}_img.qcow2"]
 
 
 def test_ctrl_c_after_the_overlay_was_made_removes_it_and_the_reservation(tmp_path):
@@ -132,14 +132,18 @@ def test_delete_after_a_dead_deploy_tears_everything_down_even_once_edited(tmp_p
     assert any(f"ip netns del ns-dhcp-vlan{link['vlan_id']}" in t for t in texts)
 
 
-def test_failed_delete_of_a_dead_deploy_goes_back_to_design_not_running(tmp_path):
+def test_failed_delete_of_a_dead_deploy_keeps_it_to_undo_never_running(tmp_path):
     api, db, ex = make_api(tmp_path)
     sid, _ids = _slice(api, vms=1)
     _make_stale(db, sid)
     ex.down_hosts.update(WORKERS)
-    assert api.delete_slice("admin", sid)[0] is False
+    ok_, msg = api.delete_slice("admin", sid)
+    assert ok_ is False and "interrupted deploy" in msg and "cannot be reached" in msg
     s = db.get_slice(sid)
-    assert s["status"] == "design" and "busy" not in s
+    assert s["status"] == "deploying" and s["busy"]["pid"] == 999999  # still to be rolled back
+    ex.down_hosts.clear()
+    api.recovery.RETRY_S = 0
+    assert api.delete_slice("admin", sid) == (True, "Slice deleted")
 
 
 def test_a_failed_commit_of_a_new_vm_leaves_no_pending_vm_and_no_disk(tmp_path):
@@ -150,7 +154,7 @@ def test_a_failed_commit_of_a_new_vm_leaves_no_pending_vm_and_no_disk(tmp_path):
         api.add_vm_to_slice("admin", sid, "vm1", "cirros", 0)
     del db._write_file
     assert db.get_slice(sid)["vms"] == [] and db.get_user("admin")["used_vms"] == 0
-    assert any(t.startswith("rm -f") and "vm1_img.qcow2" in t for _h, t in ex.calls)
+    assert any(t.startswith("case ") and "rm -f" in t and "vm1_img.qcow2" in t for _h, t in ex.calls)
 
 
 def test_ctrl_c_right_after_the_slice_is_marked_running_leaves_a_consistent_design(tmp_path):

@@ -77,12 +77,13 @@ def test_yaml_roster_as_a_list_or_under_students(text):
     ("username,password\nalice,short\n",
      ["line 2: alice: password must have at least 6 characters (or write generate)"]),
     ("username,quota,email\nalice,6,a@b\n", ["line 1: the header row must name the columns (username, quota, "
-                                              "password): unknown column 'email'"]),
+                                              "password, disk_quota_mib, max_lease_days): unknown column 'email'"]),
     ("quota,password\n6,generate\n", ["line 1: the header row must have a username column"]),
     ("username,username\na,b\n", ["line 1: the header row names username twice"]),
     ("username,quota\nalice,6,extra\n,4\n", ["line 2: expected 2 values (username, quota), found 3",
                                               "line 3: username is missing"]),
-    ("# nothing\n\n", ["line 1: the roster is empty: expected a header row like username,quota,password"]),
+    ("# nothing\n\n", ["line 1: the roster is empty: expected a header row like "
+                     "username,quota,password,disk_quota_mib,max_lease_days"]),
     ("username,quota\n", ["line 1: the roster lists no student"]),
     ('username,password\nalice,"never closed\n', ["line 2: not valid CSV: unexpected end of data"]),
 ])
@@ -95,8 +96,10 @@ def test_bad_csv_rows_name_their_line(text, expected):
      ["line 2: alice: quota must be a whole number from 0 to 1000, not 'six'"]),
     ("- {username: alice, quota: 2.5}\n", ["line 1: alice: quota must be a whole number from 0 to 1000, not 2.5"]),
     ("- {username: alice, password: 123456}\n", ["line 1: alice: password must be text (quote it) or generate"]),
-    ("- {username: alice, role: admin}\n", ["line 1: unknown key 'role' (allowed: username, quota, password)"]),
-    ("- {username: alice}\n- {username: alice, username: bob}\n", ["line 2: username is given twice"]),
+    ("- {username: alice, role: admin}\n", ["line 1: unknown key 'role' (allowed: username, quota, password, "
+                                              "disk_quota_mib, max_lease_days)"]),
+    ("- {username: alice}\n- {username: alice, username: bob}\n",
+     ["line 2: username is given twice (first on line 2)"]),
     ("- {username: [a, b]}\n", ["line 1: username must be a single value"]),
     ("- alice\n- {username: bob}\n", ["line 1: a student must be a mapping like {username: alice, quota: 6, "
                                        "password: generate}"]),

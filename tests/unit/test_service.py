@@ -90,6 +90,20 @@ def two_vm_slice(client: RemoteAPI) -> int:
     return sid
 
 
+def ana_with_a_slow_deploy(path: Path, ex: FakeExecutor) -> tuple:
+    """(ana's client, her 2-VM slice, started, release): VM starts wait for ``release`` once ``started``."""
+    client = RemoteAPI(str(path))
+    assert client.authenticate("ana", "ana-secret")[0]
+    sid = two_vm_slice(client)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_start(cmd):
+        started.set()
+        release.wait(10)
+    ex.hooks["start_vm"] = slow_start
+    return client, sid, started, release
+
+
 # --- the protocol --------------------------------------------------------------------------
 
 def test_payloads_round_trip_with_their_types():
@@ -315,15 +329,7 @@ def test_progress_is_streamed_and_the_result_is_the_facades(served):
 
 def test_ctrl_c_in_the_menu_rolls_the_deploy_back_on_the_service(served):
     _service, api, ex, path = served
-    client = RemoteAPI(str(path))
-    assert client.authenticate("ana", "ana-secret")[0]
-    sid = two_vm_slice(client)
-    started, release = threading.Event(), threading.Event()
-
-    def slow_start(cmd):
-        started.set()
-        release.wait(10)
-    ex.hooks["start_vm"] = slow_start
+    client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", client.deploy_slice("-", sid)))
     t.start()
@@ -341,27 +347,20 @@ def test_ctrl_c_in_the_menu_rolls_the_deploy_back_on_the_service(served):
 
 def test_one_request_at_a_time_per_session(served):
     _service, _api, ex, path = served
+    _client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     raw = Raw(path)
     assert raw.login("ana", "ana-secret")["result"][0]
-    gate = threading.Event()
-    ex.hooks["host_facts"] = lambda cmd: gate.wait(5)
-    raw.send({"id": 2, "op": "call", "method": "cluster_view"})
+    raw.send({"id": 2, "op": "call", "method": "deploy_slice", "args": [sid]})
+    assert started.wait(10)
     reply = raw.ask({"id": 3, "op": "call", "method": "get_quota"})
     assert reply == {"id": 3, "ok": False, "error": "one request at a time: the previous one is still running"}
-    gate.set()
+    release.set()
+    assert raw.reader.read()["id"] == 2
 
 
 def test_a_client_that_vanishes_mid_deploy_leaves_it_all_or_nothing(served):
     _service, api, ex, path = served
-    client = RemoteAPI(str(path))
-    assert client.authenticate("ana", "ana-secret")[0]
-    sid = two_vm_slice(client)
-    started, release = threading.Event(), threading.Event()
-
-    def slow_start(cmd):
-        started.set()
-        release.wait(10)
-    ex.hooks["start_vm"] = slow_start
+    client, sid, started, release = ana_with_a_slow_deploy(path, ex)
     raw = Raw(path)
     assert raw.login("ana", "ana-secret")["result"][0]
     raw.send({"id": 7, "op": "call", "method": "deploy_slice", "args": [sid]})
@@ -517,3 +516,95 @@ def test_an_interrupt_reaches_every_cancel_of_the_call_even_one_attached_later()
             assert later.interrupted
     finally:
         CALL_CONTROL.reset(token)
+
+
+# --- captures (SPEC §17): a stream that may end before its reply is read; EOF to stop it ---------------
+
+class CaptureChannel(FakeChannel):
+    """A capture's channel: tcpdump's lines on stdout, its summary on stderr once it is stopped (EOF)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shut = False
+        self.err = b""
+
+    def recv_stderr_ready(self):
+        return bool(self.err)
+
+    def recv_stderr(self, n):
+        data, self.err = self.err[:n], self.err[n:]
+        return data
+
+    def shutdown_write(self):
+        self.shut = True
+        self.err = b"3 packets captured\n"
+        self.guest_prints(b"last line\n")
+        self.w.close()
+
+
+def _capture_session(channel):
+    from usecases.captures import CaptureSession
+
+    return CaptureSession(channel, 1000, 1001, "a", "eth1", "tap1001_1", "w1", 1, "icmp", 50, 60, "text",
+                          1 << 20, b"early\n")
+
+
+def _read_all(stream, timeout: float = 5) -> tuple:
+    out, err, deadline = b"", b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        while stream.recv_ready():
+            out += stream.recv(1000)
+        while stream.recv_stderr_ready():
+            err += stream.recv_stderr(1000)
+        if stream.eof_received and not stream.recv_ready():
+            break
+        time.sleep(0.01)
+    return out, err
+
+
+def test_a_capture_stops_on_eof_from_the_menu_and_its_last_bytes_arrive(served, monkeypatch):
+    _service, api, _ex, path = served
+    channel = CaptureChannel()
+    monkeypatch.setattr(api, "open_capture", lambda user, *a, **kw: (True, _capture_session(channel))
+                        if user == "ana" else (False, "wrong user"))
+    client = RemoteAPI(str(path))
+    assert client.authenticate("ana", "ana-secret")[0]
+    ok, session = client.open_capture("-", 1000, "link 1", "icmp", None, None, "text")
+    assert ok and session.early == b"early\n" and session.tap == "tap1001_1"
+    channel.guest_prints(b"12:00 IP 10.0.0.1 > 10.0.0.2: ICMP echo request\n")
+    session.channel.shutdown_write()
+    out, err = _read_all(session.channel)
+    assert channel.shut and out == b"12:00 IP 10.0.0.1 > 10.0.0.2: ICMP echo request\nlast line\n"
+    assert err == b"3 packets captured\n" and session.channel.eof_received
+    session.channel.close()
+
+
+def test_a_capture_that_ends_before_its_reply_is_read_loses_nothing(served, monkeypatch):
+    _service, api, _ex, path = served
+    channel = CaptureChannel()
+    channel.guest_prints(b"one\ntwo\n")
+    channel.err = b"2 packets captured\n"
+    channel.w.close()                              # it has ended before the service even replies
+    monkeypatch.setattr(api, "open_capture", lambda user, *a, **kw: (True, _capture_session(channel)))
+    client = RemoteAPI(str(path))
+    assert client.authenticate("ana", "ana-secret")[0]
+    ok, session = client.open_capture("-", 1000, "link 1")
+    out, err = _read_all(session.channel)
+    assert (out, err, session.channel.eof_received) == (b"one\ntwo\n", b"2 packets captured\n", True)
+    # the same in order: the stream's messages first, the reply that opens it after
+    conn = client.conn
+    conn._stream_message({"stream": 7, "data": "YQ==", "end": "closed"})
+    conn._stream_message({"stream": 1, "data": "Yg=="})       # an old stream's late bytes: dropped
+    stream = conn._stream(7)
+    assert stream.recv(10) == b"a" and stream.eof_received and conn._early == {}
+
+
+def test_the_tools_verbs_check_their_arguments(served):
+    _service, _api, _ex, path = served
+    raw = Raw(path)
+    assert raw.login("ana", "ana-secret")["result"][0]
+    for method, args in (("open_capture", [1000, ["link", 1]]), ("set_impairment", [1000, 1, {"ms": 5}]),
+                         ("clear_impairment", [1000]), ("open_capture", [1000, "link 1", "icmp", True])):
+        reply = raw.ask({"id": 2, "op": "call", "method": method, "args": args})
+        assert reply["ok"] is False and method in reply["error"], reply
+    raw.close()

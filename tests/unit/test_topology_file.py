@@ -93,7 +93,7 @@ def test_parse_good_file():
     ("{name: r1, flavor: cirros, ", "{name: r1, ", ["line 3: VM 1: missing flavor"]),
     ("vm1: r1, if1: eth1, ", "", ["line 6: link 1: missing vm1, if1"]),
     ("{name: r1, flavor: cirros, ", "{name: r1, flavor: cirros, flavor: ubuntu, ",
-     ["line 3: VM 1: flavor is given twice"]),
+     ["line 3: VM 1: flavor is given twice (first on line 3)"]),
 ])
 def test_bad_files_name_the_line_and_the_problem(old, new, expected):
     assert old in GOOD

@@ -10,7 +10,7 @@
    connected, logged in and idle.
 
 Usage (as root; brings the lab up if needed):
-    .venv/bin/python bench/service.py [--runs 3] [--idle 0,50,200]
+    .venv/bin/python bench/service_cost.py [--runs 3] [--idle 0,50,200]
 """
 from __future__ import annotations
 
