@@ -63,6 +63,12 @@ def settle_in(data: dict, slice_ids=None, reap: bool = True) -> list:
     return dropped
 
 
+def guard_refusal(data: dict, slice_id, guard) -> Optional[str]:
+    """Why ``guard(slice)`` refuses the slice as ``data`` holds it now, or None (no guard, no slice)."""
+    found = data["slices"].get(str(slice_id)) if guard is not None else None
+    return guard(found) if found is not None else None
+
+
 def mark_in(data: dict, username: str, slice_id, status: str, allowed: Optional[tuple] = None) -> tuple:
     """In a transaction's data: mark the user's (or an admin's) slice ``status`` for this session.
 

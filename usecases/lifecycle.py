@@ -30,7 +30,7 @@ from hosts.runner import Cancel, Progress, StepReport, interrupts_cancel, interr
 from models import Slice
 from usecases import capacity, leases, sessions
 from usecases.access import authorized_slice
-from usecases.inventory import Inventory, back_to_design, mark_in, settle_in, unmark_in
+from usecases.inventory import Inventory, back_to_design, guard_refusal, mark_in, settle_in, unmark_in
 from usecases.services import Services
 
 log = logging.getLogger("cloudrepo.lifecycle")
@@ -268,8 +268,7 @@ class Lifecycle:
     def _reserve_for_delete(self, username: str, slice_id, guard: Optional[Guard] = None) -> tuple:
         with self.s.db.transaction() as data:
             dropped = settle_in(data, None)
-            found = data["slices"].get(str(slice_id)) if guard is not None else None
-            why = guard(found) if found is not None else None
+            why = guard_refusal(data, slice_id, guard)
             if why:
                 return False, why, dropped
             return (*mark_in(data, username, slice_id, "deleting"), dropped)

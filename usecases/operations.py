@@ -33,7 +33,7 @@ from hosts.hostcmd import HostCommand, q
 from hosts.runner import Cancel, Progress, interrupts_cancel
 from usecases import capacity, leases
 from usecases.access import as_int, authorized_slice, require_admin
-from usecases.inventory import Inventory, mark_in, settle_in, unmark_in
+from usecases.inventory import Inventory, guard_refusal, mark_in, settle_in, unmark_in
 from usecases.lifecycle import launch_command, reservations_of
 from usecases.services import Services
 from usecases.status import SliceReport, slice_report
@@ -209,8 +209,7 @@ class Operations:
         try:
             with self.s.db.transaction() as data:
                 dropped = settle_in(data, None)
-                found = data["slices"].get(str(slice_id)) if guard is not None else None
-                why = guard(found) if found is not None else None
+                why = guard_refusal(data, slice_id, guard)
                 if why:
                     return False, why, dropped
                 ok, s = mark_in(data, username, slice_id, status, ("running", "stopped"))

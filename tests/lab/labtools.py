@@ -154,6 +154,17 @@ def serial_log(lab, vm: dict) -> str:
     return sh(lab, host_of(lab, vm["worker_ip"]), f"cat {STATE}/vm{vm['vm_id']}.serial 2>/dev/null || true")
 
 
+def wait_serial(lab, vm, text: str, after: int = 0, timeout: float = 180) -> int:
+    """Wait until the VM's console log shows ``text`` past offset ``after``; return the log's length."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = serial_log(lab, vm)
+        if text in log[after:]:
+            return len(log)
+        time.sleep(1)
+    raise AssertionError(f"VM {vm['vm_id']} never printed {text!r} after offset {after}")
+
+
 def rfb_banner(ip: str, port: int, timeout: float = 10) -> bytes:
     with socket.create_connection((ip, port), timeout=timeout) as s:
         s.settimeout(timeout)

@@ -5,7 +5,18 @@ from __future__ import annotations
 import time
 
 import yaml
-from labtools import LAB_DIR, assert_clean, console, host_of, kill_sshd, leases, restart_sshd, serial_log, sh
+from labtools import (
+    LAB_DIR,
+    assert_clean,
+    console,
+    host_of,
+    kill_sshd,
+    leases,
+    restart_sshd,
+    serial_log,
+    sh,
+    wait_serial,
+)
 
 import naming
 from database import Database
@@ -30,16 +41,6 @@ def linked_slice(api, name: str, internet: bool = False):
 def pid_of(lab, vm) -> str:
     return sh(lab, host_of(lab, vm["worker_ip"]), f"cat {naming.vm_pidfile(vm['vm_id'])} 2>/dev/null").strip()
 
-
-def wait_serial(lab, vm, text: str, after: int = 0, timeout: float = 180) -> int:
-    """Wait until the VM's console log shows ``text`` past offset ``after``; return the log's length."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = serial_log(lab, vm)
-        if text in log[after:]:
-            return len(log)
-        time.sleep(1)
-    raise AssertionError(f"VM {vm['vm_id']} never printed {text!r} after offset {after}")
 
 
 def test_a_killed_vm_and_a_dead_dnsmasq_are_shown_and_repaired_without_touching_another_slice(lab, api):

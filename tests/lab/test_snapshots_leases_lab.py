@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from labtools import assert_clean, console, host_of, serial_log, sh
+from labtools import assert_clean, console, host_of, sh, wait_serial
 from test_builders_functional import VM_ID, found_keys, run, svc  # noqa: F401 - svc is a fixture
 
 import naming
@@ -32,15 +32,6 @@ def deployed(api, name: str, owner: str = "admin"):
     assert ok, msg
     return s["slice_id"], vms
 
-
-def wait_serial(lab, vm, text: str, after: int = 0, timeout: float = 180) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = serial_log(lab, vm)
-        if text in log[after:]:
-            return len(log)
-        time.sleep(1)
-    raise AssertionError(f"VM {vm['vm_id']} never printed {text!r} after offset {after}")
 
 
 def pid_of(lab, vm) -> str:
