@@ -17,7 +17,7 @@ and when every NIC of every slice held its DHCP lease.  Then it deletes every
 slice and checks with the product's own scan that nothing is left.
 
 Usage (as root; brings the lab up if needed):
-    .venv/bin/python bench/class_burst.py [--sizes 1,5,10,20,40] [--modes service,processes]
+    .venv/bin/python bench/class_burst.py [--sizes 1,5,10,20,40] [--modes service,processes] [--lease-wait 300]
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def prepare(api, n: int) -> list:
     return out
 
 
-def burst(n: int, mode: str) -> dict:
+def burst(n: int, mode: str, lease_wait: float = LEASE_WAIT_S) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         db_path = os.path.join(tmp, "database.yaml")
         api = make_api(db_path)
@@ -156,7 +156,7 @@ def burst(n: int, mode: str) -> dict:
         vlans = {v for _u, _s, _m, vs in plan for v in vs}
         leases_s = None
         got: set = set()
-        while time.monotonic() - t0 < LEASE_WAIT_S:
+        while time.monotonic() - t0 < lease_wait:
             got = macs & leased(vlans)
             if got == macs:
                 leases_s = time.monotonic() - t0
@@ -185,12 +185,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1,5,10,20,40")
     ap.add_argument("--modes", default="service,processes")
+    ap.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
+                    help="seconds after the burst to wait for every NIC's lease")
     args = ap.parse_args()
     lab_up()
     rows = []
     for mode in args.modes.split(","):
         for n in [int(x) for x in args.sizes.split(",")]:
-            rows.append(burst(n, mode))
+            rows.append(burst(n, mode, args.lease_wait))
             print(f"  {mode}: {n} students measured", file=sys.stderr)
     print("\nA class deploying at once: N students, each its own menu process, 2-VM slices, one barrier")
     print(f"{'mode':>9} {'students':>8} {'all ok':>7} {'slowest s':>9} {'median s':>9} {'x one':>6} {'lost':>5} "
