@@ -105,7 +105,7 @@ def _relay_lines(worker: str, vm_id: int, index: int, imp: dict) -> list:
             *(f"sysctl -qw net.ipv6.conf.{d}.disable_ipv6=1 2>/dev/null || true" for d in (out_end, in_end)),
             f"ip link set {q(out_end)} up && ip link set {q(in_end)} up",
             # the relay writes its pid file once it runs; without it in 5 s the impairment fails (and is undone)
-            f"rm -f {q(pidfile)}; err=$(mktemp); setsid {run} </dev/null >/dev/null 2>\"$err\" & relay=$!",
+            f"rm -f {q(pidfile)}; err=$(mktemp); setsid {run} </dev/null >/dev/null 2>\"$err\" 8>&- 9>&- & relay=$!",
             f"n=0; while [ ! -s {q(pidfile)} ] && [ $n -lt 100 ] && kill -0 \"$relay\" 2>/dev/null; do sleep 0.05; "
             "n=$((n+1)); done",
             f"if [ ! -s {q(pidfile)} ]; then kill \"$relay\" 2>/dev/null || true; "

@@ -86,7 +86,7 @@ def test_impair_script_tries_netem_then_the_relay_on_the_tap():
     started = lines.index("rm -f /run/cloud-repositorio/impair-tap1001_1.pid; err=$(mktemp); setsid python3 "
                           "/run/cloud-repositorio/netem_relay.py --dev tap1001_1 --via nx1001_1b --delay-ms 100 "
                           "--jitter-ms 10 --loss-pct 2.5 --rate-kbit 1000 --limit 1000 --pidfile "
-                          "/run/cloud-repositorio/impair-tap1001_1.pid </dev/null >/dev/null 2>\"$err\" & relay=$!")
+                          "/run/cloud-repositorio/impair-tap1001_1.pid </dev/null >/dev/null 2>\"$err\" 8>&- 9>&- & relay=$!")
     # the filter that steals the TAP's frames comes only once the relay has written its pid file
     assert lines[started + 1] == ("n=0; while [ ! -s /run/cloud-repositorio/impair-tap1001_1.pid ] && [ $n -lt 100 ] "
                                   "&& kill -0 \"$relay\" 2>/dev/null; do sleep 0.05; n=$((n+1)); done")
@@ -119,6 +119,10 @@ def test_the_launch_applies_impairments_before_the_taps_come_up_and_is_unchanged
     apply_at = next(i for i, ln in enumerate(lines) if ln.startswith("if ! err=$(tc qdisc replace dev tap1001_1"))
     assert apply_at < lines.index("ip link set tap1001_1 up") and "tap1001_0 root netem" not in impaired
     assert impaired.count("cr_relay_program() {") == 1
+    # the start holds the VM's lock on fd 8 (and the trunk's on 9): a relay it leaves running must not keep
+    # them, or every later stop of the VM waits 20 s and fails ("being started or stopped by another command")
+    detached = [ln for ln in lines if "setsid " in ln]
+    assert detached and all("8>&- 9>&-" in ln for ln in detached), detached
 
 
 def test_stop_ends_captures_and_relays_with_builtins_only_when_there_are_none():
