@@ -608,3 +608,56 @@ def test_the_tools_verbs_check_their_arguments(served):
         reply = raw.ask({"id": 2, "op": "call", "method": method, "args": args})
         assert reply["ok"] is False and method in reply["error"], reply
     raw.close()
+
+
+# --- one service for the class ------------------------------------------------------------------
+
+def test_two_students_deploys_run_at_once_on_the_shared_service(served):
+    """Ana's and Ben's deploys are both in their VM phase at the same moment (not one after the other)."""
+    _service, api, ex, path = served
+    clients = {}
+    for user in ("ana", "ben"):
+        clients[user] = RemoteAPI(str(path))
+        assert clients[user].authenticate(user, f"{user}-secret")[0]
+    sids = {user: two_vm_slice(c) for user, c in clients.items()}
+    lock, starts, overlapped = threading.Lock(), [], []
+    together = threading.Event()
+
+    def start_waits_for_the_other_slice(cmd):
+        with lock:
+            starts.append(cmd)
+            if len(starts) >= 3:    # a slice has 2 VMs: a third start is the other slice's
+                together.set()
+        overlapped.append(together.wait(5))
+    ex.hooks["start_vm"] = start_waits_for_the_other_slice
+    results = {}
+    threads = [threading.Thread(target=lambda u=u: results.setdefault(u, clients[u].deploy_slice("-", sids[u])))
+               for u in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(ok for ok, _m in results.values()), results
+    assert len(starts) == 4 and all(overlapped), overlapped
+    assert {api.get_slice(u, sids[u])[1]["status"] for u in clients} == {"running"}
+
+
+def test_a_hand_edit_while_the_service_runs_is_seen_at_the_next_call(served, tmp_path):
+    """An instructor raising Ana's quota in database.yaml (an editor's save: a new file renamed over it)
+    while her menu is connected: her next call sees it, and her next change keeps it."""
+    import yaml
+
+    _service, _api, _ex, path = served
+    client = RemoteAPI(str(path))
+    assert client.authenticate("ana", "ana-secret")[0]
+    db_path = tmp_path / "database.yaml"
+    data = yaml.safe_load(db_path.read_text())
+    data["users"]["ana"]["quota_vms"] = 9
+    edited = tmp_path / "database.yaml.edit"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(edited, db_path)
+    ok, quota = client.get_quota("-")
+    assert ok and quota["quota_vms"] == 9, quota
+    two_vm_slice(client)
+    after = yaml.safe_load(db_path.read_text())["users"]["ana"]
+    assert after["quota_vms"] == 9 and after["used_vms"] == 2, after
