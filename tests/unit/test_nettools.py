@@ -86,7 +86,8 @@ def test_impair_script_tries_netem_then_the_relay_on_the_tap():
     started = lines.index("rm -f /run/cloud-repositorio/impair-tap1001_1.pid; err=$(mktemp); setsid python3 "
                           "/run/cloud-repositorio/netem_relay.py --dev tap1001_1 --via nx1001_1b --delay-ms 100 "
                           "--jitter-ms 10 --loss-pct 2.5 --rate-kbit 1000 --limit 1000 --pidfile "
-                          "/run/cloud-repositorio/impair-tap1001_1.pid </dev/null >/dev/null 2>\"$err\" 8>&- 9>&- & relay=$!")
+                          "/run/cloud-repositorio/impair-tap1001_1.pid </dev/null >/dev/null 2>\"$err\" 8>&- 9>&- "
+                          "& relay=$!")
     # the filter that steals the TAP's frames comes only once the relay has written its pid file
     assert lines[started + 1] == ("n=0; while [ ! -s /run/cloud-repositorio/impair-tap1001_1.pid ] && [ $n -lt 100 ] "
                                   "&& kill -0 \"$relay\" 2>/dev/null; do sleep 0.05; n=$((n+1)); done")
