@@ -46,7 +46,7 @@ from typing import Optional
 
 from menu import classes as cli_classes
 from menu import snapshots_leases
-from menu.prompts import printable
+from menu.script_io import Failed, checked, out, safe
 from topology import files as topology_file
 from topology import model as topology
 from topology import render as topology_render
@@ -54,16 +54,6 @@ from usecases import roster
 from usecases.instructor import default_password_file
 
 log = logging.getLogger("cloudrepo.commands")
-
-
-class Failed(Exception):
-    """A refusal or failure to report on stderr (exit status 1)."""
-
-
-def out(text: str = "") -> None:
-    """One line of a command's output, never a control character raw (``store.text.terminal_safe``)."""
-    sys.stdout.write(safe(text) + "\n")
-    sys.stdout.flush()
 
 
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
@@ -176,11 +166,6 @@ def run(args: argparse.Namespace, api=None, user: Optional[str] = None) -> int:
         return 1
 
 
-def safe(text: str) -> str:
-    """A line with no control character left raw (a message may quote what a file or a user gave)."""
-    return printable(text)
-
-
 def login(api, args) -> str:
     """Log in for a script: the user's name, or Failed with one line (nothing done)."""
     name = getattr(args, "user", None) or _unix_name()
@@ -235,13 +220,6 @@ def read_password_file(path: str) -> str:
             raise Failed(f"{path}: others may read or change it (mode {stat.S_IMODE(st.st_mode):04o}): "
                          "make it 0600 (chmod 600)")
         return f.readline(MAX_PASSWORD + 2).rstrip("\r\n")
-
-
-def checked(pair: tuple):
-    ok, payload = pair
-    if not ok:
-        raise Failed(payload)
-    return payload
 
 
 def read_file(path: str, limit: int = topology_file.MAX_TEXT) -> str:

@@ -29,6 +29,7 @@ from menu.prompts import (
     result,
     say,
 )
+from menu.script_io import Failed, checked, out
 from usecases.leases import MAX_LEASE_DAYS, STAMP, lease_text, left_text, stamp
 
 MIB = 1024 * 1024
@@ -174,53 +175,42 @@ def add_subcommands(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_lease_reap)
 
 
-def _commands():
-    from menu import commands  # noqa: PLC0415 - commands imports this module to add its subcommands
-
-    return commands
-
-
 def run_snapshot_list(args, api, user: str) -> int:
-    c = _commands()
-    for line in render_listing(c.checked(api.list_snapshots(user, args.slice_id))):
-        c.out(line)
+    for line in render_listing(checked(api.list_snapshots(user, args.slice_id))):
+        out(line)
     return 0
 
 
 def run_snapshot_action(args, api, user: str) -> int:
-    c = _commands()
     fn = {"save": api.save_snapshot, "restore": api.restore_snapshot, "delete": api.delete_snapshot}[args.action]
-    c.out(c.checked(fn(user, args.slice_id, args.vm_id, args.name, progress=lambda e: c.out(render_progress(e)))))
+    out(checked(fn(user, args.slice_id, args.vm_id, args.name, progress=lambda e: out(render_progress(e)))))
     return 0
 
 
 def run_lease_show(args, api, user: str) -> int:
-    c = _commands()
-    for line in render_leases(c.checked(api.list_leases(user, args.slice_id))):
-        c.out(line)
+    for line in render_leases(checked(api.list_leases(user, args.slice_id))):
+        out(line)
     return 0
 
 
 def run_lease_set(args, api, user: str) -> int:
-    c = _commands()
-    c.out(c.checked(api.set_lease(user, args.slice_id, args.days)))
+    out(checked(api.set_lease(user, args.slice_id, args.days)))
     return 0
 
 
 def run_lease_reap(args, api, user: str) -> int:
-    c = _commands()
     if getattr(api, "remote", False):
-        raise c.Failed("the manager service reaps leases itself; 'lease reap' is the embedded mode's "
+        raise Failed("the manager service reaps leases itself; 'lease reap' is the embedded mode's "
                        "(give --config and --db, e.g. from the service account's cron)")
     if (api.db.get_user(user) or {}).get("role") != "admin":
-        raise c.Failed("Only an admin can do this")
+        raise Failed("Only an admin can do this")
     now = None
     if args.at:
         try:
             now = time.mktime(time.strptime(args.at, STAMP))
         except ValueError:
-            raise c.Failed(f"--at must be a time like {time.strftime(STAMP)}") from None
-    outcomes = c.checked(api.reap_leases(now=now, progress=lambda e: c.out(render_progress(e))))
+            raise Failed(f"--at must be a time like {time.strftime(STAMP)}") from None
+    outcomes = checked(api.reap_leases(now=now, progress=lambda e: out(render_progress(e))))
     for line in render_reap(stamp(time.time() if now is None else now), outcomes):
-        c.out(line)
+        out(line)
     return 0 if all(o.action in ("stopped", "deleted", "kept") for o in outcomes) else 1
