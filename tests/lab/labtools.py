@@ -46,6 +46,19 @@ def console(lab, vm: dict, command: str, timeout: float = 30) -> tuple:
                            "--timeout", str(timeout)], capture_output=True, text=True, timeout=timeout + 15)
     return proc.returncode, proc.stdout + proc.stderr
 
+def console_ok(lab, vm, cmd: str, timeout: float = 40) -> str:
+    """Run ``cmd`` in the VM's console; it must succeed (its output)."""
+    rc, out = console(lab, vm, cmd, timeout=timeout)
+    assert rc == 0, f"{vm['name']}: {cmd!r} failed:\n{out}"
+    return out
+
+
+def console_fails(lab, vm, cmd: str, timeout: float = 40) -> str:
+    """Run ``cmd`` in the VM's console; it must fail (its output)."""
+    rc, out = console(lab, vm, cmd, timeout=timeout)
+    assert rc != 0, f"{vm['name']}: {cmd!r} should have failed:\n{out}"
+    return out
+
 
 def leases(lab, vlan: int) -> dict:
     """MAC -> IP from VLAN ``vlan``'s dnsmasq lease file on the network node."""

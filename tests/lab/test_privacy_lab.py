@@ -33,6 +33,8 @@ from types import SimpleNamespace
 
 import pytest
 from labtools import STATE, console, host_of, leases, make_api, sh, wait_for_leases, wait_guest_configured
+from labtools import console_fails as fails
+from labtools import console_ok as ok
 
 import naming
 from hosts import vm_firewall as fw
@@ -60,16 +62,6 @@ def link_local(mac_text: str) -> str:
     return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
 
 
-def ok(lab, vm, cmd: str, timeout: float = 40) -> str:
-    rc, out = console(lab, vm, cmd, timeout=timeout)
-    assert rc == 0, f"{vm['name']}: {cmd!r} failed:\n{out}"
-    return out
-
-
-def fails(lab, vm, cmd: str, timeout: float = 40) -> str:
-    rc, out = console(lab, vm, cmd, timeout=timeout)
-    assert rc != 0, f"{vm['name']}: {cmd!r} should have failed:\n{out}"
-    return out
 
 
 def no_arp_reply(lab, vm, ip: str, dev: str = "eth0") -> None:

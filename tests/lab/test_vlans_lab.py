@@ -12,7 +12,9 @@ directions, and nothing of A reaching B or B reaching A (not a ping, not an ARP,
 from __future__ import annotations
 
 import pytest
-from labtools import assert_clean, console, host_of, make_api, sh, wait_for_leases, wait_guest_configured
+from labtools import assert_clean, host_of, make_api, sh, wait_for_leases, wait_guest_configured
+from labtools import console_fails as fails
+from labtools import console_ok as ok
 
 import naming
 from models import Slice
@@ -24,16 +26,6 @@ def mac(vm: dict, i: int) -> str:
     return vm["interfaces"][i]["mac"].lower()
 
 
-def ok(lab, vm, cmd: str, timeout: float = 40) -> str:
-    rc, out = console(lab, vm, cmd, timeout=timeout)
-    assert rc == 0, f"{vm['name']}: {cmd!r} failed:\n{out}"
-    return out
-
-
-def fails(lab, vm, cmd: str, timeout: float = 40) -> str:
-    rc, out = console(lab, vm, cmd, timeout=timeout)
-    assert rc != 0, f"{vm['name']}: {cmd!r} should have failed:\n{out}"
-    return out
 
 
 def tap_tx(lab, vm: dict, i: int) -> int:
