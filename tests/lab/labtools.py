@@ -46,6 +46,7 @@ def console(lab, vm: dict, command: str, timeout: float = 30) -> tuple:
                            "--timeout", str(timeout)], capture_output=True, text=True, timeout=timeout + 15)
     return proc.returncode, proc.stdout + proc.stderr
 
+
 def console_ok(lab, vm, cmd: str, timeout: float = 40) -> str:
     """Run ``cmd`` in the VM's console; it must succeed (its output)."""
     rc, out = console(lab, vm, cmd, timeout=timeout)

@@ -62,8 +62,6 @@ def link_local(mac_text: str) -> str:
     return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
 
 
-
-
 def no_arp_reply(lab, vm, ip: str, dev: str = "eth0") -> None:
     out = fails(lab, vm, f"arping -c 2 -w 3 -I {dev} {ip} | grep -q 'Received [1-9]'")
     assert "Unicast reply" not in out, out

@@ -26,8 +26,6 @@ def mac(vm: dict, i: int) -> str:
     return vm["interfaces"][i]["mac"].lower()
 
 
-
-
 def tap_tx(lab, vm: dict, i: int) -> int:
     """Frames Open vSwitch delivered to the VM's NIC ``eth{i}``."""
     tap = naming.tap_name(vm["vm_id"], i)
