@@ -114,6 +114,8 @@ def run(cmd):
     if at == "in_flight" and cmd.action in ("start_vm", "stop_vm") and not counts.get("timer"):
         counts["timer"] = 1   # killed while the first scripts run on the workers
         threading.Timer(float(sys.argv[7]), die).start()
+        real_run(cmd)
+        die()  # a fast host finished before the timer: killed before its answer is recorded
     return real_run(cmd)
 api.executor.run = run
 if op == "deploy":
@@ -129,7 +131,8 @@ print("not killed")
 def kill_manager_at(db_path, op: str, at: str, user: str, slice_id: int, arg: float = 0) -> int:
     """Run a deploy, start or stop of the slice in another process, SIGKILLed at ``at``: ``connect`` (the
     ``arg``-th connect event), ``network`` (the ``arg``-th network event), ``first`` (the first VM done) or
-    ``in_flight`` (``arg`` seconds after the first VM's script was handed out).  Returns its exit status."""
+    ``in_flight`` (``arg`` seconds after the first VM's script was handed out, or as soon as that script
+    returns, whichever comes first: never after its answer is recorded).  Returns its exit status."""
     root = str(LAB_DIR.parent)
     proc = subprocess.run([sys.executable, "-c", KILL_AT, root, str(db_path), op, at, user, str(slice_id), str(arg)],
                           timeout=180)
