@@ -110,11 +110,20 @@ On the network node, once
                 ``trunk.lock``), removed with the last.  The node's kernel has no
                 802.1Q devices to rely on (the lab's has none at all), so the
                 VLAN tags are taken off and put on by ``cr-node``'s flows
+    gateways    the namespace ``ns-cr-gateways`` (``GATEWAY_NAMESPACE``), made with
+                the trunk and removed with it: it holds every link VLAN's gateway,
+                forwards nothing (``ip_forward=0``), has IPv6 switched off, and
+                has its own ``CR-FORWARD``/``CR-INPUT`` chains.  ovs-vswitchd
+                mirrors every route of its own namespace and re-reads them all at
+                each change, so a gateway there would make every later VLAN cost
+                more; only the internet VLAN's gateway (it routes to the uplink)
+                stays in the node's own namespace
 
 On the network node, per link VLAN V (and the internet VLAN)
     gateway     ``gw_vlan{V}``, a macvlan (mode private) of ``cr-trunk`` with the
                 gateway's fixed MAC, alias ``cloud-repositorio=vlan{V}``, no IPv6
-                address; no Open vSwitch port per VLAN (a VLAN costs the node
+                address, in ``ns-cr-gateways`` (VLAN 400's: in the node's own
+                namespace); no Open vSwitch port per VLAN (a VLAN costs the node
                 netlink work and a few flows)
     VLAN flows  on ``cr-node``, cookie ``0x4352_0002_<V>``: VLAN V from ``br-int`` to
                 the gateway's and the DHCP server's MACs leaves on the trunk
@@ -139,7 +148,8 @@ On the network node, per link VLAN V (and the internet VLAN)
                 management addresses, nothing from the trunk itself) and ``CR-INPUT``
                 (from a gateway only ping to its own address, and replies, reach the
                 node itself; nothing at all over IPv6 or from the trunk itself),
-                marked ``cr-policy-<hash>``
+                marked ``cr-policy-<hash>``; the same chains again inside
+                ``ns-cr-gateways`` (checksums ``policy-gateways-<tool>.sum``)
     NAT         ``POSTROUTING -s <internet cidr> -o <uplink> -j MASQUERADE`` with
                 the comment ``cloud-repositorio``
     locks       ``/run/cloud-repositorio/{iptables,trunk,vlan400}.lock`` (flock)
@@ -465,6 +475,7 @@ NODE_PATCH = "cr-node-patch"       # the node bridge's patch port to br-int
 NODE_PATCH_INT = "cr-int-patch"    # br-int's patch port to the node bridge (every VLAN)
 TRUNK_MARK = "trunk"               # external_ids / alias value of the trunk
 NETNS_DIR = "/run/netns"           # where ``ip netns`` keeps its namespaces
+GATEWAY_NAMESPACE = "ns-cr-gateways"  # the node's namespace of every link VLAN's gateway
 
 
 def gateway_port(vlan: int) -> str:

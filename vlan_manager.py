@@ -15,7 +15,11 @@ a few flows, never an Open vSwitch port:
   (cookie per VLAN, ``node_vlan_flows``) that take tag V off frames for the
   VLAN's gateway and DHCP server MACs (a broadcast: one copy to each) and put
   it on their frames; the gateway ``gw_vlan{V}``, a macvlan (mode private) of
-  ``cr-trunk`` with its fixed MAC (no IPv6) holding ``.1``; the namespace
+  ``cr-trunk`` with its fixed MAC (no IPv6) holding ``.1``, in the namespace
+  ``ns-cr-gateways`` (made and removed with the trunk; it forwards nothing and
+  has its own isolation chains): ovs-vswitchd mirrors the routes of its own
+  namespace and re-reads them all at each change, so 1,000 gateways there
+  made every later VLAN's addresses cost ten times more; the namespace
   ``ns-dhcp-vlan{V}`` holding ``dhcp{V}-i``, another macvlan of ``cr-trunk``,
   and its own dnsmasq (started with ``nsenter --net``: no mount namespace per
   VLAN), with its own pid, lease and log files, stopped by that pid (after
@@ -27,7 +31,8 @@ a few flows, never an Open vSwitch port:
 The internet VLAN (400) is shared: ``gw_vlan400`` with 10.60.7.1, a dnsmasq
 that answers only reserved MACs (one file per VM in its hosts directory, so
 each VM gets exactly the ``ip_config`` address the database shows), and
-MASQUERADE out of the uplink.  ``internet_up`` keeps a running setup as it
+MASQUERADE out of the uplink; its gateway stays in the node's own namespace,
+where the uplink is.  ``internet_up`` keeps a running setup as it
 is, so deploying a slice never disturbs another slice's internet VMs; the
 node itself decides, under a lock, when the last reservation is gone.
 
@@ -37,7 +42,8 @@ atomically with ``iptables-restore --noflush``) accepts VLAN 400 -> uplink
 and the replies, and drops everything else that enters or leaves a
 ``gw_vlan*`` device (or comes from the trunk itself), so no VM reaches another slice's
 subnets through the gateways.  ``CR-INPUT`` lets a VM ping only its own
-gateway.  Both chains go when the last VLAN of this system leaves the node.
+gateway.  Both chains go when the last VLAN of this system leaves the node.  The
+gateways' namespace has the same chains (``vm_firewall.gateway_namespace_policy``).
 
 Every builder returns one idempotent script (``HostCommand``) that holds the
 node's locks it needs itself, so the scripts of several deploys can be
@@ -60,6 +66,9 @@ from vm_launcher import OVS_DOWN_EXIT, del_ports, ovs_alive, ovs_preflight
 
 OVS = ["ovs-vsctl", "--timeout=10"]
 TRUNK, TRUNK_PORT = naming.NODE_TRUNK, naming.NODE_TRUNK_PORT
+GWNS = naming.GATEWAY_NAMESPACE
+GWNS_PATH = naming.netns_path(GWNS)
+IN_GWNS = join(["nsenter", f"--net={GWNS_PATH}"])  # prefix: run a command in the gateways' namespace
 
 
 def _stop_dnsmasq(vlan: int) -> str:
@@ -124,14 +133,33 @@ def trunk_up(bridge: str) -> str:
                 "--", "add-port", bridge, PATCH_INT, "--", "set", "interface", PATCH_INT, "type=patch",
                 f"options:peer={PATCH}", "--", "set", "port", PATCH_INT, mark]),
         "fi",
+        gateway_namespace_up(),
     ])
+
+
+def gateway_namespace_up() -> str:
+    """Shell: the link gateways' namespace, made if missing: loopback up, no forwarding, no IPv6.
+
+    IPv6 is off for ``all`` and ``default`` before any gateway is made in it, so no gateway
+    ever gets a link-local address.  Run under ``trunk.lock`` (``trunk_up``).
+    """
+    sysctls = ["net.ipv4.ip_forward=0", "net.ipv6.conf.all.disable_ipv6=1",
+               "net.ipv6.conf.default.disable_ipv6=1"]
+    inside = " && ".join([join(["ip", "link", "set", "lo", "up"]),
+                          "{ [ ! -e /proc/sys/net/ipv6 ] || sysctl -q -w " + " ".join(sysctls[1:]) + "; }",
+                          join(["sysctl", "-q", "-w", sysctls[0]])])
+    return (f"[ -e {q(GWNS_PATH)} ] || {{ {join(['ip', 'netns', 'add', GWNS])} && "
+            f"{IN_GWNS} sh -c {q(inside)}; }}")
 
 
 def remove_trunk(bridge: str) -> list:
     """Shell lines: remove the trunk (the node bridge, br-int's patch port, the veth: every gateway with it)."""
     argv = ["ovs-vsctl", "--timeout=5", "--no-wait", "--", "--if-exists", "del-br", NODE_BRIDGE,
             "--", "--if-exists", "del-port", bridge, PATCH_INT]
-    return [f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true", f"ip link del {q(TRUNK)} 2>/dev/null || true"]
+    sums = " ".join(q(f"{naming.STATE_DIR}/policy-{vm_firewall.GATEWAYS_POLICY}{t}.sum")
+                    for t in ("iptables", "ip6tables"))
+    return [f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true", f"ip link del {q(TRUNK)} 2>/dev/null || true",
+            f"ip netns del {q(GWNS)} 2>/dev/null || true; rm -f {sums}"]
 
 
 def any_vlan_marker(state_dir: str = naming.STATE_DIR) -> str:
@@ -212,20 +240,42 @@ def _legacy_ports_gone(bridge: str, vlan: int) -> str:
             f"{_is_macvlan(gw)} || ip link del {q(gw)} 2>/dev/null || true; fi")
 
 
-def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int, dhcp_ip: str) -> list:
+def _gateway(bridge: str, vlan: int, gateway_ip: str, prefixlen: int, dhcp_ip: str, link: bool = True) -> list:
     """Shell: VLAN ``vlan``'s flows and its gateway (a macvlan of the trunk) with its fixed MAC, mark and
-    address, no IPv6 (switched off before the device comes up, when it would get a link-local address)."""
+    address, no IPv6 (switched off before the device comes up, when it would get a link-local address).
+    A link VLAN's gateway (``link``) is made in the gateways' namespace, the internet VLAN's in the node's."""
+    make = _namespace_gateway if link else _root_gateway
+    return [_legacy_ports_gone(bridge, vlan), _vlan_flows_up(vlan, gateway_ip, dhcp_ip),
+            *make(vlan, gateway_ip, prefixlen)]
+
+
+def _root_gateway(vlan: int, gateway_ip: str, prefixlen: int) -> list:
     gw = naming.gateway_port(vlan)
     mac = naming.port_mac(gateway_ip)
     return [
-        _legacy_ports_gone(bridge, vlan),
-        _vlan_flows_up(vlan, gateway_ip, dhcp_ip),
         f"{_exists(gw)} || "
         + join(["ip", "link", "add", "link", TRUNK, "name", gw, "address", mac, "type", "macvlan", "mode", "private"]),
         join(["ip", "link", "set", gw, "address", mac, "alias", naming.device_alias(naming.vlan_mark(vlan))]),
         vm_firewall.gateway_ipv6_off(gw),
         join(["ip", "addr", "replace", f"{gateway_ip}/{prefixlen}", "dev", gw]),
         join(["ip", "link", "set", gw, "up"]),
+    ]
+
+
+def _namespace_gateway(vlan: int, gateway_ip: str, prefixlen: int) -> list:
+    """Shell: a link gateway in ``ns-cr-gateways``; one of the layout before (in the node's own
+    namespace) is removed first.  Its settings in one ``ip -batch``."""
+    gw = naming.gateway_port(vlan)
+    mac = naming.port_mac(gateway_ip)
+    batch = [f"link set {gw} address {mac} alias {naming.device_alias(naming.vlan_mark(vlan))}",
+             f"addr replace {gateway_ip}/{prefixlen} dev {gw}", f"link set {gw} up"]
+    return [
+        f"if {_exists(gw)}; then ip link del {q(gw)}; fi",
+        f"{IN_GWNS} {_exists(gw)} || "
+        + join(["ip", "link", "add", "link", TRUNK, "name", gw, "netns", GWNS, "address", mac,
+                "type", "macvlan", "mode", "private"]),
+        f"{IN_GWNS} sh -c {q(vm_firewall.gateway_ipv6_off(gw))}",
+        f"printf '%s\\n' {' '.join(q(x) for x in batch)} | {IN_GWNS} ip -batch -",
     ]
 
 
@@ -311,7 +361,8 @@ def isolation_rules(internet_vlan: int, uplink: str, management=()) -> str:
     manager's addresses).  From any gateway port only ping to that port's own address and replies
     reach the node; over IPv6 nothing does.  See ``vm_firewall.node_policy``.
     """
-    return _locked("iptables.lock", [vm_firewall.node_policy(internet_vlan, uplink, management)])
+    return _locked("iptables.lock", [vm_firewall.node_policy(internet_vlan, uplink, management),
+                                     vm_firewall.gateway_namespace_policy(internet_vlan, uplink, management)])
 
 
 def isolation_teardown_if_unused() -> str:
@@ -324,13 +375,17 @@ def isolation_teardown_if_unused() -> str:
 
 
 def remove_isolation_rules() -> str:
-    """Shell: unhook and delete the isolation chains of both families (idempotent)."""
+    """Shell: unhook and delete the isolation chains of both families (idempotent), in the node's
+    namespace and in the gateways' (when it exists)."""
     lines = []
-    for tool in ("iptables", "ip6tables"):
-        for chain, parent in ((naming.FORWARD_CHAIN, "FORWARD"), (naming.INPUT_CHAIN, "INPUT")):
-            lines.append(f"while {tool} -w -D {parent} -j {chain} 2>/dev/null; do :; done; "
-                         f"{tool} -w -F {chain} 2>/dev/null; {tool} -w -X {chain} 2>/dev/null; true")
-        lines.append(f"rm -f {q(naming.STATE_DIR + '/policy-' + tool + '.sum')}")
+    for enter, sums_name in (("", ""), (IN_GWNS + " ", vm_firewall.GATEWAYS_POLICY)):
+        guard = f"[ -e {q(GWNS_PATH)} ] && " if enter else ""
+        for tool in ("iptables", "ip6tables"):
+            run = enter + tool
+            for chain, parent in ((naming.FORWARD_CHAIN, "FORWARD"), (naming.INPUT_CHAIN, "INPUT")):
+                lines.append(f"{guard}{{ while {run} -w -D {parent} -j {chain} 2>/dev/null; do :; done; "
+                             f"{run} -w -F {chain} 2>/dev/null; {run} -w -X {chain} 2>/dev/null; }}; true")
+            lines.append(f"rm -f {q(naming.STATE_DIR + '/policy-' + sums_name + tool + '.sum')}")
     return "\n".join(lines)
 
 
@@ -354,8 +409,8 @@ def vlan_up_lines(vlan: int, bridge: str, internet_vlan: int, uplink: str, manag
     net = naming.link_network(vlan)
     dhcp_range = f"{net['dhcp_start']},{net['dhcp_end']},255.255.255.0,12h"
     return [_vlan_marker_up(vlan),
-            isolation_rules(internet_vlan, uplink, management),
             trunk_up(bridge),
+            isolation_rules(internet_vlan, uplink, management),
             *_gateway(bridge, vlan, net["gateway_ip"], net["prefixlen"], net["dhcp_server_ip"]),
             *_dhcp_namespace_down(vlan),
             *_dhcp_namespace_up(vlan, net["dhcp_server_ip"], net["prefixlen"], dhcp_range, None)]
@@ -382,6 +437,7 @@ def vlan_teardown(bridge: str, vlan: int) -> list:
             _legacy_ports_gone(bridge, vlan),
             _vlan_flows_down(vlan),
             f"ip link del {q(naming.gateway_port(vlan))} 2>/dev/null || true",
+            f"[ ! -e {q(GWNS_PATH)} ] || {IN_GWNS} ip link del {q(naming.gateway_port(vlan))} 2>/dev/null || true",
             f"rm -f {q(naming.vlan_marker_file(vlan))}"]
 
 
@@ -423,10 +479,10 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
         _locked(f"vlan{vlan}.lock", [
             _vlan_marker_up(vlan),
             "sysctl -q -w net.ipv4.ip_forward=1",
+            trunk_up(bridge),
             isolation_rules(vlan, uplink, management),
             nat_rule_up(internet),
-            trunk_up(bridge),
-            *_gateway(bridge, vlan, internet["gateway"], net.prefixlen, server_ip),
+            *_gateway(bridge, vlan, internet["gateway"], net.prefixlen, server_ip, link=False),
             *reservation_lines(vlan, reservations),
             f"if ! {_dhcp_alive(vlan)}; then",
             *setup,
@@ -537,17 +593,27 @@ class VlanMarker(_VlanKind):
                 "echo \"vlan ${v%.owner}\"; done")
 
 
-def _gateway_scan() -> str:
+_MACVLANS = ("ip -o -d link show type macvlan 2>/dev/null | awk '{n = $2; sub(/:$/, \"\", n); l = n; "
+             "sub(/@.*/, \"\", n); sub(/^[^@]*@/, \"\", l); al = \"\"; "
+             "for (i = 3; i < NF; i++) if ($i == \"alias\") al = $(i + 1); print \"L\", n, l, al}'; "
+             "ip -o -4 addr show 2>/dev/null | awk '$2 ~ /^gw_vlan/ {n = $2; sub(/@.*/, \"\", n); "
+             "print \"A\", n, $4}'")
+
+
+def _gateway_scan(internet_vlan: int) -> str:
     """Shell: ``gateway V ADDR`` for each macvlan ``gw_vlanV`` of the trunk with this system's alias
-    (ADDR its IPv4 address, ``-`` when it has none)."""
-    return ("{ ip -o -d link show type macvlan 2>/dev/null | awk '{n = $2; sub(/:$/, \"\", n); l = n; "
-            "sub(/@.*/, \"\", n); sub(/^[^@]*@/, \"\", l); al = \"\"; "
-            "for (i = 3; i < NF; i++) if ($i == \"alias\") al = $(i + 1); print \"L\", n, l, al}'; "
-            "ip -o -4 addr show 2>/dev/null | awk '$2 ~ /^gw_vlan/ {n = $2; sub(/@.*/, \"\", n); "
-            "print \"A\", n, $4}'; } "
-            f"| awk '$1 == \"L\" && $2 ~ /^gw_vlan[0-9]+$/ && $3 == \"{TRUNK}\" "
-            f"&& $4 == \"{naming.MARK}=vlan\" substr($2, 8) {{p[$2] = 1}} $1 == \"A\" {{a[$2] = $3}} "
-            "END {for (n in p) print \"gateway\", substr(n, 8), (n in a ? a[n] : \"-\")}'")
+    (ADDR its IPv4 address, ``-`` when it has none), in the gateways' namespace or the node's own.
+    A link VLAN's gateway found only in the node's own namespace (the layout before) gets ``root``
+    after its address, so that it is not what is expected and a repair moves it."""
+    mark = f"$4 == \"{naming.MARK}=vlan\" substr($2, 8)"
+    inside = f"{IN_GWNS} sh -c {q(_MACVLANS)} 2>/dev/null | sed 's/^/N/'"  # nothing when it does not exist
+    return (f"{{ {_MACVLANS}; {inside}; }} "
+            f"| awk '$1 == \"L\" && $2 ~ /^gw_vlan[0-9]+$/ && $3 == \"{TRUNK}\" && {mark} {{p[$2] = 1}} "
+            f"$1 == \"NL\" && $2 ~ /^gw_vlan[0-9]+$/ && ($3 == \"{TRUNK}\" || $3 ~ /^if[0-9]+$/) && {mark} "
+            "{np[$2] = 1} $1 == \"A\" {a[$2] = $3} $1 == \"NA\" {na[$2] = $3} "
+            "END {for (n in np) print \"gateway\", substr(n, 8), (n in na ? na[n] : \"-\"); "
+            "for (n in p) if (!(n in np)) print \"gateway\", substr(n, 8), (n in a ? a[n] : \"-\") "
+            f"(substr(n, 8) == \"{int(internet_vlan)}\" ? \"\" : \" root\")}}'")
 
 
 @register
@@ -579,7 +645,7 @@ class Gateway(_VlanKind):
     label = "gateway of VLAN"
 
     def scan(self, ctx, host):
-        return _gateway_scan()
+        return _gateway_scan(int(ctx.config.internet["vlan"]))
 
     def expected_detail(self, view, vlan):
         inet = view.config.internet
@@ -770,29 +836,35 @@ class NatRule(Kind):
 
 @register
 class IsolationRules(Kind):
-    """The chains ``CR-FORWARD`` and ``CR-INPUT``."""
+    """The chains ``CR-FORWARD`` and ``CR-INPUT``, in the node's namespace (``ipv4``, ``ipv6``) and in
+    the gateways' (``gateways-ipv4``, ``gateways-ipv6``)."""
 
     name = "isolation"
     label = "isolation rules"
     role = "node"
+    FAMILIES = ("ipv4", "ipv6", "gateways-ipv4", "gateways-ipv6")
 
     def scan(self, ctx, host):
         chain = naming.FORWARD_CHAIN
-        return "\n".join([  # a node without IPv6 has nothing to protect over IPv6
-            f"iptables -w -S {chain} >/dev/null 2>&1 && echo 'isolation ipv4' || true",
-            f"if [ -e /proc/net/if_inet6 ]; then ip6tables -w -S {chain} >/dev/null 2>&1; "
-            f"else iptables -w -S {chain} >/dev/null 2>&1; fi && echo 'isolation ipv6' || true"])
+        lines = []
+        for enter, prefix in (("", ""), (IN_GWNS + " ", "gateways-")):
+            guard = f"[ -e {q(GWNS_PATH)} ] && " if enter else ""
+            lines += [  # a node without IPv6 has nothing to protect over IPv6
+                f"{guard}{enter}iptables -w -S {chain} >/dev/null 2>&1 && echo 'isolation {prefix}ipv4' || true",
+                f"{guard}if [ -e /proc/net/if_inet6 ]; then {enter}ip6tables -w -S {chain} >/dev/null 2>&1; "
+                f"else {enter}iptables -w -S {chain} >/dev/null 2>&1; fi && echo 'isolation {prefix}ipv6' || true"]
+        return "\n".join(lines)
 
     def parse(self, host, fields):
         return Found(Key(self.name, host, name=fields[0])) if fields else None
 
     def owned(self, view):
         if view.vlans(owned=True):
-            yield from (Key(self.name, view.config.network_node, name=f) for f in ("ipv4", "ipv6"))
+            yield from (Key(self.name, view.config.network_node, name=f) for f in self.FAMILIES)
 
     def expected(self, view):
         node = view.config.network_node
-        return {Key(self.name, node, name=f): "" for f in ("ipv4", "ipv6")} if view.vlans(owned=False) else {}
+        return {Key(self.name, node, name=f): "" for f in self.FAMILIES} if view.vlans(owned=False) else {}
 
     def remove(self, ctx, host, keys):
         return [_locked("iptables.lock", [remove_isolation_rules()])]

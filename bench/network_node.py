@@ -11,7 +11,9 @@ and PSS), the node's memory and kernel slab against the empty node, the
 namespaces and mounts, the iptables rules, the OVS ports, and the time of
 one change of each kind (an OVS port add, a VLAN's five flows, a macvlan, a
 namespace, entering one with ``nsenter --net`` and with ``ip netns exec``,
-an ``iptables-save``).  Everything it made is removed at the end (and before it
+an ``iptables-save``) and the routes ovs-vswitchd mirrors from its namespace
+(``ovs/route/show``: it re-reads them all at each address change, which is why
+the link gateways live in a namespace of their own).  Everything it made is removed at the end (and before it
 starts), checked with the product's own scan.
 
 Usage (as root; brings the lab up if needed):
@@ -133,8 +135,13 @@ def node_facts() -> dict:
             "ports": int(lab_exec("netnode", "ovs-vsctl list-ports br-int | wc -l").split()[0]),
             "flows": int((lab_exec("netnode", "ovs-ofctl dump-flows cr-node 2>/dev/null | grep -c cookie=; true")
                           .split() or ["0"])[0]),
-            "gateways": int((lab_exec("netnode", "ip -o link show type macvlan | grep -c ' gw_vlan'; true")
+            "gateways": int((lab_exec("netnode", "{ ip -o link show type macvlan; nsenter "
+                                        f"--net={naming.netns_path(naming.GATEWAY_NAMESPACE)} ip -o link show "
+                                        "type macvlan 2>/dev/null; } | grep -c ' gw_vlan'; true")
                              .split() or ["0"])[0]),
+            # ovs-vswitchd mirrors its namespace's routes and re-reads them all at each change
+            "vsd_routes": int((lab_exec("netnode", "ovs-appctl ovs/route/show 2>/dev/null | grep -c dev; true")
+                               .split() or ["0"])[0]),
             "flow_add_ms": _flow_add_ms() - base,
             "port_add_ms": _ms("ovs-vsctl add-port br-int benchprobe -- set interface benchprobe type=internal && "
                                "ovs-vsctl del-port br-int benchprobe") - base,
@@ -208,7 +215,7 @@ def main() -> int:
     print("\nWhere the node's cost goes at each size (memory against the empty node; times of one change, ms)")
     print(f"{'link VLANs':>10} {'dnsmasq':>8} {'RSS KiB':>8} {'PSS KiB':>8} {'avail -MiB':>10} {'slab +MiB':>9} "
           f"{'netns':>6} {'mounts':>7} {'rules':>6} {'ports':>6} {'flows':>6} {'port add':>9} {'flows add':>9} "
-          f"{'macvlan':>8} {'netns add':>9} {'nsenter':>8} {'netns exec':>10} {'ipt-save':>8}")
+          f"{'macvlan':>8} {'netns add':>9} {'nsenter':>8} {'netns exec':>10} {'ipt-save':>8} {'vsd routes':>10}")
     for size, _slices, _t, _up, _down, f in rows:
         n = f["dnsmasq"] or 1
         print(f"{size:>10} {f['dnsmasq']:>8} {f['dnsmasq_kib'] / n:>8.0f} {f['dnsmasq_pss_kib'] / n:>8.0f} "
@@ -217,7 +224,7 @@ def main() -> int:
               f"{f['rules']:>6} {f['ports']:>6} {f['flows']:>6} {f['port_add_ms']:>9.1f} {f['flow_add_ms']:>9.1f} "
               f"{f['vlan_add_ms']:>8.1f} "
               f"{f['netns_add_ms']:>9.1f} {f['nsenter_ms']:>8.1f} {f['netns_exec_ms']:>10.1f} "
-              f"{f['iptables_save_ms']:>8.1f}")
+              f"{f['iptables_save_ms']:>8.1f} {f['vsd_routes']:>10}")
     print(f"\nleft after the bench: {left['dnsmasq']} dnsmasq, {left['netns']} namespaces, {left['ports']} ports "
           f"(the lab's own trunk port is one)")
     return 0

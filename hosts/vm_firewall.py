@@ -467,38 +467,59 @@ def policy_marker(rules: str) -> str:
     return "cr-policy-" + hashlib.sha256(rules.encode()).hexdigest()[:16]
 
 
-def _load_chains(tool: str, rules: str) -> list:
+def _load_chains(tool: str, rules: str, enter: str = "", sums_name: str = "") -> list:
     """Shell: load ``rules`` (with its marker) and the jumps, unless exactly that is in place already.
 
     "In place" = the chains' rules and the jumps to them read back (``-save``) exactly as right
     after this system's last load (a checksum kept in the state directory) and carry this policy's
     marker.  Any change (a rule deleted by hand, another policy, a reboot) reloads.  The check is
     one ``-save``, much cheaper than a restore: the policy is re-applied by every gateway set-up,
-    one after another under the node's lock.
+    one after another under the node's lock.  ``enter`` (e.g. ``nsenter --net=PATH``) prefixes
+    every command, to load the chains of another namespace; ``sums_name`` then names its checksum.
     """
     fwd, inp = naming.FORWARD_CHAIN, naming.INPUT_CHAIN
     marker = policy_marker(rules)
     marked = rules.replace("COMMIT\n", f"-A {inp} -m comment --comment {marker}\nCOMMIT\n")
     ours = f"^-A ({fwd}|{inp}) |^-A (FORWARD -j {fwd}|INPUT -j {inp})$"
-    state = f"{tool}-save -t filter 2>/dev/null | grep -E -- {q(ours)} || true"  # "none" must not stop a set -e script
-    sums = q(f"{naming.STATE_DIR}/policy-{tool}.sum")
+    run = f"{enter} {tool}" if enter else tool
+    state = f"{run}-save -t filter 2>/dev/null | grep -E -- {q(ours)} || true"  # "none" must not stop a set -e script
+    sums = q(f"{naming.STATE_DIR}/policy-{sums_name}{tool}.sum")
     return [
         f"st=$({state})",
         f"if [ \"$(printf '%s' \"$st\" | sha256sum)\" != \"$(cat {sums} 2>/dev/null)\" ] || "
         f"! printf '%s' \"$st\" | grep -qF -- {q(marker)}; then",
-        f"printf '%s' {q(marked)} | {tool}-restore -w --noflush",
-        f"{tool} -w -C FORWARD -j {fwd} 2>/dev/null || {tool} -w -I FORWARD 1 -j {fwd}",
-        f"{tool} -w -C INPUT -j {inp} 2>/dev/null || {tool} -w -I INPUT 1 -j {inp}",
+        f"printf '%s' {q(marked)} | {run}-restore -w --noflush",
+        f"{run} -w -C FORWARD -j {fwd} 2>/dev/null || {run} -w -I FORWARD 1 -j {fwd}",
+        f"{run} -w -C INPUT -j {inp} 2>/dev/null || {run} -w -I INPUT 1 -j {inp}",
         f"st=$({state})",
         f"mkdir -p {q(naming.STATE_DIR)} && printf '%s' \"$st\" | sha256sum > {sums}",
         "fi",
     ]
 
 
-def node_ipv6_policy() -> str:
+def node_ipv6_policy(enter: str = "", sums_name: str = "") -> str:
     """Root script: load the IPv6 chains and their jumps (idempotent; nothing to do without IPv6)."""
     return "\n".join(["if [ -e /proc/net/if_inet6 ]; then",
-                      *_load_chains("ip6tables", ipv6_isolation_rules()),
+                      *_load_chains("ip6tables", ipv6_isolation_rules(), enter, sums_name),
+                      "fi"])
+
+
+GATEWAYS_POLICY = "gateways-"  # the checksum files of the gateways namespace's chains: policy-gateways-<tool>.sum
+
+
+def gateway_namespace_policy(internet_vlan: int, uplink: str, management: Iterable[str] = ()) -> str:
+    """Root script: the same isolation chains inside the link gateways' namespace, if it exists.
+
+    That namespace forwards nothing (``ip_forward=0``) and has no IPv6, so its ``CR-INPUT`` is what
+    matters: from a gateway only ping to that gateway's own address, and replies.  The forwarding
+    chain stays as a second wall.
+    """
+    path = naming.netns_path(naming.GATEWAY_NAMESPACE)
+    enter = f"nsenter --net={q(path)}"
+    return "\n".join([f"if [ -e {q(path)} ]; then",
+                      *_load_chains("iptables", ipv4_isolation_rules(internet_vlan, uplink, management),
+                                    enter, GATEWAYS_POLICY),
+                      node_ipv6_policy(enter, GATEWAYS_POLICY),
                       "fi"])
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import naming
 from database import Database
 from deployment_api import DeploymentAPI
 from orchestrator_api import OrchestratorAPI
@@ -17,6 +18,7 @@ from store.config import ClusterConfig
 
 LAB_DIR = Path(__file__).resolve().parents[2] / "lab"
 STATE = "/run/cloud-repositorio"
+GATEWAYS = naming.GATEWAY_NAMESPACE  # the network node's namespace of the link gateways
 
 
 def make_api(lab, db_path) -> OrchestratorAPI:
@@ -204,11 +206,16 @@ def host_footprint(lab) -> dict:
         "ports": [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
                   if p.startswith(("gw_vlan", "dhcp", "cr-trunk"))],
         "links": re.findall(r"^\d+: (gw_vlan\d+|cr-trunk|cr-trunk-br)[@:]",
-                            sh(lab, "netnode", "ip -o link show"), flags=re.M),
+                            sh(lab, "netnode", "ip -o link show") + node_gateways(lab), flags=re.M),
         "netns": sh(lab, "netnode", "ip netns list").split(),
         "dnsmasq": sh(lab, "netnode", "pgrep -a dnsmasq || true").strip(),
     }
     return out
+
+
+def node_gateways(lab) -> str:
+    """``ip -o link show type macvlan`` in the link gateways' namespace on the network node ('' without it)."""
+    return sh(lab, "netnode", f"ip netns exec {GATEWAYS} ip -o link show type macvlan 2>/dev/null || true")
 
 
 def node_files(lab) -> list:

@@ -64,6 +64,11 @@ def node_links(lab) -> str:
     return sh(lab, "netnode", "ip -o -d link show")
 
 
+def gateway_ns(lab, cmd: str) -> str:
+    """``cmd`` run inside the link gateways' namespace on the network node."""
+    return sh(lab, "netnode", f"ip netns exec {naming.GATEWAY_NAMESPACE} {cmd}")
+
+
 def assert_node_empty(lab) -> None:
     """No gateway, trunk, namespace, dnsmasq, state file or chain of this system on the network node."""
     links = node_links(lab)
@@ -72,6 +77,7 @@ def assert_node_empty(lab) -> None:
     assert not [p for p in ports if p.startswith(("gw_vlan", "dhcp", "cr-"))], ports
     assert naming.NODE_BRIDGE not in sh(lab, "netnode", "ovs-vsctl list-br").split()
     assert "ns-dhcp-vlan" not in sh(lab, "netnode", "ip netns list")
+    assert naming.GATEWAY_NAMESPACE not in sh(lab, "netnode", "ip netns list")  # its gateways and chains with it
     assert sh(lab, "netnode", "pgrep -x dnsmasq || true").strip() == ""
     left = sh(lab, "netnode", f"ls {naming.STATE_DIR} | grep 'vlan' | grep -v '[.]lock$' || true").strip()
     assert left == "", left                                              # lock files stay, empty
@@ -84,13 +90,19 @@ def test_link_vlan_made_checked_removed_twice(lab, svc):
     run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
     net = naming.link_network(VLAN)
     gw = naming.gateway_port(VLAN)
-    # from outside: the gateway is a macvlan of the trunk, with its fixed MAC, its mark, its address, no IPv6
-    detail = sh(lab, "netnode", f"ip -o -d link show dev {gw}")
-    assert f"{gw}@{naming.NODE_TRUNK}:" in detail and "macvlan mode private " in detail, detail
+    # from outside: the gateway is a macvlan of the trunk in the gateways' namespace, with its fixed MAC,
+    # its mark, its address, no IPv6; nothing of it in the node's own namespace (where ovs-vswitchd is)
+    detail = gateway_ns(lab, f"ip -o -d link show dev {gw}")
+    trunk_index = sh(lab, "netnode", f"cat /sys/class/net/{naming.NODE_TRUNK}/ifindex").strip()
+    assert f"{gw}@if{trunk_index}:" in detail and "macvlan mode private " in detail, detail
     assert f"link/ether {naming.port_mac(net['gateway_ip'])} " in detail
     assert f"alias cloud-repositorio=vlan{VLAN}" in detail and "state UP" in detail
-    assert f"{net['gateway_ip']}/24" in sh(lab, "netnode", f"ip -o -4 addr show dev {gw}")
-    assert sh(lab, "netnode", f"ip -6 -o addr show dev {gw}").strip() == ""
+    assert f"{net['gateway_ip']}/24" in gateway_ns(lab, f"ip -o -4 addr show dev {gw}")
+    assert gateway_ns(lab, "ip -6 -o addr show").strip() == ""
+    assert gw not in node_links(lab) and net["gateway_ip"] not in sh(lab, "netnode", "ip -4 route show table all")
+    assert gateway_ns(lab, "sysctl -n net.ipv4.ip_forward").strip() == "0"       # it routes nothing
+    assert "-A CR-INPUT -i gw_vlan+ -j REJECT" in gateway_ns(lab, "iptables -S CR-INPUT")
+    assert "-A INPUT -j CR-INPUT" in gateway_ns(lab, "iptables -S INPUT")
     # the trunk: a veth into the node bridge, patched to br-int (the only port this system adds there)
     assert "cr-trunk@cr-trunk-br:" in node_links(lab) and "alias cloud-repositorio=trunk" in node_links(lab)
     ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
@@ -124,6 +136,7 @@ def test_link_vlan_made_checked_removed_twice(lab, svc):
     assert {k.kind: d for k, d in keys.items()} == {
         "vlan": "", "gateway": f"{net['gateway_ip']}/24", "vlanflows": "5", "namespace": "", "dnsmasq": "alive"}
     assert {k.kind: d for k, d in found.items() if k.kind == "trunk"} == {"trunk": "ok"}
+    assert {k.name for k in found if k.kind == "isolation"} == {"ipv4", "ipv6", "gateways-ipv4", "gateways-ipv6"}
     # a second set-up changes nothing it need not (same trunk, a fresh dnsmasq)
     trunk_index = sh(lab, "netnode", "cat /sys/class/net/cr-trunk/ifindex").strip()
     run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
@@ -144,7 +157,8 @@ def test_internet_vlan_reservation_nat_made_checked_removed_twice(lab, svc):
     hostsdir = naming.dnsmasq_files(400)["hostsdir"]
     assert sh(lab, "netnode", f"cat {hostsdir}/vm{VM_ID}").strip() == "52:54:00:86:1d:00,10.60.7.199"
     assert "--comment cloud-repositorio -j MASQUERADE" in sh(lab, "netnode", "iptables -t nat -S POSTROUTING")
-    assert "gw_vlan400@cr-trunk:" in sh(lab, "netnode", "ip -o link show dev gw_vlan400")
+    assert "gw_vlan400@cr-trunk:" in sh(lab, "netnode", "ip -o link show dev gw_vlan400")  # routes to the uplink
+    assert "gw_vlan400" not in gateway_ns(lab, "ip -o link show")
     keys = found_keys(svc, node)
     assert ("reservation", VM_ID) in {(k.kind, k.vm_id) for k in keys}
     assert {k.kind for k in keys if k.vlan == 400} == {"vlan", "gateway", "vlanflows", "namespace", "dnsmasq"}
@@ -180,7 +194,7 @@ def test_a_vlan_of_the_old_layout_is_found_and_its_set_up_replaces_it(lab, svc):
         run(svc, vlan_manager.vlan_up_command(node, old, cfg.bridge, 400, cfg.internet["uplink"]))
         ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
         assert f"gw_vlan{old}" not in ports and f"dhcp{old}-o" not in ports and f"gw_vlan{gone}" in ports
-        assert f"gw_vlan{old}@cr-trunk:" in sh(lab, "netnode", f"ip -o link show dev gw_vlan{old}")
+        assert f"gw_vlan{old}@" in gateway_ns(lab, f"ip -o link show dev gw_vlan{old}")
         assert f"dhcp{old}-o" not in sh(lab, "netnode", "ip -o link show")
         found = found_keys(svc, node)
         assert {k.vlan for k in found if k.kind == "oldport"} == {gone}
@@ -189,6 +203,29 @@ def test_a_vlan_of_the_old_layout_is_found_and_its_set_up_replaces_it(lab, svc):
         sweep(svc)  # the old layout's orphans go with the product's own removal
     assert not [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split() if p.startswith(("gw_", "dhcp"))]
     assert "dhcp" not in sh(lab, "netnode", "ip -o link show")
+    assert_node_empty(lab)
+
+
+def test_a_gateway_in_the_nodes_own_namespace_is_shown_and_its_set_up_moves_it(lab, svc):
+    """A node upgraded from the trunk layout before ``ns-cr-gateways``: its link gateway, a macvlan of
+    the trunk in the node's own namespace, is found as such, and the VLAN's set-up moves it."""
+    node, cfg = svc.config.network_node, svc.config
+    net, gw = naming.link_network(VLAN), naming.gateway_port(VLAN)
+    run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
+    try:
+        gateway_ns(lab, f"ip link del {gw}")
+        sh(lab, "netnode", f"ip link add link {naming.NODE_TRUNK} name {gw} type macvlan mode private && "
+                           f"ip link set {gw} alias cloud-repositorio=vlan{VLAN} && "
+                           f"ip addr add {net['gateway_ip']}/24 dev {gw} && ip link set {gw} up")
+        found = found_keys(svc, node)
+        assert found[next(k for k in found if k.kind == "gateway")] == f"{net['gateway_ip']}/24 root"
+        run(svc, vlan_manager.vlan_up_command(node, VLAN, cfg.bridge, 400, cfg.internet["uplink"]))
+        assert gw not in node_links(lab)
+        assert f"{net['gateway_ip']}/24" in gateway_ns(lab, f"ip -o -4 addr show dev {gw}")
+        found = found_keys(svc, node)
+        assert found[next(k for k in found if k.kind == "gateway")] == f"{net['gateway_ip']}/24"
+    finally:
+        sweep(svc)
     assert_node_empty(lab)
 
 

@@ -32,7 +32,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from labtools import STATE, console, host_of, leases, make_api, sh, wait_for_leases, wait_guest_configured
+from labtools import GATEWAYS, STATE, console, host_of, leases, make_api, sh, wait_for_leases, wait_guest_configured
 from labtools import console_fails as fails
 from labtools import console_ok as ok
 
@@ -42,6 +42,7 @@ from usecases.lifecycle import launch_command
 
 NODE_PORT = 2222          # a listener on "::" of the network node
 HTTP6_PID = "/tmp/cr-privacy-http6.pid"
+IN_GATEWAYS = f"nsenter --net=/run/netns/{GATEWAYS}"  # run a command in the link gateways' namespace
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -171,13 +172,17 @@ def test_the_internet_gateway_and_dhcp_server_have_their_fixed_macs_and_no_ipv6(
     assert out.strip() == e.dhcp_mac
     ports = re.findall(r"^\d+: (gw_vlan\d+)@cr-trunk:", sh(lab, "netnode", "ip -o link show type macvlan"),
                        flags=re.M)
-    assert {"gw_vlan400", f"gw_vlan{t.va}", f"gw_vlan{t.vb}"} <= set(ports)
+    assert ports == ["gw_vlan400"]            # the link gateways are in their own namespace
+    inner = re.findall(r"^\d+: (gw_vlan\d+)@if\d+:", sh(lab, "netnode", f"{IN_GATEWAYS} ip -o link show type macvlan"),
+                       flags=re.M)
+    assert {f"gw_vlan{t.va}", f"gw_vlan{t.vb}"} <= set(inner) and "gw_vlan400" not in inner
     assert not [p for p in sh(lab, "netnode", "ovs-vsctl list-ports br-int").split() if p.startswith("gw_vlan")]
-    for port in ports:
-        assert sh(lab, "netnode", f"ip -6 -o addr show dev {port}").strip() == "", port
-    assert "-A CR-INPUT -i gw_vlan+ -j DROP" in sh(lab, "netnode", "ip6tables -S CR-INPUT")
-    assert "-j CR-INPUT" in sh(lab, "netnode", "ip6tables -S INPUT")
-    assert "-j CR-FORWARD" in sh(lab, "netnode", "ip6tables -S FORWARD")
+    assert sh(lab, "netnode", "ip -6 -o addr show dev gw_vlan400").strip() == ""
+    assert sh(lab, "netnode", f"{IN_GATEWAYS} ip -6 -o addr show").strip() == ""
+    for enter in ("", IN_GATEWAYS + " "):
+        assert "-A CR-INPUT -i gw_vlan+ -j DROP" in sh(lab, "netnode", f"{enter}ip6tables -S CR-INPUT")
+        assert "-j CR-INPUT" in sh(lab, "netnode", f"{enter}ip6tables -S INPUT")
+        assert "-j CR-FORWARD" in sh(lab, "netnode", f"{enter}ip6tables -S FORWARD")
 
 
 # --- requirement 1: VLAN 400 is not a shared LAN -------------------------------------------------------
@@ -246,24 +251,33 @@ def test_tagged_frames_from_a_vm_never_reach_another_vlan(lab, t):
 
 # --- requirement 5: no way to the node's services or to management addresses ----------------------------
 
+def _http6_servers(lab) -> None:
+    """A web server on "::" of the network node, in its own namespace and in the gateways' (there is
+    none in a real one: the worst case)."""
+    for enter, pid in (("", HTTP6_PID), (IN_GATEWAYS + " ", HTTP6_PID + "-gw")):
+        sh(lab, "netnode", f"cd /tmp && setsid {enter}/usr/bin/python3 -m http.server --bind :: {NODE_PORT} "
+                           f">/dev/null 2>&1 </dev/null & echo $! > {pid}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+            f":{NODE_PORT}" in sh(lab, "netnode", f"{enter}ss -ltn") for enter in ("", IN_GATEWAYS + " ")):
+        time.sleep(0.2)
+
+
 def test_ipv6_link_local_of_a_gateway_reaches_no_node_service(lab, t):
     a1, a2 = t.a
     gw = f"gw_vlan{t.va}"
-    sh(lab, "netnode", f"cd /tmp && setsid /usr/bin/python3 -m http.server --bind :: {NODE_PORT} "
-                       f">/dev/null 2>&1 </dev/null & echo $! > {HTTP6_PID}")
+    _http6_servers(lab)
     try:
-        deadline = time.monotonic() + 10
-        while f":{NODE_PORT}" not in sh(lab, "netnode", "ss -ltn") and time.monotonic() < deadline:
-            time.sleep(0.2)
         # control: IPv6 inside the link works between the tenant's own VMs
         ok(lab, a1, f"ping6 -c 2 -W 3 {link_local(mac(a2, 1))}%eth1")
-        gw_ll = link_local(sh(lab, "netnode", f"cat /sys/class/net/{gw}/address").strip())
+        gw_mac = re.search(r"link/ether (\S+)", sh(lab, "netnode", f"{IN_GATEWAYS} ip -o link show dev {gw}"))[1]
+        gw_ll = link_local(gw_mac)
         req = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {gw_ll}%eth1 {NODE_PORT} | grep -q 200"
         fails(lab, a1, req)
         # even if the gateway port had an IPv6 address again, ip6tables keeps the node closed
-        sh(lab, "netnode", f"sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=0; sleep 3")
-        assert gw_ll in sh(lab, "netnode", f"ip -6 -o addr show dev {gw}")
-        local = sh(lab, "netnode", f"/usr/bin/python3 -c \"import urllib.request as u; "
+        sh(lab, "netnode", f"{IN_GATEWAYS} sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=0; sleep 3")
+        assert gw_ll in sh(lab, "netnode", f"{IN_GATEWAYS} ip -6 -o addr show dev {gw}")
+        local = sh(lab, "netnode", f"{IN_GATEWAYS} /usr/bin/python3 -c \"import urllib.request as u; "
                                    f"print(u.urlopen('http://[{gw_ll}%{gw}]:{NODE_PORT}/').status)\"")
         assert "200" in local                             # control: the service answers on that address
         fails(lab, a1, f"ping6 -c 2 -W 2 {gw_ll}%eth1")
@@ -272,8 +286,8 @@ def test_ipv6_link_local_of_a_gateway_reaches_no_node_service(lab, t):
         gw400_ll = link_local(edge(lab).gateway_mac)
         fails(lab, a1, f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {gw400_ll}%eth0 {NODE_PORT} | grep -q 200")
     finally:
-        sh(lab, "netnode", f"sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=1; "
-                           f"kill $(cat {HTTP6_PID}) 2>/dev/null; rm -f {HTTP6_PID}")
+        sh(lab, "netnode", f"{IN_GATEWAYS} sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=1; "
+                           f"kill $(cat {HTTP6_PID} {HTTP6_PID}-gw) 2>/dev/null; rm -f {HTTP6_PID} {HTTP6_PID}-gw")
 
 
 def test_no_vm_reaches_a_management_address_or_another_gateway(lab, t):

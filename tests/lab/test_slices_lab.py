@@ -227,14 +227,17 @@ def test_vms_cannot_reach_the_network_node_itself(lab, api):
     got = wait_for_leases(lab, {(vlan, mac(vms[0], 1)), (vlan, mac(vms[1], 1))})
     wait_guest_configured(lab, [(vms[0], "eth1"), (vms[1], "eth1")])
     gateway = naming.link_network(vlan)["gateway_ip"]
-    server = subprocess.Popen([str(lab.root / "exec.sh"), "netnode", "python3", "-c", SERVE],
+    # the worst case: a service listening in the gateways' namespace itself (the node's own services are
+    # in another namespace, which no gateway is in)
+    enter = ["nsenter", f"--net=/run/netns/{naming.GATEWAY_NAMESPACE}"]
+    server = subprocess.Popen([str(lab.root / "exec.sh"), "netnode", *enter, "python3", "-c", SERVE],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while "8081" not in sh(lab, "netnode", "ss -ltn") and time.monotonic() < deadline:
+        while "8081" not in sh(lab, "netnode", f"{' '.join(enter)} ss -ltn") and time.monotonic() < deadline:
             time.sleep(0.2)
-        # control: a service on the node answers on its gateway address (from the node itself)
-        assert "200" in sh(lab, "netnode", f"python3 -c \"import urllib.request as u; "
+        # control: that service answers on the gateway address (from inside that namespace)
+        assert "200" in sh(lab, "netnode", f"{' '.join(enter)} python3 -c \"import urllib.request as u; "
                                            f"print(u.urlopen('http://{gateway}:8081/').status)\"")
         # control: from the VM, the peer's web server answers
         rc, out = console(lab, vms[0], f"wget -q -O - http://{got[(vlan, mac(vms[1], 1))]}/")

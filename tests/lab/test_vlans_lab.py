@@ -12,7 +12,16 @@ directions, and nothing of A reaching B or B reaching A (not a ping, not an ARP,
 from __future__ import annotations
 
 import pytest
-from labtools import assert_clean, host_of, make_api, sh, wait_for_leases, wait_guest_configured
+from labtools import (
+    GATEWAYS,
+    assert_clean,
+    host_of,
+    make_api,
+    node_gateways,
+    sh,
+    wait_for_leases,
+    wait_guest_configured,
+)
 from labtools import console_fails as fails
 from labtools import console_ok as ok
 
@@ -90,10 +99,11 @@ def ip_of(two, vm: dict, i: int) -> str:
 def test_links_beyond_the_blocks_get_distinct_free_vlans_on_the_nodes_trunk(lab, two):
     va, vb = two["vlans"]["wa"], two["vlans"]["wb"]
     assert va == [401, 402] and vb == [403, 404]       # the VLANs in no block come first
-    links = sh(lab, "netnode", "ip -o link show type macvlan")
+    links = node_gateways(lab)
     flows = sh(lab, "netnode", "ovs-ofctl -O OpenFlow14 --no-stats dump-flows cr-node")
     for v in va + vb:
-        assert f"gw_vlan{v}@cr-trunk:" in links
+        assert f"gw_vlan{v}@if" in links, links   # in the gateways' namespace, on the trunk
+        assert f"gw_vlan{v}" not in sh(lab, "netnode", "ip -o link show")
         assert len([ln for ln in flows.splitlines() if f"cookie=0x{naming.node_vlan_flow_cookie(v):016x}," in ln]) == 5
     ports = sh(lab, "netnode", "ovs-vsctl list-ports br-int").split()
     assert not [p for p in ports if p.startswith(("gw_vlan", "dhcp"))], ports   # no OVS port per VLAN
@@ -124,7 +134,8 @@ def test_full_size_frames_pass_the_trunks_both_ways(lab, two):
         net = naming.link_network(me["interfaces"][1]["vlan_id"])
         ok(lab, me, f"ping -c 2 -W 3 -s 1472 {net['gateway_ip']}")      # VM -> node's subinterface and back
         ok(lab, me, f"ping -c 2 -W 3 -s 1472 {ip_of(two, peer, 1)}")     # worker -> worker over the trunk
-        out = sh(lab, "netnode", f"ping -c 2 -W 2 -M do -s 1472 -I gw_vlan{me['interfaces'][1]['vlan_id']} "
+        out = sh(lab, "netnode", f"ip netns exec {GATEWAYS} ping -c 2 -W 2 -M do -s 1472 "
+                                 f"-I gw_vlan{me['interfaces'][1]['vlan_id']} "
                                  f"{ip_of(two, me, 1)}")                 # node -> VM, no fragmenting
         assert " 0% packet loss" in out, out
 
@@ -158,15 +169,16 @@ def test_deleting_one_keeps_the_others_vlans_and_deleting_both_leaves_nothing(la
     ok_, msg = api.delete_slice(first["owner"], first["slice_id"])   # its two VLANs go at the same moment
     assert ok_, msg
     # the other slice's VLANs keep the trunk, their gateways and the isolation chains
-    links = sh(lab, "netnode", "ip -o link show")
-    assert "cr-trunk" in links
+    assert "cr-trunk" in sh(lab, "netnode", "ip -o link show")
+    links = node_gateways(lab)
     for v in (link["vlan_id"] for link in second["links"]):
-        assert f"gw_vlan{v}@cr-trunk" in links
+        assert f"gw_vlan{v}@if" in links
     assert "CR-FORWARD" in sh(lab, "netnode", "iptables -S FORWARD")
     vm = second["vms"][0]
     ok(lab, vm, f"ping -c 2 -W 2 {naming.link_network(vm['interfaces'][1]['vlan_id'])['gateway_ip']}")
     ok_, msg = api.delete_slice(second["owner"], second["slice_id"])
     assert ok_, msg
-    assert "gw_vlan" not in sh(lab, "netnode", "ip -o link show")
+    assert "gw_vlan" not in sh(lab, "netnode", "ip -o link show") + node_gateways(lab)
     assert "cr-trunk" not in sh(lab, "netnode", "ip -o link show")
+    assert GATEWAYS not in sh(lab, "netnode", "ip netns list")
     assert_clean(lab)

@@ -72,7 +72,11 @@ def test_one_dnsmasq_per_vlan_with_own_files_never_pkill(tmp_path):
         assert f"--dhcp-range=192.168.{vlan}.10,192.168.{vlan}.250,255.255.255.0,12h" in argv
         assert "--dhcp-option=option:router" in argv  # a link sends no default route
         assert not [a for a in argv if a.startswith("--dhcp-option=option:router,")]
-        assert f"ip addr replace 192.168.{vlan}.1/24 dev gw_vlan{vlan}" in s
+        gateway = [ln for ln in s.splitlines() if "ip -batch" in ln and f"gw_vlan{vlan} " in ln]
+        assert len(gateway) == 1, gateway  # in the gateways' namespace, with its address
+        assert shlex.split(gateway[0].split("|")[1]) == ["nsenter", "--net=/run/netns/ns-cr-gateways",
+                                                         "ip", "-batch", "-"]
+        assert f"addr replace 192.168.{vlan}.1/24 dev gw_vlan{vlan}" in gateway[0]
         other = 101 if vlan == 100 else 100
         assert f"vlan{other}" not in s  # never touches the other VLAN
     for _h, t in ex.calls:
@@ -355,13 +359,25 @@ def test_a_link_vlan_is_a_macvlan_of_the_trunk_with_its_flows_and_changes_no_ovs
     ok(api.deploy_slice("admin", sid))
     s = next(x for x in _node_scripts(ex) if "gw_vlan100 " in x)
     lines = s.splitlines()
-    assert ("ip link show dev gw_vlan100 >/dev/null 2>&1 || ip link add link cr-trunk name gw_vlan100 "
-            "address 02:00:c0:a8:64:01 type macvlan mode private") in lines
-    assert "ip link set gw_vlan100 address 02:00:c0:a8:64:01 alias cloud-repositorio=vlan100" in lines
+    gwns = "nsenter --net=/run/netns/ns-cr-gateways"
+    assert "if ip link show dev gw_vlan100 >/dev/null 2>&1; then ip link del gw_vlan100; fi" in lines  # layout before
+    assert (f"{gwns} ip link show dev gw_vlan100 >/dev/null 2>&1 || ip link add link cr-trunk name gw_vlan100 "
+            "netns ns-cr-gateways address 02:00:c0:a8:64:01 type macvlan mode private") in lines
+    batch = next(ln for ln in lines if ln.endswith(f"| {gwns} ip -batch -") and "gw_vlan100" in ln)
+    assert shlex.split(batch.split(" | ")[0])[2:] == [
+        "link set gw_vlan100 address 02:00:c0:a8:64:01 alias cloud-repositorio=vlan100",
+        "addr replace 192.168.100.1/24 dev gw_vlan100", "link set gw_vlan100 up"]
     assert ("ip link add link cr-trunk name dhcp100-i netns ns-dhcp-vlan100 address 02:00:c0:a8:64:fe "
             "type macvlan mode private") in lines
     ipv6_off = next(i for i, ln in enumerate(lines) if "net.ipv6.conf.gw_vlan100.disable_ipv6=1" in ln)
-    assert ipv6_off < lines.index("ip link set gw_vlan100 up")
+    assert lines[ipv6_off].startswith(f"{gwns} sh -c ") and ipv6_off < lines.index(batch)
+    # the namespace: made with the trunk (under its lock), no forwarding and no IPv6 before any gateway
+    gwns_up = next(ln for ln in lines if "ip netns add ns-cr-gateways" in ln)
+    assert "net.ipv4.ip_forward=0" in gwns_up and "net.ipv6.conf.default.disable_ipv6=1" in gwns_up
+    assert lines.index(gwns_up) < ipv6_off
+    # its own isolation chains, loaded before the gateway comes up
+    restore = next(i for i, ln in enumerate(lines) if f"| {gwns} iptables-restore -w --noflush" in ln)
+    assert restore < lines.index(batch)
     # the only ovs-vsctl changes: the trunk, when it is missing; an old-layout port, when there is one
     changes = [ln for ln in lines if "ovs-vsctl" in ln and ("add-port" in ln or "del-port" in ln)]
     assert len(changes) == 2
@@ -379,7 +395,7 @@ def test_a_link_vlan_is_a_macvlan_of_the_trunk_with_its_flows_and_changes_no_ovs
     assert flows[0] == "delete cookie=0x4352000200000064/0xffffffffffffffff"
     assert flows[1:] == ["add " + f for f in vlan_manager.node_vlan_flows(100, "192.168.100.1", "192.168.100.254")]
     assert all("dl_vlan=100," in f or "mod_vlan_vid:100," in f for f in flows[1:])
-    assert bundle.index("cr-node") and lines.index(bundle) < lines.index("ip link set gw_vlan100 up")
+    assert bundle.index("cr-node") and lines.index(bundle) < lines.index(batch)
 
 
 def test_node_vlan_flows_map_one_vlan_to_its_two_macs_only():

@@ -64,13 +64,33 @@ def scan(tmp_path, kind_name: str, scripts: dict) -> dict:
     return found
 
 
-def _ip_script() -> dict:
+# inside ns-cr-gateways: a link VLAN's gateway shows its lower device (in the node's namespace) by index
+NS_MACVLANS = (
+    "2: gw_vlan401@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT "
+    "group default qlen 1000\\    link/ether 02:00:ac:11:91:01 brd ff:ff:ff:ff:ff:ff link-netnsid 0 "
+    "promiscuity 0 \\    macvlan mode private bcqueuelen 1000 \\    alias cloud-repositorio=vlan401\n"
+    "3: gw_vlan403@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 state UP\\    link/ether "
+    "02:00:ac:11:93:01 brd ff:ff:ff:ff:ff:ff link-netnsid 0 \\    macvlan mode private \\    "
+    "alias cloud-repositorio=vlan403\n"
+    "4: gw_vlan3994@if4: <BROADCAST> mtu 1500 \\    macvlan mode private \\    alias cloud-repositorio=vlan3993\n")
+NS_ADDRS = ("2: gw_vlan401    inet 172.17.145.1/24 scope global gw_vlan401\\       valid_lft forever\n"
+            "3: gw_vlan403    inet 172.17.147.1/24 scope global gw_vlan403\\       valid_lft forever\n")
+ROOT_INTERNET = ("10: gw_vlan400@cr-trunk: <UP> mtu 1500 \\    macvlan mode private \\    "
+                 "alias cloud-repositorio=vlan400\n")
+
+
+def _ip_script(macvlans: str = MACVLANS, ns_macvlans: str = "") -> dict:
+    """Fake ``ip`` (the gateways' namespace's answers when run by the fake ``nsenter``, which fails
+    when there is no such namespace) and ``nsenter``."""
+    nsenter = 'shift; IN_NS=1 exec "$@"\n' if ns_macvlans else "exit 1\n"
     return {"ip": f"""\
+        if [ -n "$IN_NS" ]; then macvlans={_sq(ns_macvlans)}; addrs={_sq(NS_ADDRS)}
+        else macvlans={_sq(macvlans)}; addrs={_sq(ADDRS)}; fi
         case "$*" in
-          *"type macvlan"*) printf '%s' {_sq(MACVLANS)} ;;
-          *"-4 addr show"*) printf '%s' {_sq(ADDRS)} ;;
+          *"type macvlan"*) printf '%s' "$macvlans" ;;
+          *"-4 addr show"*) printf '%s' "$addrs" ;;
         esac
-        """}
+        """, "nsenter": nsenter}
 
 
 def _sq(text: str) -> str:
@@ -78,8 +98,18 @@ def _sq(text: str) -> str:
 
 
 def test_the_gateway_scan_finds_only_marked_macvlans_of_the_trunk(tmp_path):
+    """Link gateways in the node's own namespace (the layout before ``ns-cr-gateways``) say ``root``."""
     found = scan(tmp_path, "gateway", _ip_script())
-    assert {(k.vlan, d) for k, d in found.items()} == {(401, "172.17.145.1/24"), (402, "-")}
+    assert {(k.vlan, d) for k, d in found.items()} == {(401, "172.17.145.1/24 root"), (402, "- root")}
+
+
+def test_the_gateway_scan_reads_the_gateways_namespace_first(tmp_path):
+    found = scan(tmp_path, "gateway", _ip_script(MACVLANS + ROOT_INTERNET, NS_MACVLANS))
+    assert {(k.vlan, d) for k, d in found.items()} == {
+        (401, "172.17.145.1/24"),  # in the namespace: what is expected (its old copy in root is not read)
+        (403, "172.17.147.1/24"),
+        (402, "- root"),           # only in root: a repair moves it
+        (400, "-")}                # the internet VLAN's gateway belongs in root
 
 
 def test_the_vlan_flows_scan_counts_each_vlans_flows(tmp_path):

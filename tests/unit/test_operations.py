@@ -31,7 +31,8 @@ def healthy_scans(ex, ids, crashed=(), dead_vlan=None, trunk="ok"):
         node += [f"vlan {vlan}", f"gateway {vlan} {gw}", f"namespace {vlan}", f"vlanflows {vlan} 5",
                  f"dnsmasq {vlan} {'dead' if vlan == dead_vlan else 'alive'}"]
     node += [f"reservation {ids[0]}", "nat -A POSTROUTING -s 10.60.7.0/24 -o uplink0 -m comment "
-             "--comment cloud-repositorio -j MASQUERADE", "isolation ipv4", "isolation ipv6"]
+             "--comment cloud-repositorio -j MASQUERADE", "isolation ipv4", "isolation ipv6",
+             "isolation gateways-ipv4", "isolation gateways-ipv6"]
     node += [] if trunk is None else [f"trunk cr-trunk {trunk}"]
     ex.answer("scan", host=NODE, out="\n".join(node) + "\n")
 
