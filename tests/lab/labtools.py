@@ -244,7 +244,7 @@ def assert_clean(lab, keep_overlays: set = frozenset()) -> None:
     n = fp["netnode"]
     assert not n["ports"], f"netnode: ports left: {n['ports']}"
     assert not n["links"], f"netnode: gateways or trunk left: {n['links']}"
-    assert not [x for x in n["netns"] if x.startswith("ns-dhcp")], f"netnode: namespaces left: {n['netns']}"
+    assert not [x for x in n["netns"] if x.startswith(("ns-dhcp", GATEWAYS))], f"netnode: namespaces left: {n['netns']}"
     assert not n["dnsmasq"], f"netnode: dnsmasq left: {n['dnsmasq']}"
 
 

@@ -274,11 +274,13 @@ def test_ipv6_link_local_of_a_gateway_reaches_no_node_service(lab, t):
         gw_ll = link_local(gw_mac)
         req = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {gw_ll}%eth1 {NODE_PORT} | grep -q 200"
         fails(lab, a1, req)
-        # even if the gateway port had an IPv6 address again, ip6tables keeps the node closed
-        sh(lab, "netnode", f"{IN_GATEWAYS} sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=0; sleep 3")
+        # even if IPv6 were on again in the gateways' namespace (the gateway port and the loopback that
+        # local traffic takes), ip6tables keeps the node closed
+        sh(lab, "netnode", f"{IN_GATEWAYS} sysctl -q -w net.ipv6.conf.lo.disable_ipv6=0 "
+                           f"net.ipv6.conf.{gw}.disable_ipv6=0; sleep 3")
         assert gw_ll in sh(lab, "netnode", f"{IN_GATEWAYS} ip -6 -o addr show dev {gw}")
         local = sh(lab, "netnode", f"{IN_GATEWAYS} /usr/bin/python3 -c \"import urllib.request as u; "
-                                   f"print(u.urlopen('http://[{gw_ll}%{gw}]:{NODE_PORT}/').status)\"")
+                                   f"print(u.urlopen('http://[{gw_ll}%{gw}]:{NODE_PORT}/', timeout=10).status)\"")
         assert "200" in local                             # control: the service answers on that address
         fails(lab, a1, f"ping6 -c 2 -W 2 {gw_ll}%eth1")
         fails(lab, a1, req)
@@ -286,7 +288,8 @@ def test_ipv6_link_local_of_a_gateway_reaches_no_node_service(lab, t):
         gw400_ll = link_local(edge(lab).gateway_mac)
         fails(lab, a1, f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {gw400_ll}%eth0 {NODE_PORT} | grep -q 200")
     finally:
-        sh(lab, "netnode", f"{IN_GATEWAYS} sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=1; "
+        sh(lab, "netnode", f"{IN_GATEWAYS} sysctl -q -w net.ipv6.conf.{gw}.disable_ipv6=1 "
+                           "net.ipv6.conf.lo.disable_ipv6=1; "
                            f"kill $(cat {HTTP6_PID} {HTTP6_PID}-gw) 2>/dev/null; rm -f {HTTP6_PID} {HTTP6_PID}-gw")
 
 
