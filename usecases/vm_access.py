@@ -17,6 +17,7 @@ import hmac
 import logging
 import os
 import stat
+import tempfile
 
 log = logging.getLogger("cloudrepo.access")
 
@@ -34,19 +35,14 @@ def key_path(db_path: str) -> str:
 
 
 def load_or_create_key(path: str) -> bytes:
-    """The site key; made (0600, atomically) when missing; refused when others can read it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise CredentialsError(f"cannot create the key file {path}: {e}") from e
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(KEY_BYTES))
-            f.flush()
-            os.fsync(f.fileno())
-        log.info("made the site key %s", path)
+    """The site key; made (0600, atomically) when missing; refused when others can read it.
+
+    A new key is written and synced in a file of its own, then linked to ``path`` (``link`` never
+    replaces a file): a reader at any moment finds no key or the whole key, and of several sessions
+    making it at once (a class's first deploys through one service), one wins and all use its key.
+    """
+    if not os.path.exists(path):
+        _publish_new_key(path)
     try:
         st = os.stat(path)
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -59,6 +55,31 @@ def load_or_create_key(path: str) -> bytes:
     if len(key) < 16:
         raise CredentialsError(f"the key file {path} is damaged (too short)")
     return key
+
+
+def _publish_new_key(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".key-", dir=folder)  # 0600
+    except OSError as e:
+        raise CredentialsError(f"cannot create the key file {path}: {e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            log.info("made the site key %s", path)
+        except FileExistsError:
+            pass  # another session made it first: its key is the key
+        except OSError as e:
+            raise CredentialsError(f"cannot create the key file {path}: {e}") from e
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def derive_password(key: bytes, vm_id: int) -> str:
