@@ -402,6 +402,20 @@ def impairment_lines(vm: dict, impairments_by_index: Optional[dict]) -> list:
     return lines
 
 
+def autogroup_nice(nice: int) -> list:
+    """Shell lines: the started QEMU's scheduling group (``$pid``'s) at ``nice`` too (none at 0).
+
+    Where the kernel groups processes by session (``CONFIG_SCHED_AUTOGROUP``, on by default), the
+    CPU is shared fairly between sessions first and a nice level only counts inside one; QEMU's
+    ``-daemonize`` starts a session of its own, so ``nice`` alone leaves every guest as strong as
+    sshd or OVS.  A kernel without autogroups has no such file: nothing to do.
+    """
+    if not nice:
+        return []
+    group = '"/proc/$pid/autogroup"'
+    return [f"if [ -f {group} ]; then {{ echo {int(nice)} > {group}; }} 2>/dev/null || true; fi"]
+
+
 def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: str,
                       impairments_by_index: Optional[dict] = None) -> HostCommand:
     """One root script on the VM's worker: clear leftovers, make the seed and the TAPs (on br-int with
@@ -409,7 +423,8 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
     (``impairments_by_index``: interface index -> impairment), bring them up, set the VNC password.
 
     The VM's password comes on stdin.  Prints the QEMU pid as its last line.  The guest runs at
-    ``settings.nice`` (below the host's own daemons: sshd, OVS).  It holds the VM's lock throughout
+    ``settings.nice`` (below the host's own daemons: sshd, OVS), its scheduling group too
+    (``autogroup_nice``).  It holds the VM's lock throughout
     (``take_vm_lock``); what it makes is readable by root only (umask 077, the disk made 0600).
     """
     if not password:
@@ -441,6 +456,7 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         f"pid=$(cat {pidfile})",
         'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
         set_vnc_password(vm_id),
+        *autogroup_nice(settings.nice),  # only now: a guest's group low in the CPU answers QMP late
         'echo "$pid"',
     ])
     return HostCommand(worker, script, sudo=True, timeout=60, step=f"start VM {vm_id} ({vm['name']})",

@@ -443,3 +443,34 @@ def test_ctrl_c_during_vm_start_rolls_back(tmp_path):
     assert any(h == NODE and "--if-exists del-port br-int gw_vlan100" in script_of(t) for h, t in ex.calls)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert ex.made("vm") == set() and ex.made("vlan") == set()  # nothing made is left
+
+
+def test_a_niced_guest_gets_its_scheduling_group_niced_after_its_vnc_password(tmp_path):
+    """``qemu_nice`` lowers the QEMU's autogroup too (QEMU's -daemonize starts a session, and the kernel
+    shares the CPU between sessions before nice counts), once QEMU has answered QMP; the line runs."""
+    import os
+    import subprocess
+
+    import vm_launcher
+    vm = {"vm_id": 1001, "name": "a", "worker_ip": "10.0.0.11", "vnc_port": 5901,
+          "qcow_image": "~/vm_images/a_img.qcow2", "interfaces": [],
+          "flavor": {"cores": 1, "ram_gb": 0.5, "disk_gb": 1, "image": "/tmp/x.img"}}
+    niced = vm_launcher.launch_vm_command(vm, "/h", vm_launcher.LaunchSettings(nice=10), "Abc23456").script
+    plain = vm_launcher.launch_vm_command(vm, "/h", vm_launcher.LaunchSettings(), "Abc23456").script
+    assert "autogroup" not in plain
+    lines = niced.splitlines()
+    group = next(i for i, ln in enumerate(lines) if "/autogroup" in ln)
+    assert any("nice -n 10 qemu-system-x86_64 " in ln for ln in lines[:group])
+    assert group > next(i for i, ln in enumerate(lines) if "set_password" in ln)
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no autogroups")
+    guest = subprocess.Popen(["setsid", "sleep", "30"])   # a session of its own, as QEMU's -daemonize makes
+    try:
+        while os.getsid(guest.pid) != guest.pid:   # setsid has not yet made its session
+            os.sched_yield()
+        subprocess.run(["sh", "-ec", f"pid={guest.pid}\n" + "\n".join(vm_launcher.autogroup_nice(10))], check=True)
+        with open(f"/proc/{guest.pid}/autogroup") as f:
+            assert f.read().split()[-2:] == ["nice", "10"]
+    finally:
+        guest.kill()
+        guest.wait()

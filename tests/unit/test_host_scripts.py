@@ -51,6 +51,8 @@ def all_commands() -> list:
                                       password="Abc23456"),
         vm_launcher.launch_vm_command(vm, "/home/ubuntu", vm_launcher.LaunchSettings(network_node="n"),
                                       password="Abc23456", impairments_by_index={1: IMPAIRED, 2: {"loss_pct": 1}}),
+        vm_launcher.launch_vm_command(vm, "/home/ubuntu", vm_launcher.LaunchSettings(network_node="n", nice=10),
+                                      password="Abc23456"),
         vm_launcher.stop_vm_command(vm, "br-int"),
         impairments.impair_command(vm, 1, IMPAIRED),
         impairments.impair_command(vm, 1, None),
