@@ -152,7 +152,10 @@ On the network node, per link VLAN V (and the internet VLAN)
                 ``ns-cr-gateways`` (checksums ``policy-gateways-<tool>.sum``)
     NAT         ``POSTROUTING -s <internet cidr> -o <uplink> -j MASQUERADE`` with
                 the comment ``cloud-repositorio``
-    locks       ``/run/cloud-repositorio/{iptables,trunk,vlan400}.lock`` (flock)
+    locks       ``/run/cloud-repositorio/{iptables,trunk,vlan400}.lock`` (flock), each
+                with ``{iptables,trunk,vlan400}.ensured``: ``<generation> <verified
+                generation> <digest>`` of the last check made under that lock (scripts
+                that waited for the lock while it was made skip theirs; removals delete it)
 
 Everything above is what the orphan scan recognises; things that merely look
 alike (a user's ``thesis_img.qcow2`` without a marker, a ``gw_vlan3999`` port
@@ -196,6 +199,16 @@ def valid_name(name: str) -> bool:
 def documented_pool_start(slice_id: int) -> int:
     """The original formula: ``100 + (slice_id % 100) * 20``."""
     return POOL_BASE + (slice_id % 100) * POOL_SIZE
+
+
+def lock_file(lock: str) -> str:
+    """The network node's lock file ``lock`` (``trunk.lock``, ``iptables.lock``, ``vlan400.lock``)."""
+    return f"{STATE_DIR}/{lock}"
+
+
+def ensured_file(lock: str) -> str:
+    """The record of the last check-and-make done under ``lock``: ``trunk.lock`` -> ``trunk.ensured``."""
+    return f"{STATE_DIR}/{lock.removesuffix('.lock')}.ensured"
 
 
 def _block_usable(start: int, reserved: set) -> bool:

@@ -54,6 +54,7 @@ parser and removal.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Optional
@@ -112,7 +113,7 @@ def trunk_up(bridge: str) -> str:
     mark = f"external_ids:{naming.MARK}={naming.TRUNK_MARK}"
     present = (f"{_exists(TRUNK)} && {join([*OVS, 'port-to-br', TRUNK_PORT])} >/dev/null 2>&1 && "
                f"{join([*OVS, 'port-to-br', PATCH_INT])} >/dev/null 2>&1")
-    return _locked("trunk.lock", [
+    return _locked_once("trunk.lock", [
         f"if ! {{ {present}; }}; then",
         f"{_exists(TRUNK)} || ip link add {q(TRUNK)} type veth peer name {q(TRUNK_PORT)}",
         _ipv6_off(TRUNK), _ipv6_off(TRUNK_PORT),
@@ -159,7 +160,7 @@ def remove_trunk(bridge: str) -> list:
     sums = " ".join(q(f"{naming.STATE_DIR}/policy-{vm_firewall.GATEWAYS_POLICY}{t}.sum")
                     for t in ("iptables", "ip6tables"))
     return [f"[ \"${{ovs_ok:-1}}\" = 0 ] || {join(argv)} || true", f"ip link del {q(TRUNK)} 2>/dev/null || true",
-            f"ip netns del {q(GWNS)} 2>/dev/null || true; rm -f {sums}"]
+            f"ip netns del {q(GWNS)} 2>/dev/null || true; rm -f {sums}", _ensured_forget("trunk.lock")]
 
 
 def any_vlan_marker(state_dir: str = naming.STATE_DIR) -> str:
@@ -347,7 +348,43 @@ def _locked(lock: str, lines: list) -> str:
 
     Serialises scripts that share state on the node (iptables chains, the internet VLAN).
     """
-    return "\n".join(["(", "flock 9", *lines, f") 9>{q(naming.STATE_DIR + '/' + lock)}"])
+    return "\n".join(["(", "flock 9", *lines, f") 9>{q(naming.lock_file(lock))}"])
+
+
+def _locked_once(lock: str, lines: list, always: tuple = ()) -> str:
+    """Shell: like ``_locked``, but ``lines`` (an idempotent check-and-make of shared node state)
+    are skipped when another script made the same check under ``lock`` while this one waited for it.
+
+    When a class deploys at once, dozens of set-ups queue for the node's locks, and each one
+    would check again what the one before it has just checked (the isolation chains: four
+    ``-save``s).  The record ``naming.ensured_file(lock)`` holds ``<generation> <verified
+    generation> <digest of lines>``: a script reads the generation before it waits; once it
+    holds the lock it skips ``lines`` only if a check of the same lines ended after that read
+    and nothing was removed since (every removal under the lock deletes the record,
+    ``_ensured_forget``).  Without contention nothing is skipped.  ``always`` run first, every time.
+    """
+    rec = q(naming.ensured_file(lock))
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    numeric = ('case "$cr_g0" in ""|*[!0-9]*) cr_g0=0;; esac; '
+               'case "$cr_g" in ""|*[!0-9]*) cr_g=0; cr_ok=x;; esac')
+    return "\n".join([
+        "(",
+        f"{{ read -r cr_g0 cr_ok cr_d < {rec}; }} 2>/dev/null || cr_g0=0",
+        "flock 9",
+        *always,
+        f"{{ read -r cr_g cr_ok cr_d < {rec}; }} 2>/dev/null || {{ cr_g=0; cr_ok=x; cr_d=; }}",
+        numeric,
+        f'if [ "$cr_ok" = "$cr_g" ] && [ "$cr_g" -gt "$cr_g0" ] && [ "$cr_d" = {digest} ]; then :; else',
+        *lines,
+        f'printf "%s %s %s\\n" $((cr_g + 1)) $((cr_g + 1)) {digest} > {rec}.tmp && mv {rec}.tmp {rec}',
+        "fi",
+        f") 9>{q(naming.lock_file(lock))}",
+    ])
+
+
+def _ensured_forget(lock: str) -> str:
+    """Shell: the next script under ``lock`` checks again (run by removals of what it makes)."""
+    return f"rm -f {q(naming.ensured_file(lock))}"
 
 
 def _vlan_marker_up(vlan: int) -> str:
@@ -361,7 +398,7 @@ def isolation_rules(internet_vlan: int, uplink: str, management=()) -> str:
     manager's addresses).  From any gateway port only ping to that port's own address and replies
     reach the node; over IPv6 nothing does.  See ``vm_firewall.node_policy``.
     """
-    return _locked("iptables.lock", [vm_firewall.node_policy(internet_vlan, uplink, management),
+    return _locked_once("iptables.lock", [vm_firewall.node_policy(internet_vlan, uplink, management),
                                      vm_firewall.gateway_namespace_policy(internet_vlan, uplink, management)])
 
 
@@ -386,7 +423,7 @@ def remove_isolation_rules() -> str:
                 lines.append(f"{guard}{{ while {run} -w -D {parent} -j {chain} 2>/dev/null; do :; done; "
                              f"{run} -w -F {chain} 2>/dev/null; {run} -w -X {chain} 2>/dev/null; }}; true")
             lines.append(f"rm -f {q(naming.STATE_DIR + '/policy-' + sums_name + tool + '.sum')}")
-    return "\n".join(lines)
+    return "\n".join([*lines, _ensured_forget("iptables.lock")])
 
 
 def nat_rule_args(internet: dict) -> list:
@@ -438,7 +475,7 @@ def vlan_teardown(bridge: str, vlan: int) -> list:
             _vlan_flows_down(vlan),
             f"ip link del {q(naming.gateway_port(vlan))} 2>/dev/null || true",
             f"[ ! -e {q(GWNS_PATH)} ] || {IN_GWNS} ip link del {q(naming.gateway_port(vlan))} 2>/dev/null || true",
-            f"rm -f {q(naming.vlan_marker_file(vlan))}"]
+            f"rm -f {q(naming.vlan_marker_file(vlan))}", _ensured_forget(f"vlan{vlan}.lock")]
 
 
 def node_teardown_if_unused(bridge: str) -> list:
@@ -464,8 +501,10 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
                         management=()) -> HostCommand:
     """Root script: the shared internet VLAN (gateway, static-only DHCP, NAT), kept if running.
 
-    ``reservations``: (vm_id, mac, ip) of the VMs of the slice being deployed.
-    Runs under the node's ``vlan<V>.lock``, as does ``internet_release_command``.
+    ``reservations``: (vm_id, mac, ip) of the VMs of the slice being deployed, written every
+    time; the rest (a check of the running set-up) is skipped when another deploy's made it while
+    this one waited (``_locked_once``).  Runs under the node's ``vlan<V>.lock``, as does
+    ``internet_release_command``.
     """
     vlan = int(internet["vlan"])
     net = ipaddress.IPv4Network(internet["cidr"])
@@ -476,20 +515,19 @@ def internet_up_command(node: str, internet: dict, bridge: str, reservations: li
              + _dhcp_namespace_up(vlan, server_ip, net.prefixlen, dhcp_range, internet["gateway"]))
     script = "\n".join([
         "set -e", ovs_preflight(node), f"mkdir -p {q(naming.STATE_DIR)}",
-        _locked(f"vlan{vlan}.lock", [
+        _locked_once(f"vlan{vlan}.lock", [
             _vlan_marker_up(vlan),
             "sysctl -q -w net.ipv4.ip_forward=1",
             trunk_up(bridge),
             isolation_rules(vlan, uplink, management),
             nat_rule_up(internet),
             *_gateway(bridge, vlan, internet["gateway"], net.prefixlen, server_ip, link=False),
-            *reservation_lines(vlan, reservations),
             f"if ! {_dhcp_alive(vlan)}; then",
             *setup,
             "else",
             vm_firewall.node_internet_macs(vm_firewall.internet_edge(internet)),
             "fi",
-        ]),
+        ], always=tuple(reservation_lines(vlan, reservations))),
     ])
     return HostCommand(node, script, sudo=True, timeout=60, step=f"internet VLAN {vlan} (gateway, DHCP, NAT)",
                        action="internet_up", target=vlan)
