@@ -25,7 +25,8 @@ packets, draining both streams so a command printing megabytes on both never
 blocks.  At most ``MAX_SESSIONS_PER_HOST`` commands run at once on one
 connection (OpenSSH refuses more sessions than its ``MaxSessions``, 10 by
 default); the others wait for a free session, and a session the host still
-refuses is asked for again for up to the connect timeout.
+refuses is asked for again for up to the connect timeout.  A quick probe
+(``HostCommand.quick``) has ``QUICK_SESSIONS_PER_HOST`` sessions of its own.
 """
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ log = logging.getLogger("cloudrepo.remote")
 
 # Sessions at once on one connection.  sshd refuses more than MaxSessions (10 by default), and
 # counts a session until it has reaped its command, a little after the channel closed: headroom.
+# Quick probes (``HostCommand.quick``) have one more session of their own, so that they never
+# wait behind long scripts: 9 at most.
 MAX_SESSIONS_PER_HOST = 8
+QUICK_SESSIONS_PER_HOST = 1
 _READ_CHUNK = 256 * 1024
 # Longest sleep between two looks at a channel: a safety net, the channel's pipe wakes us.
 _POLL_SLICE_S = 1.0
@@ -325,6 +329,8 @@ class RemoteExecutor:
 
     def _transport(self, cmd: HostCommand, text: str, timeout: float) -> tuple:
         """Send ``text`` (the rendered ``cmd``) to its host: (exit status, stdout, stderr)."""
+        if cmd.quick:
+            return self._exec(cmd.host, text, timeout, stdin=cmd.stdin.encode(), lane="quick")
         if cmd.stdin:
             return self._exec(cmd.host, text, timeout, stdin=cmd.stdin.encode())
         if cmd.host in self.batch_hosts:
@@ -375,10 +381,12 @@ class RemoteExecutor:
         with self._lock:
             return self._host_locks.setdefault(host, threading.Lock())
 
-    def _session_slot(self, host: str) -> threading.BoundedSemaphore:
-        """One of the ``MAX_SESSIONS_PER_HOST`` sessions a host's connection may have open at once."""
+    def _session_slot(self, host: str, lane: str = "") -> threading.BoundedSemaphore:
+        """One of the ``MAX_SESSIONS_PER_HOST`` sessions a host's connection may have open at once
+        (``lane="quick"``: one of the ``QUICK_SESSIONS_PER_HOST`` that quick probes have besides)."""
+        size = QUICK_SESSIONS_PER_HOST if lane else MAX_SESSIONS_PER_HOST
         with self._lock:
-            return self._session_slots.setdefault(host, threading.BoundedSemaphore(MAX_SESSIONS_PER_HOST))
+            return self._session_slots.setdefault((host, lane), threading.BoundedSemaphore(size))
 
     def _client(self, host: str):
         import paramiko  # imported here so that unit tests and dry runs need no SSH stack
@@ -515,12 +523,13 @@ class RemoteExecutor:
             time.sleep(delay)
             delay = min(2 * delay, 1.0)
 
-    def _exec(self, host: str, text: str, timeout: float, stdin: bytes = b"") -> tuple:
+    def _exec(self, host: str, text: str, timeout: float, stdin: bytes = b"", lane: str = "") -> tuple:
         """Run ``text`` on ``host``: (exit status, stdout, stderr); TimeoutError, ExecutorError.
 
         ``stdin``: bytes for the command's standard input (a script reads them as a line).
+        ``lane``: whose sessions it takes (``_session_slot``).
         """
-        with self._session_slot(host):
+        with self._session_slot(host, lane):
             status, out, err = self._exec_raw(host, text, timeout, stdin)
         return status, out.decode(errors="replace"), err.decode(errors="replace")
 

@@ -88,6 +88,8 @@ class HostCommand:
     ``target`` name it for programs (e.g. ``"start_vm"``, ``1001``).
     ``stdin`` is sent to the script's standard input and appears in no log
     and no command line (the script reads it with ``IFS= read -r``).
+    ``quick``: a probe that takes milliseconds (the connect check): never
+    batched with the host's long scripts, it runs in a session of its own.
     """
 
     host: str
@@ -98,6 +100,7 @@ class HostCommand:
     action: str = ""
     target: object = None
     stdin: str = field(default="", repr=False)  # a line the script reads first (secrets): never logged
+    quick: bool = False
 
     def __repr__(self) -> str:
         return f"HostCommand(host={self.host!r}, step={self.step!r}, action={self.action!r}, target={self.target!r})"

@@ -6,6 +6,8 @@ share one executor (one SSH connection per host) and one runner.
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,8 +23,58 @@ from usecases.vm_access import Credentials
 
 
 def connect_command(host: str) -> HostCommand:
-    """Reach a host and learn its facts (the SSH user's home directory)."""
-    return HostCommand(host, 'printf %s "$HOME"', sudo=False, step="connect", action="connect", target=host)
+    """Reach a host and learn its facts (the SSH user's home directory); a quick probe, never
+    batched with the host's long scripts (``HostCommand.quick``)."""
+    return HostCommand(host, 'printf %s "$HOME"', sudo=False, step="connect", action="connect", target=host,
+                       quick=True)
+
+
+@dataclass
+class _Probe:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Optional[CommandResult] = None
+
+
+class HostProbes:
+    """The connect probes under way, one per host at most.
+
+    A use case that must reach a host while another one's probe of it is under way waits for
+    that probe's answer instead of sending its own: a class deploying at once asks every host
+    the same question at the same moment.  Only a probe under way is shared; one that has
+    answered is not reused (a host may go down between two deploys).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._under_way: dict = {}
+
+    def claim(self, host: str) -> tuple:
+        """(the probe of ``host`` under way, whether the caller must send it)."""
+        with self._lock:
+            probe = self._under_way.get(host)
+            if probe is not None:
+                return probe, False
+            probe = self._under_way[host] = _Probe()
+            return probe, True
+
+    def finish(self, host: str, probe: _Probe, result: Optional[CommandResult]) -> None:
+        """``probe`` answered ``result`` (None: it was not sent); whoever waits for it gets it."""
+        with self._lock:
+            if self._under_way.get(host) is probe:
+                del self._under_way[host]
+        probe.result = result
+        probe.done.set()
+
+    @staticmethod
+    def wait(probe: _Probe, cancel: Optional[Cancel]) -> Optional[CommandResult]:
+        """The probe's answer, a copy (None: it was not sent, or Ctrl-C came first)."""
+        start = time.monotonic()
+        while not probe.done.wait(0.05):
+            if cancel is not None and cancel.interrupted:
+                return None
+        if probe.result is None:
+            return None
+        return dataclasses.replace(probe.result, duration=time.monotonic() - start)
 
 
 @dataclass
@@ -36,6 +88,7 @@ class Services:
     capacity: Optional[Capacity] = None
     recovery: Optional[object] = None  # usecases.recovery.Recovery, set by OrchestratorAPI
     recovery_failures: dict = field(default_factory=dict)  # slice key -> when its last recovery failed
+    probes: HostProbes = field(default_factory=HostProbes)
 
     def __post_init__(self) -> None:
         if self.credentials is None:
@@ -73,16 +126,12 @@ class Services:
                      cancel: Optional[Cancel] = None) -> dict:
         """host -> its connect result (None: not tried, after Ctrl-C); facts of the reachable ones kept."""
         t0 = time.monotonic() if t0 is None else t0
-        report = self.runner.run([connect_command(h) for h in hosts], phase="connect", t0=t0, cancel=cancel,
-                                 stop_on_failure=False)
         dry = getattr(self.executor, "dry_run", False)
         out = {}
-        for host, res in zip(hosts, report.results):
+        for host, res in self._probe(hosts, t0, cancel).items():
             out[host] = res
             if res is None:
                 continue
-            if res.ok and not dry and not res.stdout.startswith("/"):
-                res.error = f"unexpected home directory {res.stdout!r} on {host}"
             if res.ok:
                 self.homes[host] = res.stdout if not dry else "~"
             if progress:
@@ -90,3 +139,34 @@ class Services:
                           "duration": res.duration, "elapsed": time.monotonic() - t0,
                           "message": res.message(), "action": "connect", "target": host})
         return out
+
+    def _probe(self, hosts: list, t0: float, cancel: Optional[Cancel]) -> dict:
+        """host -> its connect result (None: not tried): this call's probes in parallel, and the
+        answers of the probes other calls had under way (``HostProbes``)."""
+        claims = {h: self.probes.claim(h) for h in hosts}
+        mine = [h for h in hosts if claims[h][1]]
+        results: dict = {}
+        try:
+            results.update(self._send_probes(mine, t0, cancel))
+        finally:
+            for h in mine:
+                self.probes.finish(h, claims[h][0], results.get(h))
+        for h in hosts:
+            if h not in results:
+                results[h] = self.probes.wait(claims[h][0], cancel)
+        unanswered = [h for h in hosts if results[h] is None and not (cancel is not None and cancel.interrupted)]
+        if unanswered:  # the other call's probe was not sent (its Ctrl-C): this call sends its own
+            results.update(self._send_probes(unanswered, t0, cancel))
+        return {h: results[h] for h in hosts}
+
+    def _send_probes(self, hosts: list, t0: float, cancel: Optional[Cancel]) -> dict:
+        """host -> its connect result, sent now in parallel (a home that is no path is a failure)."""
+        if not hosts:
+            return {}
+        report = self.runner.run([connect_command(h) for h in hosts], phase="connect", t0=t0, cancel=cancel,
+                                 stop_on_failure=False)
+        dry = getattr(self.executor, "dry_run", False)
+        for host, res in zip(hosts, report.results):
+            if res is not None and res.ok and not dry and not res.stdout.startswith("/"):
+                res.error = f"unexpected home directory {res.stdout!r} on {host}"
+        return dict(zip(hosts, report.results))
