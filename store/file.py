@@ -1,8 +1,8 @@
 """The locked file under ``database.yaml``: the lock, what a read saw, atomic saves, derived files.
 
-* ``LockedFile.locked()``: an exclusive ``flock`` on ``<path>.lock`` (several
-  menus, scripts and the service share one file), re-entrant in a thread;
-  how long the outermost hold lasted is kept for bench/store.py.
+* ``LockedFile.acquire()`` / ``release()``: an exclusive ``flock`` on
+  ``<path>.lock`` (several menus, scripts and the service share one file);
+  how long the last hold lasted is kept for bench/store.py.
 * ``LockedFile.read()``: a ``Snapshot``: the bytes, their SHA-256 and the
   file's identity (device, inode, size, mtime).  A transaction keeps the one
   it started from, and ``changed_since(snapshot)`` compares the file with it
@@ -29,9 +29,8 @@ import fcntl
 import hashlib
 import os
 import tempfile
-import threading
 import time
-from typing import Iterator, Optional
+from typing import Optional
 
 NEW_FILE_MODE = 0o644
 _RENAME_EXCHANGE = 2
@@ -130,8 +129,6 @@ class LockedFile:
         self.folder = os.path.dirname(path)
         self.last_lock_held_s = 0.0   # how long the last outermost hold lasted (wall clock)
         self.last_lock_cpu_s = 0.0    # and the CPU time this process used meanwhile (bench/store.py)
-        self._thread_lock = threading.RLock()
-        self._local = threading.local()
 
     # --- reading -----------------------------------------------------------------------
 
@@ -157,36 +154,29 @@ class LockedFile:
 
     # --- the lock ----------------------------------------------------------------------
 
-    @property
-    def held(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
+    def acquire(self) -> tuple:
+        """Take the exclusive ``flock`` (other processes wait); a hold that any thread may ``release``.
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """The exclusive lock (re-entrant within a thread; other threads and processes wait)."""
-        with self._thread_lock:
-            depth = getattr(self._local, "depth", 0)
-            if depth:
-                self._local.depth = depth + 1
-                try:
-                    yield
-                finally:
-                    self._local.depth -= 1
-                return
-            fd = self._open_lock_file()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                locked_at, cpu_at = time.perf_counter(), time.process_time()
-                self._local.depth = 1
-                try:
-                    yield
-                finally:
-                    self._local.depth = 0
-                    self.last_lock_held_s = time.perf_counter() - locked_at
-                    self.last_lock_cpu_s = time.process_time() - cpu_at
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+        Not re-entrant and not tied to a thread: the store's group commit takes it in the thread
+        that opens a group and gives it back in the one that saves it (database.py).
+        """
+        fd = self._open_lock_file()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, time.perf_counter(), time.process_time()
+
+    def release(self, hold: tuple) -> None:
+        """Give back a hold from ``acquire``; keeps how long it lasted (bench/store.py)."""
+        fd, locked_at, cpu_at = hold
+        self.last_lock_held_s = time.perf_counter() - locked_at
+        self.last_lock_cpu_s = time.process_time() - cpu_at
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _open_lock_file(self) -> int:
         """The lock file, made with the database's read bits and group (flock needs no write access)."""

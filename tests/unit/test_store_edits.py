@@ -314,10 +314,10 @@ def test_a_use_case_refused_by_a_conflicting_edit_changes_nothing(tmp_path):
     sid = ok(api.create_slice("admin", "s"))["slice_id"]
     real = db._write_file
 
-    def edit_first(data, expected=None):        # the instructor saves a quota just before the product's save
+    def edit_first(data, expected=None, saved=None):   # the instructor saves a quota just before the product's
         if expected is not None and "quota_vms: 10" in Path(db.path).read_text():
             _edit(db.path, "used_vms: 0\n    slices:\n    - 1000", "used_vms: 5\n    slices:\n    - 1000")
-        return real(data, expected)
+        return real(data, expected, saved)
 
     db._write_file = edit_first
     with pytest.raises(DatabaseError, match="both changed users.admin.used_vms"):
