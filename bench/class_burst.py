@@ -25,6 +25,7 @@ import argparse
 import glob
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from labbench import LAB, LAB_CONFIG, PhaseEnds, lab_api, lab_exec, lab_up
 CPU_RATIO = 16.0
 QEMU_NICE = None  # --qemu-nice: the guests' nice level for this run (None: the lab's own, 10)
 LEASE_WAIT_S = 300
+TRACE_DIR = None  # --trace: where each burst's service log is kept (service-N.log)
 
 
 def make_api(db_path: str):
@@ -156,6 +158,8 @@ def burst(n: int, mode: str, lease_wait: float = LEASE_WAIT_S) -> dict:
         if service is not None:
             service.terminate()
             service.wait(120)
+            if TRACE_DIR:
+                shutil.copy(os.path.join(tmp, "service.log"), os.path.join(TRACE_DIR, f"service-{n}.log"))
         names = {m: name for _u, _s, ms, _v in plan for m, name in ms.items()}
         macs = set(names)
         vlans = {v for _u, _s, _m, vs in plan for v in vs}
@@ -195,9 +199,13 @@ def main() -> int:
     ap.add_argument("--qemu-nice", type=int, default=None,
                     help="the guests' nice level for this run (the lab's: 10); the lab's workers and network "
                          "node share the machine's cores with every guest")
+    ap.add_argument("--trace", metavar="DIR", default=None,
+                    help="keep each burst's service log (every command's host, step, end and duration) in DIR")
     args = ap.parse_args()
-    global QEMU_NICE
-    QEMU_NICE = args.qemu_nice
+    global QEMU_NICE, TRACE_DIR
+    QEMU_NICE, TRACE_DIR = args.qemu_nice, args.trace
+    if TRACE_DIR:
+        os.makedirs(TRACE_DIR, exist_ok=True)
     lab_up()
     rows = []
     for mode in args.modes.split(","):
