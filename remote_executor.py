@@ -53,10 +53,11 @@ __all__ = ["CommandResult", "ExecutorError", "HostCommand", "RemoteExecutor", "U
 log = logging.getLogger("cloudrepo.remote")
 
 # Sessions at once on one connection.  sshd refuses more than MaxSessions (10 by default), and
-# counts a session until it has reaped its command, a little after the channel closed: headroom.
-# Quick probes (``HostCommand.quick``) have one more session of their own, so that they never
-# wait behind long scripts: 9 at most.
-MAX_SESSIONS_PER_HOST = 8
+# counts a session until it has reaped its command, a little after the channel closed: headroom
+# (with 8 + 1 at once, a class burst's worker logged "no more sessions").  Quick probes
+# (``HostCommand.quick``) have one more session of their own, so that they never wait behind long
+# scripts: 8 at most.
+MAX_SESSIONS_PER_HOST = 7
 QUICK_SESSIONS_PER_HOST = 1
 _READ_CHUNK = 256 * 1024
 # Longest sleep between two looks at a channel: a safety net, the channel's pipe wakes us.

@@ -13,7 +13,10 @@ cirros VMs on a link, the first with internet).  Two ways, in one run:
 All processes wait at a barrier, then call ``deploy_slice`` together.  For each N it reports: whether every deploy
 succeeded, the slowest and the median time until ``deploy_slice`` returned,
 whether the database lost anything (every slice running with a pid per VM),
-and when every NIC of every slice held its DHCP lease.  Then it deletes every
+when every NIC of every slice held its DHCP lease, and how busy the machine's
+cores were from the barrier until the last deploy returned (the lab's hosts
+and every guest share them: near 100 % means the burst is bound by this
+machine's CPU, not by waiting).  Then it deletes every
 slice and checks with the product's own scan that nothing is left.
 
 Usage (as root; brings the lab up if needed):
@@ -111,6 +114,14 @@ def sshd_refusals(since: dict) -> int:
     return count
 
 
+def cpu_ticks() -> tuple:
+    """(busy, all) clock ticks of the whole machine so far (/proc/stat's first line)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]                   # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def leased(vlans: set) -> set:
     text = lab_exec("netnode", "; ".join(f"cat /run/cloud-repositorio/dnsmasq-vlan{v}.leases 2>/dev/null"
                                          for v in sorted(vlans)) + "; true")
@@ -150,8 +161,10 @@ def burst(n: int, mode: str, lease_wait: float = LEASE_WAIT_S) -> dict:
             p.start()
         logs = sshd_log_sizes()
         barrier.wait()
-        t0 = time.monotonic()
+        t0, ticks0 = time.monotonic(), cpu_ticks()
         results = [out.get(timeout=600) for _ in procs]
+        ticks1 = cpu_ticks()
+        busy = (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
         refusals = sshd_refusals(logs)
         for p in procs:
             p.join()
@@ -187,7 +200,8 @@ def burst(n: int, mode: str, lease_wait: float = LEASE_WAIT_S) -> dict:
             "median": statistics.median(times),
             "lost": lost, "leases_s": leases_s, "leased": f"{len(got)}/{len(macs)}",
             "unleased": sorted(names[m] for m in macs - got),
-            "phases": slowest_phases, "sshd_refusals": refusals, "left": len(found) if ok_scan else found}
+            "phases": slowest_phases, "sshd_refusals": refusals, "cpu_busy": busy,
+            "left": len(found) if ok_scan else found}
 
 
 def main() -> int:
@@ -222,10 +236,12 @@ def main() -> int:
         print(f"{r['mode']:>9} {r['n']:>8} {str(r['ok']):>7} {r['slowest']:>9.2f} {r['median']:>9.2f} "
               f"{r['slowest'] / base:>6.2f} "
               f"{len(r['lost']):>5} {leases:>12} {r['leased']:>7} {r['left']!s:>5} "
-              f"{r['sshd_refusals']:>12}  "
+              f"{r['sshd_refusals']:>12} {r['cpu_busy']:>8.0%}  "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
         if r["unleased"]:
-            print(f"         no lease: {', '.join(r['unleased'])}")
+            shown = r["unleased"][:6]
+            more = f" and {len(r['unleased']) - len(shown)} more" if len(r["unleased"]) > len(shown) else ""
+            print(f"         no lease within the wait: {', '.join(shown)}{more}")
         for user, msg in r["failed"]:
             print(f"         {user}: {msg}")
     return 0 if all(r["ok"] and not r["lost"] for r in rows) else 1
