@@ -61,7 +61,7 @@ from typing import Optional
 
 import naming
 from hosts import vm_firewall
-from hosts.hostcmd import HostCommand, join, q, stop_by_pidfile
+from hosts.hostcmd import HostCommand, join, link_exists, q, stop_by_pidfile
 from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from vm_launcher import OVS_DOWN_EXIT, del_ports, ovs_alive, ovs_preflight
 
@@ -81,13 +81,13 @@ def _stop_dnsmasq(vlan: int) -> str:
 def _dnsmasq_running(vlan: int) -> str:
     """Shell test: VLAN ``vlan``'s dnsmasq is alive (sets ``$pid``)."""
     pidfile = naming.dnsmasq_files(vlan)["pid"]
-    return (f"{{ pid=$(cat {q(pidfile)} 2>/dev/null) && [ -n \"$pid\" ] && "
+    return (f"{{ pid=; {{ read -r pid < {q(pidfile)}; }} 2>/dev/null; [ -n \"$pid\" ] && "
             f"tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {q('--pid-file=' + pidfile)}; }}")
 
 
 def _exists(dev: str) -> str:
-    """Shell test: network device ``dev`` exists (netlink, not /sys)."""
-    return f"ip link show dev {q(dev)} >/dev/null 2>&1"
+    """Shell test: network device ``dev`` exists (``link_exists``: no process)."""
+    return link_exists(dev)
 
 
 def _ipv6_off(dev: str) -> str:
@@ -272,7 +272,7 @@ def _namespace_gateway(vlan: int, gateway_ip: str, prefixlen: int) -> list:
              f"addr replace {gateway_ip}/{prefixlen} dev {gw}", f"link set {gw} up"]
     return [
         f"if {_exists(gw)}; then ip link del {q(gw)}; fi",
-        f"{IN_GWNS} {_exists(gw)} || "
+        f"{IN_GWNS} ip link show dev {q(gw)} >/dev/null 2>&1 || "
         + join(["ip", "link", "add", "link", TRUNK, "name", gw, "netns", GWNS, "address", mac,
                 "type", "macvlan", "mode", "private"]),
         f"{IN_GWNS} sh -c {q(vm_firewall.gateway_ipv6_off(gw))}",
@@ -305,7 +305,7 @@ INOTIFY_INSTANCES = 2 * 4096
 def inotify_room() -> str:
     """Shell: raise the node's inotify instances per user to ``INOTIFY_INSTANCES`` (never lower)."""
     sysctl = "/proc/sys/fs/inotify/max_user_instances"
-    return (f"[ \"$(cat {sysctl} 2>/dev/null || echo 0)\" -ge {INOTIFY_INSTANCES} ] || "
+    return (f"{{ n=0; {{ read -r n < {sysctl}; }} 2>/dev/null; [ \"${{n:-0}}\" -ge {INOTIFY_INSTANCES} ]; }} || "
             f"sysctl -q -w fs.inotify.max_user_instances={INOTIFY_INSTANCES} || true")
 
 

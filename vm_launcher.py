@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 import naming
 from hosts import capture, impairments, seed, vm_firewall
-from hosts.hostcmd import HostCommand, home_path, join, q, stop_by_pidfile, wait_gone
+from hosts.hostcmd import HostCommand, home_path, join, link_exists, q, stop_by_pidfile, wait_gone
 from hosts.resources import Found, HostContext, Key, Kind, int_or_none, register
 from models import Flavor
 
@@ -43,6 +43,22 @@ def accel_args(accel: str) -> list:
     return args
 
 
+OVS_RUNDIR = "/run/openvswitch"  # where the daemons keep their pid files (Debian, Ubuntu, the lab)
+
+
+def ovs_daemons_up(daemons: tuple = ("ovsdb-server", "ovs-vswitchd")) -> str:
+    """Shell test, with shell builtins only: each daemon's pid file names a live process of that name.
+
+    Every script on a host begins with an Open vSwitch check; asking the daemons (``ovs-vsctl show``,
+    ``ovs-appctl version``) costs two processes and a round trip to each, for every script of a
+    class deploying at once.  When this cheaper test fails (a daemon gone, or pid files elsewhere),
+    the scripts ask the daemons themselves.
+    """
+    tests = [f"read -r p < {OVS_RUNDIR}/{d}.pid && read -r c < /proc/$p/comm && [ \"$c\" = {d[:15]} ]"
+             for d in daemons]
+    return "{ " + " && ".join(tests) + "; } 2>/dev/null"
+
+
 def ovs_preflight(host: str) -> str:
     """Shell: fail at once, saying so, when Open vSwitch (its database or its switch daemon) is down.
 
@@ -50,18 +66,24 @@ def ovs_preflight(host: str) -> str:
     timeout, and the user reads "exit status 124".
     """
     msg = f"Open vSwitch is not running on {host}"
-    return (f"{{ ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl -T 5 -t ovs-vswitchd version "
-            f">/dev/null 2>&1; }} || {{ echo {q(msg)} >&2; exit {OVS_DOWN_EXIT}; }}")
+    return (f"{{ {ovs_daemons_up()} || {{ ovs-vsctl --timeout=5 show >/dev/null 2>&1 && "
+            f"ovs-appctl -T 5 -t ovs-vswitchd version >/dev/null 2>&1; }}; }} || "
+            f"{{ echo {q(msg)} >&2; exit {OVS_DOWN_EXIT}; }}")
 
 
 def ovs_alive() -> str:
     """Shell: set ``ovs_ok`` to 1 when Open vSwitch answers (removals skip OVS calls otherwise)."""
-    return "if ovs-vsctl --timeout=5 show >/dev/null 2>&1; then ovs_ok=1; else ovs_ok=0; fi"
+    return (f"if {ovs_daemons_up(('ovsdb-server',))} || ovs-vsctl --timeout=5 show >/dev/null 2>&1; "
+            "then ovs_ok=1; else ovs_ok=0; fi")
 
 
 def qemu_argv(vm: dict, overlay_abs: str, accel: str) -> list:
     """The QEMU command line of a VM dict: its disk, its seed (read-only), a NIC per interface,
-    VNC that asks for a password, the serial console on a socket (logged), QMP on a socket."""
+    VNC that asks for a password, the serial console on a socket (logged), QMP on a socket.
+
+    ``-S``: the guest's CPU waits for QMP ``cont`` (``start_guest``), sent once the guest's
+    scheduling group is niced and VNC has its password: a booting guest never competes at full
+    weight with the scripts still deploying."""
     vm_id = int(vm["vm_id"])
     flavor = vm.get("flavor") or {}
     ram_mb = int(float(flavor.get("ram_gb", 0.5)) * 1024)
@@ -82,7 +104,7 @@ def qemu_argv(vm: dict, overlay_abs: str, accel: str) -> list:
              "-chardev", f"socket,id=ser0,path={sock},server=on,wait=off,logfile={serial},logappend=on",
              "-serial", "chardev:ser0",
              "-qmp", f"unix:{naming.vm_qmp_socket(vm_id)},server=on,wait=off",
-             "-daemonize", "-pidfile", naming.vm_pidfile(vm_id)]
+             "-S", "-daemonize", "-pidfile", naming.vm_pidfile(vm_id)]
     return argv
 
 
@@ -290,12 +312,14 @@ def take_vm_lock(vm_id: int, wait_s: int) -> str:
 
 
 def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log: bool = False,
-                rules: bool = True, graceful: bool = True, keep_lock: bool = False) -> list:
+                rules: bool = True, graceful: bool = True, keep_lock: bool = False, ports: bool = True) -> list:
     """Shell lines that remove everything of a VM on its worker except its disk (idempotent).
 
     ``keep_log``: keep the serial log (a VM stopped or restarted keeps what it printed).
     ``rules=False`` (a relaunch): leave the VM's OpenFlow rules to the launch, which replaces them
     in one atomic bundle.  ``graceful``: see ``kill_vm``.  ``keep_lock``: the launch holds it.
+    ``ports=False`` (a relaunch): the TAPs' OVS ports stay for the launch, which replaces them all in
+    one transaction (``plug_ports``).
     """
     vm_id = int(vm["vm_id"])
     count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
@@ -304,7 +328,9 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {vm_firewall.remove_vm_rules(bridge, vm_id)} || true")
     lines += [*capture.teardown_lines(vm_id, count), *impairments.teardown_lines(vm_id, count)]
-    lines += [del_ports(bridge, taps), *(f"ip link del {q(t)} 2>/dev/null || true" for t in taps)]
+    if ports:
+        lines.append(del_ports(bridge, taps))
+    lines += [f"if {link_exists(t)}; then ip link del {q(t)} 2>/dev/null || true; fi" for t in taps]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}")
     return [*lines, remove_vm_files(vm_id, keep_log, keep_lock)]
@@ -315,30 +341,37 @@ PASSWORD_CHECK = ("IFS= read -r pw || true\n"
 
 
 def make_seed(vm: dict, internet_vlan: int) -> list:
-    """Shell lines that write the VM's NoCloud seed disk (vfat ``cidata``, no mounts); needs ``$pw``."""
+    """Shell lines that write the VM's NoCloud seed disk (vfat ``cidata``, no mounts); needs ``$pw``.
+
+    The script has removed the old seed disk (``vm_teardown``) and set umask 077: ``mkfs.vfat``
+    makes it 0600.  The password goes in with ``printf`` (a shell builtin: no process)."""
     vm_id = int(vm["vm_id"])
     image = q(naming.vm_seed_image(vm_id))
     files = seed.seed_files(vm, Flavor.name_of(vm) or "", internet_vlan)
     lines = [f"d=$(mktemp -d {q(naming.STATE_DIR)}/seed.XXXXXX)"]
     for name, content in files.items():
-        fill = f" | sed \"s/{seed.PASSWORD_TOKEN}/$pw/g\"" if seed.PASSWORD_TOKEN in content else ""
-        lines.append(f"printf '%s' {q(content)}{fill} > \"$d\"/{name}")
-    lines += [f"rm -f {image}",
-              f"mkfs.vfat -C -n cidata {image} 2048 >/dev/null 2>&1 || {{ rm -rf \"$d\"; "
+        parts = content.split(seed.PASSWORD_TOKEN)
+        fmt = "%s" + "%s%s" * (len(parts) - 1)
+        args = [q(parts[0])] + [a for part in parts[1:] for a in ('"$pw"', q(part))]
+        lines.append(f"printf '{fmt}' {' '.join(args)} > \"$d\"/{name}")
+    lines += [f"mkfs.vfat -C -n cidata {image} 2048 >/dev/null 2>&1 || {{ rm -rf \"$d\"; "
               "echo 'cannot make the seed disk (mkfs.vfat)' >&2; exit 7; }",
               f"MTOOLS_SKIP_CHECK=1 mcopy -oi {image} " + " ".join(f"\"$d\"/{n}" for n in files) + " ::",
-              f"rm -rf \"$d\"; chmod 600 {image}"]
+              "rm -rf \"$d\""]
     return lines
 
 
-def set_vnc_password(vm_id: int) -> str:
-    """Shell: give QEMU's VNC server the VM's password (``$pw``) over QMP; until then it refuses everyone."""
+def start_guest(vm_id: int) -> str:
+    """Shell: over QMP, give QEMU's VNC server the VM's password (``$pw``; until then it refuses
+    everyone), then let the guest's CPU run (QEMU starts it stopped: ``-S``)."""
     qmp = q(f"UNIX-CONNECT:{naming.vm_qmp_socket(vm_id)}")
     req = ('{"execute":"qmp_capabilities"}\\n'
-           '{"execute":"set_password","arguments":{"protocol":"vnc","password":"%s"}}\\n')
-    return (f"resp=$(printf '{req}' \"$pw\" | socat -t 2 - {qmp} 2>&1) || true\n"
-            "case \"$resp\" in *'\"return\": {}'*'\"return\": {}'*) ;; "
-            "*) echo \"could not set the VNC password: $resp\" >&2; exit 6;; esac")
+           '{"execute":"set_password","arguments":{"protocol":"vnc","password":"%s"}}\\n'
+           '{"execute":"cont"}\\n')
+    ok = "*'\"return\": {}'*" * 3
+    return (f"resp=$(printf '{req}' \"$pw\" | socat -t 5 - {qmp} 2>&1) || true\n"
+            f"case \"$resp\" in {ok}) ;; "
+            "*) echo \"could not set the VNC password and start the guest: $resp\" >&2; exit 6;; esac")
 
 
 @dataclass(frozen=True)
@@ -362,19 +395,33 @@ class LaunchSettings:
         return vm_firewall.internet_edge(self.internet)
 
 
+def ip_lines(commands: list) -> list:
+    """Shell lines running ``ip`` commands (without the ``ip``): one ``ip -batch`` for several
+    (a here-document: no process but ``ip``), the plain command for one.  The commands are not
+    shell-quoted (a here-document is not parsed): only names of ``naming``'s own patterns go in."""
+    if len(commands) <= 1:
+        return [f"ip {c}" for c in commands]
+    return ["ip -batch - <<'CR_IP'", *commands, "CR_IP"]
+
+
 def make_taps(vm: dict) -> list:
     """Shell lines: every TAP of the VM made before QEMU (which attaches to them), still down."""
     vm_id = int(vm["vm_id"])
-    return [f"ip tuntap add dev {q(naming.tap_name(vm_id, i))} mode tap vnet_hdr"
-            for i in range(len(_vm_interfaces(vm)))]
+    return ip_lines([f"tuntap add dev {naming.tap_name(vm_id, i)} mode tap vnet_hdr"
+                     for i in range(len(_vm_interfaces(vm)))])
 
 
 def plug_ports(vm: dict, settings: LaunchSettings) -> list:
     """Shell lines: the VM's TAPs that have a VLAN on br-int (tag, our external id, internet ones
     ``protected``), then the VM's OpenFlow rules in one atomic bundle, with the worker's trunk filter
-    (under the worker's trunk lock) when the VM has an internet port; idempotent."""
+    (under the worker's trunk lock) when the VM has an internet port; idempotent.  Every earlier port
+    of the VM's TAPs goes in the same transaction."""
     vm_id, bridge, edge = int(vm["vm_id"]), settings.bridge, settings.edge
     ovs = ["ovs-vsctl", "--timeout=10"]
+    plugged = {port.tap for port in vm_firewall.ports_of(vm)}
+    for i in range(len(_vm_interfaces(vm))):           # a port left by an earlier VM on a TAP with no VLAN now
+        if naming.tap_name(vm_id, i) not in plugged:
+            ovs += ["--", "--if-exists", "del-port", bridge, naming.tap_name(vm_id, i)]
     for port in vm_firewall.ports_of(vm):
         ovs += ["--", "--if-exists", "del-port", bridge, port.tap,
                 "--", "add-port", bridge, port.tap, f"tag={port.vlan}",
@@ -389,7 +436,7 @@ def plug_ports(vm: dict, settings: LaunchSettings) -> list:
 
 def up_taps(vm: dict) -> list:
     vm_id = int(vm["vm_id"])
-    return [f"ip link set {q(naming.tap_name(vm_id, i))} up" for i in range(len(_vm_interfaces(vm)))]
+    return ip_lines([f"link set {naming.tap_name(vm_id, i)} up" for i in range(len(_vm_interfaces(vm)))])
 
 
 def impairment_lines(vm: dict, impairments_by_index: Optional[dict]) -> list:
@@ -424,7 +471,7 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
 
     The VM's password comes on stdin.  Prints the QEMU pid as its last line.  The guest runs at
     ``settings.nice`` (below the host's own daemons: sshd, OVS), its scheduling group too
-    (``autogroup_nice``).  It holds the VM's lock throughout
+    (``autogroup_nice``, before its CPU starts: ``start_guest``).  It holds the VM's lock throughout
     (``take_vm_lock``); what it makes is readable by root only (umask 077, the disk made 0600).
     """
     if not password:
@@ -438,12 +485,12 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         PASSWORD_CHECK,
         "set -e",
         ovs_preflight(worker),
-        f"mkdir -p {q(naming.STATE_DIR)} && chmod 700 {q(naming.STATE_DIR)}",
+        f"[ -d {q(naming.STATE_DIR)} ] || mkdir -p {q(naming.STATE_DIR)}; chmod 700 {q(naming.STATE_DIR)}",
         "umask 077",
         take_vm_lock(vm_id, 30),
         f"test -f {q(overlay)} || {{ echo {q('overlay ' + overlay + ' is missing')} >&2; exit 2; }}",
         f"chmod 600 {q(overlay)} && chmod 700 {q(posixpath.dirname(overlay))}",  # disks made before too
-        *vm_teardown(vm, settings.bridge, keep_log=True, rules=False, keep_lock=True),
+        *vm_teardown(vm, settings.bridge, keep_log=True, rules=False, keep_lock=True, ports=False),
         *make_seed(vm, int(settings.internet["vlan"])),
         *make_taps(vm),
         # while QEMU starts: the TAPs stay down until both end; a failing script still waits for it (trap)
@@ -453,10 +500,10 @@ def launch_vm_command(vm: dict, home: str, settings: LaunchSettings, password: s
         "wait \"$wiring\" || { echo 'could not put the VM on br-int with its rules' >&2; exit 8; }",
         *impairment_lines(vm, impairments_by_index),
         *up_taps(vm),
-        f"pid=$(cat {pidfile})",
-        'kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
-        set_vnc_password(vm_id),
-        *autogroup_nice(settings.nice),  # only now: a guest's group low in the CPU answers QMP late
+        f"pid=; {{ read -r pid < {pidfile}; }} 2>/dev/null || true",
+        '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || { echo "QEMU exited right after starting" >&2; exit 3; }',
+        *autogroup_nice(settings.nice),  # before the guest runs (-S): its CPU is low from its first instruction
+        start_guest(vm_id),
         'echo "$pid"',
     ])
     return HostCommand(worker, script, sudo=True, timeout=60, step=f"start VM {vm_id} ({vm['name']})",

@@ -56,11 +56,20 @@ def pid_guard(pidfile: str, marker: str, then: str, otherwise: str = ":") -> str
 
     Inside ``then`` the pid is ``$pid``.  This is the one check that a pid file
     still belongs to the process this system started (a recycled pid, or a
-    stale file, never gets a signal).
+    stale file, never gets a signal).  The pid file is read by the shell (``read``): no process
+    is started for a pid file that is not there.
     """
-    return (f"pid=$(cat {q(pidfile)} 2>/dev/null || true); "
+    return (f"pid=; {{ read -r pid < {q(pidfile)}; }} 2>/dev/null || true; "
             f"if [ -n \"$pid\" ] && tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {q(marker)}; "
             f"then {then}; else {otherwise}; fi")
+
+
+def link_exists(dev: str) -> str:
+    """Shell test, no process started: network device ``dev`` exists in the shell's network namespace.
+
+    Every device has an entry in ``/proc/sys/net/ipv4/conf`` (procfs answers for the reader's own
+    namespace; ``/sys`` would answer for the namespace it was mounted in)."""
+    return f"[ -e {q('/proc/sys/net/ipv4/conf/' + dev)} ]"
 
 
 def wait_gone(wait_s: float) -> str:

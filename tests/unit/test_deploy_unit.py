@@ -132,7 +132,8 @@ def test_tap_without_vlan_not_on_bridge(linked):
     assert "add-port br-int tap1001_0 tag=400" in s1
     assert "add-port br-int tap1001_1 tag=100" in s1
     assert "add-port br-int tap1001_2" not in s1
-    assert "ip link set tap1001_2 up" in s1  # the NIC exists, attached to nothing
+    assert "link set tap1001_2 up" in s1.splitlines()  # the NIC exists, attached to nothing (in the ip batch)
+    assert "--if-exists del-port br-int tap1001_2" in s1  # and no port of an earlier VM stays on it
     # vm2: eth0 without internet is not on the bridge
     assert "add-port br-int tap1002_0" not in s2
     assert "add-port br-int tap1002_1 tag=100" in s2
@@ -360,7 +361,7 @@ def test_a_link_vlan_is_a_macvlan_of_the_trunk_with_its_flows_and_changes_no_ovs
     s = next(x for x in _node_scripts(ex) if "gw_vlan100 " in x)
     lines = s.splitlines()
     gwns = "nsenter --net=/run/netns/ns-cr-gateways"
-    assert "if ip link show dev gw_vlan100 >/dev/null 2>&1; then ip link del gw_vlan100; fi" in lines  # layout before
+    assert "if [ -e /proc/sys/net/ipv4/conf/gw_vlan100 ]; then ip link del gw_vlan100; fi" in lines  # layout before
     assert (f"{gwns} ip link show dev gw_vlan100 >/dev/null 2>&1 || ip link add link cr-trunk name gw_vlan100 "
             "netns ns-cr-gateways address 02:00:c0:a8:64:01 type macvlan mode private") in lines
     batch = next(ln for ln in lines if ln.endswith(f"| {gwns} ip -batch -") and "gw_vlan100" in ln)
@@ -384,7 +385,7 @@ def test_a_link_vlan_is_a_macvlan_of_the_trunk_with_its_flows_and_changes_no_ovs
     assert "add-br cr-node -- set bridge cr-node fail_mode=secure" in changes[0]
     assert "add-port br-int cr-int-patch -- set interface cr-int-patch type=patch options:peer=cr-node-patch" \
         in changes[0]
-    assert changes[1].startswith("if { ip link show dev gw_vlan100 >/dev/null 2>&1 && ! ip -o -d link show "
+    assert changes[1].startswith("if { [ -e /proc/sys/net/ipv4/conf/gw_vlan100 ] && ! ip -o -d link show "
                                  "dev gw_vlan100")
     trunk = s.index("port-to-br cr-trunk-br")
     assert s.index("vlan100.owner") < trunk < s.index("ip link add link cr-trunk name gw_vlan100")
@@ -445,9 +446,10 @@ def test_ctrl_c_during_vm_start_rolls_back(tmp_path):
     assert ex.made("vm") == set() and ex.made("vlan") == set()  # nothing made is left
 
 
-def test_a_niced_guest_gets_its_scheduling_group_niced_after_its_vnc_password(tmp_path):
+def test_a_niced_guest_gets_its_scheduling_group_niced_before_its_cpu_runs(tmp_path):
     """``qemu_nice`` lowers the QEMU's autogroup too (QEMU's -daemonize starts a session, and the kernel
-    shares the CPU between sessions before nice counts), once QEMU has answered QMP; the line runs."""
+    shares the CPU between sessions before nice counts), while the guest waits stopped (``-S``) and
+    before QMP ``cont``; the line runs."""
     import os
     import subprocess
 
@@ -461,7 +463,10 @@ def test_a_niced_guest_gets_its_scheduling_group_niced_after_its_vnc_password(tm
     lines = niced.splitlines()
     group = next(i for i, ln in enumerate(lines) if "/autogroup" in ln)
     assert any("nice -n 10 qemu-system-x86_64 " in ln for ln in lines[:group])
-    assert group > next(i for i, ln in enumerate(lines) if "set_password" in ln)
+    qemu = next(i for i, ln in enumerate(lines) if "qemu-system-x86_64 " in ln)
+    assert " -S -daemonize " in lines[qemu]
+    start = next(i for i, ln in enumerate(lines) if "set_password" in ln)
+    assert qemu < group < start and '{"execute":"cont"}' in lines[start]
     if not os.path.exists("/proc/self/autogroup"):
         pytest.skip("this kernel has no autogroups")
     guest = subprocess.Popen(["setsid", "sleep", "30"])   # a session of its own, as QEMU's -daemonize makes

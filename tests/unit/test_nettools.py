@@ -118,7 +118,7 @@ def test_the_launch_applies_impairments_before_the_taps_come_up_and_is_unchanged
     impaired = vm_launcher.launch_vm_command(VM, "/home/ubuntu", settings, "Abc23456", {1: IMP}).script
     lines = impaired.splitlines()
     apply_at = next(i for i, ln in enumerate(lines) if ln.startswith("if ! err=$(tc qdisc replace dev tap1001_1"))
-    assert apply_at < lines.index("ip link set tap1001_1 up") and "tap1001_0 root netem" not in impaired
+    assert apply_at < lines.index("link set tap1001_1 up") and "tap1001_0 root netem" not in impaired
     assert impaired.count("cr_relay_program() {") == 1
     # the start holds the VM's lock on fd 8 (and the trunk's on 9): a relay it leaves running must not keep
     # them, or every later stop of the VM waits 20 s and fails ("being started or stopped by another command")

@@ -169,7 +169,10 @@ def test_the_launch_makes_everything_of_the_vm_root_only_and_holds_its_lock():
     qemu = next(i for i, line in enumerate(launch) if line.startswith("qemu-system-x86_64 "))
     umask = launch.index("umask 077")
     lock = next(i for i, line in enumerate(launch) if "flock -w" in line and "vm1001.lock" in line)
-    assert launch.index("mkdir -p /run/cloud-repositorio && chmod 700 /run/cloud-repositorio") < umask < lock < qemu
+    folder = launch.index("[ -d /run/cloud-repositorio ] || mkdir -p /run/cloud-repositorio; "
+                          "chmod 700 /run/cloud-repositorio")
+    assert folder < umask < lock < qemu
+    assert not any("chmod" in line and "seed.img" in line for line in launch)   # umask 077 makes it 0600
     assert "chmod 600 /home/ubuntu/vm_images/web-1_img.qcow2 && chmod 700 /home/ubuntu/vm_images" in launch[lock:qemu]
     assert launch[qemu].endswith(" 8>&-")           # QEMU (a daemon) never keeps the VM's lock
     assert not any("rm -f" in line and "vm1001.lock" in line for line in launch)
