@@ -318,8 +318,9 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
     ``keep_log``: keep the serial log (a VM stopped or restarted keeps what it printed).
     ``rules=False`` (a relaunch): leave the VM's OpenFlow rules to the launch, which replaces them
     in one atomic bundle.  ``graceful``: see ``kill_vm``.  ``keep_lock``: the launch holds it.
-    ``ports=False`` (a relaunch): the TAPs' OVS ports stay for the launch, which replaces them all in
-    one transaction (``plug_ports``).
+    ``ports=False`` (a launch): the TAPs' OVS ports are removed only when a TAP is still there (a
+    restart; a fresh deploy runs no ``ovs-vsctl`` for it).  Removing and re-adding a port in one
+    transaction would keep its old OpenFlow port on the old TAP: Open vSwitch sees the same name.
     """
     vm_id = int(vm["vm_id"])
     count = tap_count if tap_count is not None else max(len(_vm_interfaces(vm)), 1)
@@ -330,6 +331,8 @@ def vm_teardown(vm: dict, bridge: str, tap_count: Optional[int] = None, keep_log
     lines += [*capture.teardown_lines(vm_id, count), *impairments.teardown_lines(vm_id, count)]
     if ports:
         lines.append(del_ports(bridge, taps))
+    else:   # a restart: its old ports go in a transaction of their own, before their TAPs do
+        lines.append(f"if {' || '.join(link_exists(t) for t in taps)}; then {del_ports(bridge, taps)}; fi")
     lines += [f"if {link_exists(t)}; then ip link del {q(t)} 2>/dev/null || true; fi" for t in taps]
     if rules:
         lines.append(f"[ \"${{ovs_ok:-1}}\" = 0 ] || {{\n{vm_firewall.remove_trunk_rules_if_unused(bridge)}\n}}")

@@ -340,6 +340,12 @@ def test_launch_clears_leftovers_of_same_vm_first(linked):
     qemu = next(i for i, ln in enumerate(lines) if ln.startswith("qemu-system-x86_64 "))
     assert kill < qemu and deltap < qemu
     assert "grep -q -- '-name cr-vm1001,'" in lines[kill]  # only that VM's QEMU is killed
+    # a restart's old ports leave in a transaction of their own, before their TAPs (a port removed
+    # and re-added in one transaction keeps its OpenFlow port on the deleted TAP); only if a TAP is there
+    own = next(i for i, ln in enumerate(lines) if ln.startswith("if [ -e /proc/sys/net/ipv4/conf/tap1001_0 ] || ")
+               and "del-port br-int tap1001_0 -- --if-exists del-port br-int tap1001_1" in ln)
+    iplink = next(i for i, ln in enumerate(lines) if "ip link del tap1001_0" in ln)
+    assert kill < own < iplink and "add-port" not in lines[own]
     assert "vm1002" not in s
 
 
