@@ -88,6 +88,9 @@ class HostBatcher:
         with self.lock:
             self.queue.append(me)
         while not me.done.is_set():
+            if me.taken:        # in another thread's batch now: wait for it (a free slot would spin)
+                me.done.wait()
+                break
             if not self.slot.acquire(timeout=0.02):
                 continue
             try:

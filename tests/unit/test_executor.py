@@ -8,6 +8,7 @@ import shlex
 import socket
 import stat
 import subprocess
+import time
 
 import paramiko
 import pytest
@@ -467,3 +468,58 @@ def test_a_batch_script_gives_each_member_its_own_results():
         split_results(proc.stdout[:-2] if proc.stdout.endswith(b"") else b"", 5)
     with pytest.raises(ValueError):
         split_results(b"@@CRB 0 0 10 0\nshort", 1)
+
+
+def test_a_command_taken_into_another_threads_batch_waits_for_it_without_spinning():
+    # A deploy whose script went into another thread's batch used to loop on a free session slot
+    # (acquire, nothing left to take, release) until that batch ended: in a class burst it was most
+    # of the service's CPU.  Two commands queue while no slot is free; then slots free up: one thread
+    # takes both into one batch, the other's command is in it and must just wait, a slot free or not.
+    import threading
+
+    from hosts.batch import HostBatcher
+
+    class CountingSlot(threading.BoundedSemaphore):
+        def __init__(self, n):
+            super().__init__(n)
+            self.acquired = 0
+
+        def acquire(self, *a, **kw):
+            got = super().acquire(*a, **kw)
+            self.acquired += got
+            return got
+
+    def until(cond):
+        deadline = time.monotonic() + 10
+        while not cond():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+    release, running = threading.Event(), []
+    slot = CountingSlot(2)
+
+    def run_raw(text, _timeout):
+        running.append(text)
+        release.wait(10)
+        return 0, b"@@CRB 0 0 1 0\nb@@CRB 1 0 1 0\nc", b""
+
+    batcher = HostBatcher(slot, run_raw)
+    out = {}
+    slot.acquire()
+    slot.acquire()                               # no slot free: both commands queue
+    threads = [threading.Thread(target=lambda n=n: out.setdefault(n, batcher.run(f"printf {n}", 5))) for n in "bc"]
+    for t in threads:
+        t.start()
+    until(lambda: len(batcher.queue) == 2)
+    slot.release()
+    slot.release()
+    until(lambda: len(running) == 1)
+    assert "@@CRB" in running[0]                 # one batch of both
+    before = slot.acquired
+    time.sleep(0.3)                              # a slot is free; the other command is in the batch
+    spins = slot.acquired - before
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert out == {"b": (0, b"b", b""), "c": (0, b"c", b"")}
+    assert spins == 0, f"{spins} slot acquisitions while its command was in another batch"
