@@ -85,11 +85,6 @@ def _dnsmasq_running(vlan: int) -> str:
             f"tr '\\0' ' ' 2>/dev/null < /proc/$pid/cmdline | grep -q -- {q('--pid-file=' + pidfile)}; }}")
 
 
-def _exists(dev: str) -> str:
-    """Shell test: network device ``dev`` exists (``link_exists``: no process)."""
-    return link_exists(dev)
-
-
 def _ipv6_off(dev: str) -> str:
     return (f"if [ -e {q('/proc/sys/net/ipv6/conf/' + dev)} ]; then "
             f"sysctl -q -w {q(f'net.ipv6.conf.{dev}.disable_ipv6=1')}; fi")
@@ -111,11 +106,11 @@ def trunk_up(bridge: str) -> str:
     """
     alias = naming.device_alias(naming.TRUNK_MARK)
     mark = f"external_ids:{naming.MARK}={naming.TRUNK_MARK}"
-    present = (f"{_exists(TRUNK)} && {join([*OVS, 'port-to-br', TRUNK_PORT])} >/dev/null 2>&1 && "
+    present = (f"{link_exists(TRUNK)} && {join([*OVS, 'port-to-br', TRUNK_PORT])} >/dev/null 2>&1 && "
                f"{join([*OVS, 'port-to-br', PATCH_INT])} >/dev/null 2>&1")
     return _locked_once("trunk.lock", [
         f"if ! {{ {present}; }}; then",
-        f"{_exists(TRUNK)} || ip link add {q(TRUNK)} type veth peer name {q(TRUNK_PORT)}",
+        f"{link_exists(TRUNK)} || ip link add {q(TRUNK)} type veth peer name {q(TRUNK_PORT)}",
         _ipv6_off(TRUNK), _ipv6_off(TRUNK_PORT),
         join(["ip", "link", "set", TRUNK, "alias", alias]),
         join(["ip", "link", "set", TRUNK_PORT, "alias", alias]),
@@ -236,7 +231,7 @@ def _legacy_ports_gone(bridge: str, vlan: int) -> str:
     without them this costs two netlink queries and no Open vSwitch call.
     """
     gw, veth = naming.gateway_port(vlan), naming.legacy_dhcp_veth(vlan)
-    return (f"if {{ {_exists(gw)} && ! {_is_macvlan(gw)}; }} || {_exists(veth)}; then "
+    return (f"if {{ {link_exists(gw)} && ! {_is_macvlan(gw)}; }} || {link_exists(veth)}; then "
             f"{del_ports(bridge, [gw, veth])}; ip link del {q(veth)} 2>/dev/null || true; "
             f"{_is_macvlan(gw)} || ip link del {q(gw)} 2>/dev/null || true; fi")
 
@@ -254,7 +249,7 @@ def _root_gateway(vlan: int, gateway_ip: str, prefixlen: int) -> list:
     gw = naming.gateway_port(vlan)
     mac = naming.port_mac(gateway_ip)
     return [
-        f"{_exists(gw)} || "
+        f"{link_exists(gw)} || "
         + join(["ip", "link", "add", "link", TRUNK, "name", gw, "address", mac, "type", "macvlan", "mode", "private"]),
         join(["ip", "link", "set", gw, "address", mac, "alias", naming.device_alias(naming.vlan_mark(vlan))]),
         vm_firewall.gateway_ipv6_off(gw),
@@ -271,7 +266,7 @@ def _namespace_gateway(vlan: int, gateway_ip: str, prefixlen: int) -> list:
     batch = [f"link set {gw} address {mac} alias {naming.device_alias(naming.vlan_mark(vlan))}",
              f"addr replace {gateway_ip}/{prefixlen} dev {gw}", f"link set {gw} up"]
     return [
-        f"if {_exists(gw)}; then ip link del {q(gw)}; fi",
+        f"if {link_exists(gw)}; then ip link del {q(gw)}; fi",
         f"{IN_GWNS} ip link show dev {q(gw)} >/dev/null 2>&1 || "
         + join(["ip", "link", "add", "link", TRUNK, "name", gw, "netns", GWNS, "address", mac,
                 "type", "macvlan", "mode", "private"]),
